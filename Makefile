@@ -1,0 +1,44 @@
+# flowerbed: `make demo` and `make test` are all a newcomer needs (Debian 12, as root).
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+HOSTS ?= 3
+DISTRO ?= bookworm
+PYTEST_ARGS ?=
+
+.PHONY: setup lab-up lab-down lab-status demo test test-unit lint format clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: requirements.lock
+	python3 -m venv $(VENV)
+	$(VENV)/bin/pip install -q --upgrade pip
+	$(VENV)/bin/pip install -q --require-hashes --no-deps -r requirements.lock
+	touch $@
+
+lab-up: setup
+	python3 lab/lab.py up --hosts $(HOSTS) --distro $(DISTRO)
+
+lab-down:
+	python3 lab/lab.py down
+
+lab-status:
+	python3 lab/lab.py status
+
+demo: lab-up
+	$(VENV)/bin/pyinfra -y inventory/lab.py deploy.py
+	$(PY) -m flowerbed.demo_info
+
+test: setup
+	$(VENV)/bin/pytest $(PYTEST_ARGS)
+
+test-unit: setup
+	$(VENV)/bin/pytest -m "not lab" $(PYTEST_ARGS)
+
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: setup
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .

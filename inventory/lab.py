@@ -1,0 +1,38 @@
+"""The lab's hosts. `make lab-up` writes .lab/state.json; this file reads it.
+
+    pyinfra inventory/lab.py deploy.py            # every lab host
+    pyinfra inventory/lab.py deploy.py --limit h1
+
+Groups: `lab` (every host, after this file's name), `bookworm` and `trixie` (by distro).
+The lab's secrets (the broker URL with its password, the dashboard login) come from
+.lab/lab.env, loaded here the way an operator's .env is loaded: they never enter host data.
+"""
+
+import json
+from pathlib import Path
+
+from dotenv import load_dotenv
+
+_lab_state_file = Path(__file__).resolve().parent.parent / ".lab" / "state.json"
+if not _lab_state_file.exists():
+    raise SystemExit(f"inventory/lab.py: {_lab_state_file} is missing: run `make lab-up` first")
+_lab = json.loads(_lab_state_file.read_text())
+load_dotenv(_lab["secrets_file"])  # an operator's own environment still wins
+
+_lab_data = {
+    "ssh_user": "root",
+    "ssh_key": _lab["ssh_key"],
+    # lab hosts are re-created with new host keys; real inventories pin known_hosts
+    "ssh_strict_host_key_checking": "no",
+    "ssh_known_hosts_file": "/dev/null",
+    # the lab's hosts reach PyPI only through the lab's proxy, like hosts behind an egress proxy
+    "egress_proxy": _lab["proxy"],
+}
+
+
+def _lab_host(host: dict) -> tuple[str, dict]:
+    return host["name"], {**_lab_data, "ssh_hostname": host["address"], "fqdn": host["fqdn"]}
+
+
+bookworm = [_lab_host(h) for h in _lab["hosts"] if h["distro"] == "bookworm"]
+trixie = [_lab_host(h) for h in _lab["hosts"] if h["distro"] == "trixie"]

@@ -1,0 +1,1 @@
+"""The lab's demo Celery app (flowerbed_demo.app:app)."""

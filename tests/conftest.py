@@ -1,0 +1,117 @@
+"""Shared fixtures: one lab per test session, fresh hosts on request.
+
+The lab (lab/lab.py) is brought up once (idempotent: a running lab is reused) and shared
+by every test; a test that must start clean asks `fresh_host` for a new host (~2 s).
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import shlex
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+LAB_CLI = ["python3", str(REPO / "lab" / "lab.py")]
+LAB_HOSTS = int(os.environ.get("HOSTS", "3"))
+
+
+def run(args: list[str], timeout: float = 120, check: bool = False) -> subprocess.CompletedProcess:
+    result = subprocess.run(args, capture_output=True, text=True, timeout=timeout, cwd=REPO)
+    if check and result.returncode != 0:
+        raise AssertionError(
+            f"{shlex.join(args)} exited {result.returncode}\n{result.stdout}\n{result.stderr}"
+        )
+    return result
+
+
+@dataclass
+class Lab:
+    state: dict
+
+    @classmethod
+    def load(cls) -> Lab:
+        return cls(json.loads((REPO / ".lab" / "state.json").read_text()))
+
+    @property
+    def base_hosts(self) -> list[dict]:
+        """h1..hN, shared by the whole session (fresh hosts have other names)."""
+        return [h for h in self.state["hosts"] if h["name"][1:].isdigit() and h["name"][0] == "h"]
+
+    def host(self, name: str) -> dict:
+        return next(h for h in self.state["hosts"] if h["name"] == name)
+
+    @property
+    def secrets(self) -> dict[str, str]:
+        lines = Path(self.state["secrets_file"]).read_text().splitlines()
+        return dict(line.split("=", 1) for line in lines if "=" in line and line[0] != "#")
+
+    def ssh(
+        self, name: str, command: str | list[str], timeout: float = 120, check: bool = False
+    ) -> subprocess.CompletedProcess:
+        """Run a command on a host as root (a string goes to the host's shell)."""
+        if isinstance(command, list):
+            command = shlex.join(command)
+        ssh = [
+            "ssh",
+            "-i",
+            self.state["ssh_key"],
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "StrictHostKeyChecking=no",
+            "-o",
+            "UserKnownHostsFile=/dev/null",
+            "-o",
+            "LogLevel=ERROR",
+            "-o",
+            "ConnectTimeout=5",
+        ]
+        return run([*ssh, f"root@{self.host(name)['address']}", command], timeout, check)
+
+    def in_namespace(
+        self, namespace: str, command: list[str], timeout: float = 30
+    ) -> subprocess.CompletedProcess:
+        """Run a command from one of the lab's client namespaces (lab-allowed, lab-denied)."""
+        return run(["ip", "netns", "exec", namespace, *command], timeout)
+
+
+def lab_cli(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    return run([*LAB_CLI, *args], timeout=timeout, check=True)
+
+
+@pytest.fixture(scope="session")
+def lab() -> Lab:
+    lab_cli("up", "--hosts", str(LAB_HOSTS))
+    return Lab.load()
+
+
+_fresh_names = itertools.count(1)
+
+
+@pytest.fixture
+def fresh_host(lab: Lab):
+    """A factory for new, clean hosts; each is removed when the test ends."""
+    made: list[str] = []
+
+    def boot(distro: str = "bookworm", prefix: str = "f") -> dict:
+        name = f"{prefix}{os.getpid() % 1000}x{next(_fresh_names)}"
+        lab_cli("host-up", name, "--distro", distro)
+        made.append(name)
+        lab.state = Lab.load().state
+        return lab.host(name)
+
+    yield boot
+    for name in made:
+        lab_cli("host-down", name)
+    lab.state = Lab.load().state
+
+
+def pytest_collection_modifyitems(items):
+    """Tests marked `lab_lifecycle` tear the shared lab down: they run last."""
+    items.sort(key=lambda item: item.get_closest_marker("lab_lifecycle") is not None)
