@@ -27,6 +27,14 @@ _lab_data = {
     "ssh_known_hosts_file": "/dev/null",
     # the lab's hosts reach PyPI only through the lab's proxy, like hosts behind an egress proxy
     "egress_proxy": _lab["proxy"],
+    # TLS from the lab's ACME CA (pebble); its listener's CA is uploaded for certbot
+    "tls_acme_directory": _lab["acme"]["directory"],
+    "tls_acme_ca_bundle": _lab["acme"]["ca_bundle"],
+    # the firewall: the lab machine and lab-allowed's /27 reach HTTPS; the lab machine is the
+    # operator (SSH) and the monitoring system (/metrics)
+    "allowed_sources": _lab["allowed_sources"],
+    "admin_sources": [f"{_lab['bridge']['address']}/32"],
+    "monitoring_sources": [f"{_lab['bridge']['address']}/32"],
 }
 
 

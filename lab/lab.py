@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import concurrent.futures
 import contextlib
+import fcntl
 import ipaddress
 import json
 import os
@@ -856,30 +857,47 @@ def main(argv: list[str] | None = None) -> int:
         print("lab: must run as root (it makes mounts, a bridge and namespaces)", file=sys.stderr)
         return 2
     try:
-        if args.command == "up":
+        return dispatch(args)
+    except LabError as error:
+        print(f"lab: {error}", file=sys.stderr)
+        return 1
+
+
+@contextlib.contextmanager
+def lab_lock():
+    """One lab command at a time: tests and people share the lab and its state file."""
+    LAB.mkdir(parents=True, exist_ok=True)
+    with open(LAB / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
+def dispatch(args: argparse.Namespace) -> int:
+    if args.command == "status":
+        print(STATE.read_text() if STATE.exists() else "lab is down")
+    elif args.command == "ssh":
+        return cmd_ssh(args.name, args.cmd)
+    elif args.command == "down":
+        with lab_lock():
+            cmd_down()
+    elif args.command == "host-down":
+        with lab_lock():
+            cmd_host_down(args.name)
+    elif args.command == "up":
+        with lab_lock():
             try:
                 cmd_up(args.hosts, args.distro)
             except BaseException:
                 log("lab up failed: cleaning up what it made")
                 cmd_down()
                 raise
-        elif args.command == "host-up":
+    elif args.command == "host-up":
+        with lab_lock():
             try:
                 cmd_host_up(args.name, args.distro)
             except BaseException:
                 cmd_host_down(args.name)
                 raise
-        elif args.command == "host-down":
-            cmd_host_down(args.name)
-        elif args.command == "down":
-            cmd_down()
-        elif args.command == "status":
-            print(STATE.read_text() if STATE.exists() else "lab is down")
-        elif args.command == "ssh":
-            return cmd_ssh(args.name, args.cmd)
-    except LabError as error:
-        print(f"lab: {error}", file=sys.stderr)
-        return 1
     return 0
 
 
