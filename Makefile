@@ -27,7 +27,7 @@ lab-status:
 
 demo: lab-up
 	$(VENV)/bin/pyinfra -y inventory/lab.py deploy.py
-	$(PY) -m flowerbed.demo_info
+	$(PY) lab/demo_info.py
 
 test: setup
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
