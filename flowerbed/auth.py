@@ -1,0 +1,122 @@
+"""Dashboard logins: basic auth at nginx, with only bcrypt hashes on the hosts.
+
+The logins come from the operator's environment or .env, in the variable auth_users_env names:
+
+    FLOWERBED_DASHBOARD_USERS=alice:PASSWORD[,bob:PASSWORD...]
+
+A user name ends at the first ':' (a password may contain ':'); entries are split on ',', so a
+password cannot contain ',' and an entry without ':' is refused. Each host gets one file,
+root:www-data 0640, of `user:bcrypt-hash` lines. A hash stays as long as it matches its password
+(checked on the operator's machine against the file read from the host without printing it), so
+a run with unchanged logins changes nothing; a changed password gets a new hash, a removed user
+its line removed.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import bcrypt
+from pyinfra import host
+from pyinfra.api import operation
+from pyinfra.api.arguments import CONNECTOR_ARGUMENT_KEYS
+
+from .secrets import Secret, read_secret, secret_file
+from .settings import Auth, SettingsError
+from .shell import command
+
+HTPASSWD = "/etc/nginx/flowerbed.htpasswd"
+HTPASSWD_GROUP = "www-data"  # nginx's workers read it at every request
+USER_NAME = re.compile(r"[A-Za-z0-9._@-]{1,64}")
+BCRYPT_MAX_BYTES = 72  # bcrypt ignores (newer versions refuse) anything longer
+BCRYPT_ROUNDS = 12
+
+
+@dataclass(frozen=True)
+class Login:
+    user: str
+    password: str = field(repr=False)
+
+
+def dashboard_logins(auth: Auth, environ: Mapping[str, str]) -> tuple[Login, ...]:
+    """The logins auth_users_env names, validated; none when Flower does the login (OAuth)."""
+    if auth.mode != "basic":
+        return ()
+    secret = read_secret("auth_users_env", auth.users_env, environ)
+    logins = tuple(
+        parse_login(entry, f"entry {position} of ${auth.users_env}")
+        for position, entry in enumerate(secret.value.split(","), start=1)
+    )
+    users = [login.user for login in logins]
+    if len(set(users)) != len(users):
+        raise SettingsError("auth_users_env", f"${auth.users_env} names a user twice", "drop one")
+    return logins
+
+
+def parse_login(entry: str, where: str) -> Login:
+    # Messages never quote the entry: after a ',' in a password, it is part of that password.
+    user, colon, password = entry.strip().partition(":")
+    if not colon or not password:
+        raise SettingsError(
+            "auth_users_env",
+            f"{where} is not user:password",
+            "separate logins with ',' (so a password cannot contain ',')",
+        )
+    if not USER_NAME.fullmatch(user):
+        raise SettingsError(
+            "auth_users_env", f"{where} has an invalid user name", "use letters, digits, ._@-"
+        )
+    if len(password.encode()) > BCRYPT_MAX_BYTES:
+        raise SettingsError(
+            "auth_users_env",
+            f"{where} has a password longer than bcrypt's {BCRYPT_MAX_BYTES} bytes",
+            "use a shorter password",
+        )
+    return Login(user, password)
+
+
+def htpasswd_lines(logins: tuple[Login, ...], current: Mapping[str, str]) -> str:
+    """`user:hash` lines, keeping each current hash that still matches its password."""
+    return "".join(f"{login.user}:{_hash(login, current.get(login.user))}\n" for login in logins)
+
+
+def _hash(login: Login, current: str | None) -> str:
+    password = login.password.encode()
+    if current and _matches(password, current):
+        return current
+    return bcrypt.hashpw(password, bcrypt.gensalt(BCRYPT_ROUNDS)).decode()
+
+
+def _matches(password: bytes, hashed: str) -> bool:
+    try:
+        return bcrypt.checkpw(password, hashed.encode())
+    except ValueError:  # not a bcrypt hash (e.g. written by hand): replace it
+        return False
+
+
+def parse_htpasswd(text: str) -> dict[str, str]:
+    lines = (line.partition(":") for line in text.splitlines())
+    return {user: hashed for user, colon, hashed in lines if colon}
+
+
+def read_quietly(path: str) -> str:
+    """A host file's content, read without pyinfra printing it (a fact would, with -vvv)."""
+    arguments = host.current_op_global_arguments or {}
+    connector = {key: value for key, value in arguments.items() if key in CONNECTOR_ARGUMENT_KEYS}
+    ok, output = host.run_shell_command(
+        command("cat", path), print_output=False, print_input=False, **connector
+    )
+    return "\n".join(output.stdout_lines) if ok else ""
+
+
+@operation()
+def htpasswd_file(path: str, logins: tuple[Login, ...]):
+    """
+    Ensure `path` holds a bcrypt hash for each login (root:www-data 0640), re-hashing only
+    the passwords that changed; nothing about the logins reaches pyinfra's output.
+    """
+    current = parse_htpasswd(read_quietly(path))
+    content = Secret("the dashboard logins", htpasswd_lines(logins, current))
+    yield from secret_file._inner(path, content, user="root", group=HTPASSWD_GROUP, mode=640)

@@ -1,0 +1,306 @@
+"""The firewall: flowerbed's own nftables table, changed so that it cannot lock the operator out.
+
+Allowed in (every other NEW inbound connection is dropped): loopback, established and related
+traffic, essential ICMP/ICMPv6 (errors, echo, neighbour discovery), SSH from admin_sources,
+HTTPS from allowed_sources, HTTP (ACME challenge and redirect) from acme_sources.
+
+Only `table inet flowerbed` is ever touched: its file creates, deletes and recreates that one
+table in a single transaction, so other tables (the admin's, Docker's) stay as they are. At boot
+it is loaded by its own unit, flowerbed-firewall.service, not included from /etc/nftables.conf:
+that file belongs to the admin and begins with `flush ruleset`, and Debian leaves
+nftables.service disabled. The unit runs after nftables.service and is restarted and reloaded
+with it, so restarting nftables never leaves the host without flowerbed's table.
+
+A changed ruleset goes through the host-side script files/flowerbed-firewall:
+ 1. `nft -c -f` checks it; a ruleset that fails is never loaded.
+ 2. the live table is saved, a timer is armed that restores it after firewall_rollback_seconds,
+    and the new ruleset is loaded.
+ 3. the operator's machine opens a NEW SSH connection (same address, port, user and key) and
+    confirms through it: the timer is disarmed and the ruleset becomes the boot ruleset.
+ 4. no new connection: the old ruleset is restored at once over the run's existing connection
+    (established traffic stays allowed), or by the timer if that is gone too; the host fails.
+Unchanged (same digest in the live table's comment and the same boot file): nothing runs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import re
+import time
+from dataclasses import dataclass
+from io import StringIO
+from pathlib import Path
+
+from pyinfra import host, logger
+from pyinfra.api import FactBase, FileUploadCommand, StringCommand, deploy, operation
+from pyinfra.api.command import PyinfraCommand
+from pyinfra.api.operation import OperationMeta
+from pyinfra.connectors.ssh import SSHConnector
+from pyinfra.facts.files import Sha256File
+from pyinfra.operations import files, systemd
+from pyinfra.operations.util import any_changed
+
+from .packages import system_packages
+from .render import render
+from .settings import Firewall
+from .shell import command
+
+TABLE = ("inet", "flowerbed")
+HTTP_PORT, HTTPS_PORT = 80, 443
+SCRIPT_SOURCE = Path(__file__).resolve().parent.parent / "files" / "flowerbed-firewall"
+SCRIPT_DIR = "/usr/local/libexec/flowerbed"
+SCRIPT = f"{SCRIPT_DIR}/flowerbed-firewall"
+BOOT_DIR = "/etc/flowerbed"
+BOOT_RULESET = f"{BOOT_DIR}/firewall.nft"
+STATE_DIR = "/var/lib/flowerbed/firewall"
+PENDING_RULESET = f"{STATE_DIR}/pending.nft"
+UNIT = "flowerbed-firewall.service"
+UNIT_FILE = f"/etc/systemd/system/{UNIT}"
+NFTABLES_DROP_IN_DIR = "/etc/systemd/system/nftables.service.d"
+DIGEST_PREFIX = "flowerbed sha256:"
+
+ICMP_TYPES = ("echo-request", "destination-unreachable", "time-exceeded", "parameter-problem")
+# errors, echo, and neighbour discovery / MLD, without which IPv6 stops working
+ICMPV6_TYPES = (
+    "destination-unreachable", "packet-too-big", "time-exceeded", "parameter-problem",
+    "echo-request", "nd-router-advert", "nd-neighbor-solicit", "nd-neighbor-advert",
+    "mld-listener-query",
+)  # fmt: skip
+NEW_CONNECTION_ATTEMPTS = 2
+NEW_CONNECTION_TIMEOUT = 6  # seconds for the TCP connect; the run's own connection proves the path
+
+
+# --- the ruleset ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SourceSet:
+    """One address family's networks allowed to reach one port (an nftables named set)."""
+
+    set_name: str
+    set_type: str
+    match: str
+    networks: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Opening:
+    """A TCP port open to some source networks."""
+
+    name: str
+    port: int
+    sources: tuple[str, ...]
+    purpose: str
+
+    @property
+    def families(self) -> list[SourceSet]:
+        return [
+            SourceSet(f"{self.name}_v4", "ipv4_addr", "ip", merged(self.sources, 4)),
+            SourceSet(f"{self.name}_v6", "ipv6_addr", "ip6", merged(self.sources, 6)),
+        ]
+
+
+def merged(sources: tuple[str, ...], version: int) -> tuple[str, ...]:
+    """One family's networks, overlaps merged (an nftables interval set rejects overlaps)."""
+    networks = [ipaddress.ip_network(s) for s in sources]
+    family = [n for n in networks if n.version == version]
+    return tuple(str(n) for n in ipaddress.collapse_addresses(family))
+
+
+def openings(firewall: Firewall) -> list[Opening]:
+    return [
+        Opening("admin", firewall.firewall_ssh_port, firewall.admin_sources, "SSH: admin_sources"),
+        Opening("acme", HTTP_PORT, firewall.acme_sources, "HTTP, ACME challenge: acme_sources"),
+        Opening("allowed", HTTPS_PORT, firewall.allowed_sources, "HTTPS: allowed_sources"),
+    ]
+
+
+@dataclass(frozen=True)
+class Ruleset:
+    """The nft file for flowerbed's table; its digest is also the live table's comment."""
+
+    text: str
+    digest: str
+
+    @property
+    def sha256(self) -> str:
+        return hashlib.sha256(self.text.encode()).hexdigest()
+
+
+def ruleset(firewall: Firewall) -> Ruleset:
+    def text(comment: str) -> str:
+        return render(
+            "nftables-flowerbed.nft.j2",
+            comment=comment,
+            openings=openings(firewall),
+            icmp_types=ICMP_TYPES,
+            icmpv6_types=ICMPV6_TYPES,
+        )
+
+    digest = hashlib.sha256(text("").encode()).hexdigest()[:16]
+    return Ruleset(text(DIGEST_PREFIX + digest), digest)
+
+
+# --- what is loaded -------------------------------------------------------------------------
+
+
+class LoadedRulesetDigest(FactBase):
+    """The digest in the live flowerbed table's comment; None when no such table is loaded."""
+
+    def requires_command(self) -> str:
+        return "nft"
+
+    def command(self) -> StringCommand:
+        return StringCommand(
+            command("nft", "-t", "list", "table", *TABLE), "2>/dev/null", "||", "true"
+        )
+
+    def process(self, output: list[str]) -> str | None:
+        pattern = re.compile(rf'\s*comment "{re.escape(DIGEST_PREFIX)}([0-9a-f]+)"')
+        found = (pattern.fullmatch(line) for line in output)
+        return next((match.group(1) for match in found if match), None)
+
+
+# --- applying it safely ---------------------------------------------------------------------
+
+
+def script(*arguments: str) -> StringCommand:
+    return command(SCRIPT, *arguments)
+
+
+class ConfirmOverNewConnection(PyinfraCommand):
+    """Confirms the new ruleset over a NEW SSH connection, or rolls it back and fails the host."""
+
+    def __init__(self, rollback_seconds: int):
+        super().__init__()
+        self.rollback_seconds = rollback_seconds
+
+    def __repr__(self) -> str:
+        return f"ConfirmOverNewConnection(rollback after {self.rollback_seconds}s)"
+
+    def execute(self, state, host, connector_arguments) -> bool:
+        if not isinstance(host.connector, SSHConnector):
+            host.log(f"not an SSH host ({type(host.connector).__name__}): confirming directly")
+            return host.run_shell_command(script("confirm"), **connector_arguments)[0]
+        fresh = new_ssh_connection(state, host)
+        if fresh is None:
+            return roll_back_now(host, connector_arguments, self.rollback_seconds)
+        try:
+            confirmed, output = fresh.run_shell_command(script("confirm"), **connector_arguments)
+        finally:
+            fresh.client.close()
+        if not confirmed:
+            host.log_styled(
+                f"firewall: the new ruleset could not be confirmed: {output.stderr}",
+                fg="red",
+                log_func=logger.error,
+            )
+        return confirmed
+
+
+class NewSSHConnection(SSHConnector):
+    """pyinfra's SSH connector for the same host (address, port, user, key, ssh config), with a
+    short connect timeout: a SYN the new ruleset drops is never answered."""
+
+    def make_paramiko_kwargs(self) -> dict:
+        return {**super().make_paramiko_kwargs(), "timeout": NEW_CONNECTION_TIMEOUT}
+
+
+def new_ssh_connection(state, host) -> SSHConnector | None:
+    """A second, separate SSH connection to the host (the run's own one is already established)."""
+    for attempt in range(1, NEW_CONNECTION_ATTEMPTS + 1):
+        fresh = NewSSHConnection(state, host)
+        try:
+            fresh.connect()
+            return fresh
+        except Exception as error:  # pyinfra raises ConnectError; paramiko anything
+            host.log(
+                f"firewall: new SSH connection, attempt {attempt}: {error}", log_func=logger.warning
+            )
+            time.sleep(1)
+    return None
+
+
+def roll_back_now(host, connector_arguments, rollback_seconds: int) -> bool:
+    address = f"{host.data.get('ssh_hostname') or host.name}:{host.data.get('ssh_port') or 22}"
+    restored, _ = host.run_shell_command(script("rollback"), **connector_arguments)
+    outcome = (
+        "the previous ruleset is restored"
+        if restored
+        else f"the host restores the previous ruleset within {rollback_seconds}s (its timer)"
+    )
+    host.log_styled(
+        f"firewall: after loading the new ruleset no NEW SSH connection to {address} could be "
+        f"opened, so it would lock the operator out: {outcome}. Fix: put the address you run "
+        f"pyinfra from in admin_sources and sshd's port in firewall_ssh_port",
+        fg="red",
+        log_func=logger.error,
+    )
+    return False
+
+
+@operation()
+def guarded_ruleset(firewall: Firewall):
+    """flowerbed's table is loaded from `firewall`, confirmed by a NEW SSH connection, or undone."""
+    wanted = ruleset(firewall)
+    loaded = host.get_fact(LoadedRulesetDigest)
+    on_disk = host.get_fact(Sha256File, path=BOOT_RULESET)
+    if loaded == wanted.digest and on_disk == wanted.sha256:
+        host.noop(f"nftables table {' '.join(TABLE)} is loaded and up to date")
+        return
+    yield FileUploadCommand(StringIO(wanted.text), PENDING_RULESET)
+    yield script("apply", str(firewall.firewall_rollback_seconds))
+    yield ConfirmOverNewConnection(firewall.firewall_rollback_seconds)
+
+
+# --- the deploy -----------------------------------------------------------------------------
+
+
+@deploy("Firewall")
+def inbound_firewall(firewall: Firewall) -> None:
+    """Inbound traffic is limited to the configured sources; the operator is never locked out."""
+    system_packages(["nftables"])
+    firewall_switch()
+    guarded_ruleset(
+        name="Firewall rules (nft -c, applied atomically, confirmed by a new SSH login)",
+        firewall=firewall,
+    )
+    boot_unit()
+
+
+def firewall_switch() -> None:
+    """The host-side script that applies, confirms and rolls back, and its directories."""
+    for path, mode in ((SCRIPT_DIR, "755"), (BOOT_DIR, "755"), (STATE_DIR, "700")):
+        root_directory(f"Firewall directory {path}", path, mode)
+    root_file(
+        "Firewall switch script (apply, confirm, roll back)", str(SCRIPT_SOURCE), SCRIPT, "755"
+    )
+
+
+def boot_unit() -> None:
+    """flowerbed-firewall.service loads the confirmed ruleset at boot, and nftables.service
+    loads it again after its own `flush ruleset`."""
+    unit = root_file(
+        "Firewall boot unit (flowerbed-firewall.service)",
+        StringIO(render("flowerbed-firewall.service.j2", script=SCRIPT, boot_ruleset=BOOT_RULESET)),
+        UNIT_FILE,
+    )
+    root_directory("nftables.service drop-in directory", NFTABLES_DROP_IN_DIR)
+    drop_in = root_file(
+        "nftables.service reloads flowerbed's table after its flush",
+        StringIO(render("nftables-service-flowerbed.conf.j2", boot_ruleset=BOOT_RULESET)),
+        f"{NFTABLES_DROP_IN_DIR}/flowerbed.conf",
+    )
+    systemd.daemon_reload(
+        name="Reload systemd (firewall units changed)", _if=any_changed(unit, drop_in)
+    )
+    systemd.service(name="Firewall boot unit is enabled", service=UNIT, running=True, enabled=True)
+
+
+def root_file(name: str, src: str | StringIO, dest: str, mode: str = "644") -> OperationMeta:
+    return files.put(name=name, src=src, dest=dest, user="root", group="root", mode=mode)
+
+
+def root_directory(name: str, path: str, mode: str = "755") -> OperationMeta:
+    return files.directory(name=name, path=path, user="root", group="root", mode=mode)

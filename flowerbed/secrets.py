@@ -1,0 +1,183 @@
+"""Secrets: read from the operator's environment, written only to root-only files.
+
+Data never holds a secret, only the NAME of the environment variable that does
+(`flower_broker_url_env = "FLOWERBED_BROKER_URL"`). Values come from the operator's
+environment, `.env` in the working directory, or the file named by FLOWERBED_ENV_FILE
+(python-dotenv; what is already in the environment wins).
+
+`secret_file` writes such a value to a host: created 0600 before any byte lands in it, changed
+only when its sha256 differs, and never shown in --diff, -vvv, --json or the operation list.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from io import BytesIO
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from dotenv import load_dotenv
+from pyinfra import host
+from pyinfra.api import FileUploadCommand, operation
+from pyinfra.facts.files import File, Sha256File
+
+from .settings import BROKER_SCHEMES, Flower, SettingsError
+from .shell import command
+
+ENV_FILE_VARIABLE = "FLOWERBED_ENV_FILE"
+PRIVILEGE_ARGUMENTS = ("_sudo", "_doas", "_su_user")
+
+
+@dataclass(frozen=True)
+class Secret:
+    """A secret value that prints as where it came from, never as itself."""
+
+    source: str
+    value: str = field(repr=False)
+
+    def __str__(self) -> str:
+        return f"<secret from {self.source}>"
+
+
+@dataclass(frozen=True)
+class FlowerSecrets:
+    broker_url: Secret
+    basic_auth: Secret | None  # "user:password,user2:password2", Flower's format
+    oauth2_secret: Secret | None
+    cookie_secret: Secret | None
+    broker_api: Secret | None
+
+
+def load_operator_env() -> None:
+    """Load the operator's .env (or $FLOWERBED_ENV_FILE) without overriding the environment."""
+    named = os.environ.get(ENV_FILE_VARIABLE)
+    if named and not Path(named).is_file():
+        raise SettingsError(ENV_FILE_VARIABLE, f"{named} does not exist", "point it at your .env")
+    load_dotenv(named or Path.cwd() / ".env", override=False)
+
+
+def read_secret(key: str, env_name: str, environ: Mapping[str, str]) -> Secret:
+    """The value of the variable that data key `key` names, or a SettingsError."""
+    value = environ.get(env_name, "")
+    if not value:
+        raise SettingsError(
+            key,
+            f"the environment variable {env_name} it names is unset or empty",
+            f"set {env_name} in your .env (see .env.example) or the environment",
+        )
+    if "\n" in value or "\r" in value:
+        raise SettingsError(key, f"{env_name} spans several lines", "use a one-line value")
+    return Secret(f"${env_name}", value)
+
+
+def read_optional_secret(key: str, env_name: str, environ: Mapping[str, str]) -> Secret | None:
+    return read_secret(key, env_name, environ) if env_name else None
+
+
+def broker_url(flower: Flower, environ: Mapping[str, str]) -> Secret:
+    secret = read_secret("flower_broker_url_env", flower.broker_url_env, environ)
+    scheme = urlsplit(secret.value).scheme
+    if scheme not in BROKER_SCHEMES:
+        raise SettingsError(
+            "flower_broker_url_env",
+            f"${flower.broker_url_env} is not a broker URL the lock supports (scheme {scheme!r})",
+            f"use one of {BROKER_SCHEMES}, e.g. redis://:PASSWORD@host:6379/0",
+        )
+    return secret
+
+
+def basic_auth(flower: Flower, environ: Mapping[str, str]) -> Secret | None:
+    pairs = []
+    for user, env_name in flower.basic_auth:
+        password = read_secret(f"flower_basic_auth[{user!r}]", env_name, environ)
+        if "," in password.value:
+            raise SettingsError(
+                f"flower_basic_auth[{user!r}]",
+                f"the password in ${env_name} contains ',', where Flower splits basic_auth",
+                "choose a password without ','",
+            )
+        pairs.append(f"{user}:{password.value}")
+    return Secret("flower_basic_auth", ",".join(pairs)) if pairs else None
+
+
+def broker_api(flower: Flower, environ: Mapping[str, str]) -> Secret | None:
+    secret = read_optional_secret("flower_broker_api_env", flower.broker_api_env, environ)
+    if secret and urlsplit(secret.value).scheme not in ("http", "https"):
+        raise SettingsError(
+            "flower_broker_api_env",
+            f"${flower.broker_api_env} is not an http(s) URL",
+            "use RabbitMQ's management API URL, e.g. http://user:password@rabbit:15672/api/",
+        )
+    return secret
+
+
+def load_flower_secrets(flower: Flower, environ: Mapping[str, str]) -> FlowerSecrets:
+    return FlowerSecrets(
+        broker_url=broker_url(flower, environ),
+        basic_auth=basic_auth(flower, environ),
+        oauth2_secret=read_optional_secret(
+            "flower_oauth2_secret_env", flower.oauth2_secret_env, environ
+        ),
+        cookie_secret=read_optional_secret(
+            "flower_cookie_secret_env", flower.cookie_secret_env, environ
+        ),
+        broker_api=broker_api(flower, environ),
+    )
+
+
+# --- the no-diff secret file --------------------------------------------------------------
+
+
+@operation()
+def secret_file(
+    path: str, content: Secret, user: str = "root", group: str = "root", mode: int = 600
+):
+    """
+    Ensure `path` holds `content`, mode 0600 (or `mode`, e.g. 640 for a group that reads it),
+    owned by user:group, without ever showing it.
+
+    The file is created empty with mode 0600 before the upload writes into it, then moved into
+    place: at no point is there a readable copy. Nothing about the content reaches pyinfra's
+    output except that it changed.
+    """
+    if not isinstance(content, Secret):
+        raise TypeError("secret_file takes a Secret, so its value can never be printed")
+    desired = content.value.encode()
+    remote = host.get_fact(File, path=path)
+    same_content = bool(remote) and host.get_fact(Sha256File, path=path) == _sha256(desired)
+    same_owner = bool(remote) and (remote["user"], remote["group"]) == (user, group)
+    if same_content and same_owner and remote["mode"] == mode:
+        host.noop(f"{path} is up to date (content not shown)")
+        return
+    if same_content:
+        yield command("chown", f"{user}:{group}", path)
+        yield command("chmod", f"0{mode}", path)
+        return
+
+    host.log(f"{'Will update' if remote else 'Will create'} {path} (secret: content not shown)")
+    staging = f"{path}.flowerbed-new"
+    yield command("install", "-m", "0600", "-o", user, "-g", group, "/dev/null", staging)
+    yield from _upload_into(staging, desired)
+    if mode != 600:
+        yield command("chmod", f"0{mode}", staging)
+    yield command("mv", "-f", staging, path)
+
+
+def _upload_into(existing_0600_file: str, content: bytes):
+    """Upload into a file that is already 0600: an upload never creates a readable file."""
+    arguments = host.current_op_global_arguments or {}
+    temp_file = None
+    if any(arguments.get(key) for key in PRIVILEGE_ARGUMENTS):
+        # pyinfra uploads as the login user to a temp file, then copies it with sudo/su:
+        # create that temp file 0600 as the login user first.
+        temp_file = host.get_temp_filename(existing_0600_file)
+        unprivileged = {"_sudo": False, "_doas": False, "_su_user": None}
+        yield command("install", "-m", "0600", "/dev/null", temp_file, **unprivileged)
+    yield FileUploadCommand(BytesIO(content), existing_0600_file, remote_temp_filename=temp_file)
+
+
+def _sha256(content: bytes) -> str:
+    return hashlib.sha256(content).hexdigest()

@@ -1,0 +1,766 @@
+"""The one validated data model every flowerbed module reads.
+
+`load_settings(host.data.dict())` turns a host's data into frozen dataclasses, or raises
+`SettingsError` naming the key, the problem and the fix. Defaults live in group_data/all.py
+only: a key missing from the data is an error here, never a silent fallback.
+
+A section is a frozen dataclass whose fields are data keys (`prefix + field name`); each field's
+metadata holds the check that validates and normalises its value.
+"""
+
+from __future__ import annotations
+
+import difflib
+import ipaddress
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path, PurePosixPath
+from typing import Any
+from urllib.parse import urlsplit
+
+REPO = Path(__file__).resolve().parent.parent
+LOCKS_DIR = REPO / "locks"
+
+# Data keys under these prefixes belong to flowerbed: an unknown one is an error.
+OWNED_PREFIXES = (
+    "flower_", "flowerbed_", "egress_", "pip_", "firewall_", "nginx_", "tls_", "auth_",
+)  # fmt: skip
+
+BROKER_SCHEMES = ("redis", "rediss", "sentinel", "amqp", "amqps", "pyamqp")
+TASK_COLUMNS = (
+    "name", "uuid", "state", "args", "kwargs", "result", "received", "started", "runtime",
+    "worker", "exchange", "routing_key", "retries", "revoked", "exception", "expires", "eta",
+)  # fmt: skip
+AUTH_PROVIDERS = (
+    "flower.views.auth.GoogleAuth2LoginHandler",
+    "flower.views.auth.GithubLoginHandler",
+    "flower.views.auth.GitLabLoginHandler",
+    "flower.views.auth.OktaLoginHandler",
+)
+# dbm backends append their own suffix: db="flower.db" would write flower.db.db
+DBM_SUFFIXES = (".db", ".dat", ".dir", ".bak", ".sqlite", ".sqlite3")
+
+# Keys people try that flowerbed sets itself, or that Flower does not have.
+MANAGED_KEYS = {
+    "flower_port": "Flower listens on a unix socket only (flower_service sets its path)",
+    "flower_address": "Flower listens on a unix socket only, never on an address",
+    "flower_unix_socket": "the socket path follows from flower_service (/run/<service>/)",
+    "flower_xheaders": "a unix-socket server ignores xheaders; the proxy sets them",
+    "flower_certfile": "TLS ends at the reverse proxy (issue 4), not in Flower",
+    "flower_keyfile": "TLS ends at the reverse proxy (issue 4), not in Flower",
+    "flower_ca_certs": "TLS ends at the reverse proxy (issue 4), not in Flower",
+    "flower_conf": "flowerbed writes Flower's config file itself (flower_config_dir)",
+    "flower_debug": "debug mode shows tracebacks to anyone who reaches Flower",
+    "flower_format_task": "a Python function cannot come from data; ship it in flower_app",
+    "flower_broker": "the broker URL holds a password: name its variable in flower_broker_url_env",
+    "flower_broker_url": "the broker URL holds a password: name its variable in "
+    "flower_broker_url_env",
+    "flower_broker_api": "the broker API URL holds a password: name its variable in "
+    "flower_broker_api_env",
+    "flower_oauth2_secret": "a secret: name its variable in flower_oauth2_secret_env",
+    "flower_cookie_secret": "a secret: name its variable in flower_cookie_secret_env",
+    "flower_cors_enabled": "Flower has no such option",
+    "flower_auth_module": "Flower has no such option (see flower_auth_provider)",
+    "flower_broker_class": "Flower has no such option",
+}
+
+
+class SettingsError(ValueError):
+    """Bad deploy data: the message names the key, the problem and the fix."""
+
+    def __init__(self, key: str, problem: str, fix: str):
+        self.key = key
+        super().__init__(f"{key}: {problem}. Fix: {fix}")
+
+
+# Checks: each returns the normalised value or raises SettingsError.
+Check = Callable[[str, Any], Any]
+
+
+def _expect(key: str, value: Any, kind: type | tuple[type, ...], what: str) -> None:
+    # bool is an int in Python: never let True pass as a number
+    if not isinstance(value, kind) or (isinstance(value, bool) and bool not in _as_tuple(kind)):
+        raise SettingsError(key, f"expected {what}, got {value!r}", f"set {key} to {what}")
+
+
+def _as_tuple(kind: type | tuple[type, ...]) -> tuple[type, ...]:
+    return kind if isinstance(kind, tuple) else (kind,)
+
+
+def boolean() -> Check:
+    def check(key: str, value: Any) -> bool:
+        _expect(key, value, bool, "True or False")
+        return value
+
+    return check
+
+
+def integer(minimum: int = 0, optional: bool = False) -> Check:
+    def check(key: str, value: Any) -> int | None:
+        if value is None and optional:
+            return None
+        _expect(key, value, int, f"an integer >= {minimum}" + (" or None" if optional else ""))
+        if value < minimum:
+            raise SettingsError(key, f"{value} is below {minimum}", f"use a value >= {minimum}")
+        return value
+
+    return check
+
+
+def text(pattern: str = r".*", hint: str = "a string") -> Check:
+    def check(key: str, value: Any) -> str:
+        _expect(key, value, str, hint)
+        if not re.fullmatch(pattern, value):
+            raise SettingsError(key, f"{value!r} is not {hint}", f"set {key} to {hint}")
+        return value
+
+    return check
+
+
+def name() -> Check:
+    return text(r"[a-z_][a-z0-9_-]{0,31}", "a system user/group name like 'flower'")
+
+
+def env_name(optional: bool = False) -> Check:
+    hint = "the NAME of an environment variable (e.g. 'FLOWERBED_BROKER_URL'), not its value"
+    pattern = r"([A-Z_][A-Z0-9_]*)?" if optional else r"[A-Z_][A-Z0-9_]*"
+    return text(pattern, hint)
+
+
+def absolute_path() -> Check:
+    def check(key: str, value: Any) -> str:
+        _expect(key, value, str, "an absolute path")
+        path = PurePosixPath(value)
+        # these paths go into unit files and commands unquoted: plain characters only
+        if not re.fullmatch(r"/[A-Za-z0-9._/-]*", value) or ".." in path.parts:
+            raise SettingsError(key, f"{value!r} is not an absolute path", "use a path like /opt/x")
+        return str(path)
+
+    return check
+
+
+def url(schemes: tuple[str, ...], optional: bool = True, credentials: bool = True) -> Check:
+    def check(key: str, value: Any) -> str:
+        _expect(key, value, str, f"a URL ({'/'.join(schemes)})")
+        if not value and optional:
+            return ""
+        parts = urlsplit(value)
+        if parts.scheme not in schemes or not parts.hostname:
+            raise SettingsError(
+                key, f"{value!r} is not a {'/'.join(schemes)} URL", f"use e.g. {schemes[0]}://host"
+            )
+        if parts.username and not credentials:
+            raise SettingsError(
+                key,
+                "the URL carries credentials, which would land in world-readable config",
+                "use a proxy/mirror that authenticates by source address",
+            )
+        return value
+
+    return check
+
+
+def string_list(item: Check) -> Check:
+    def check(key: str, value: Any) -> tuple[str, ...]:
+        _expect(key, value, (list, tuple), "a list")
+        return tuple(item(f"{key}[{i}]", v) for i, v in enumerate(value))
+
+    return check
+
+
+def env_mapping() -> Check:
+    """{"user": "ENV_VAR_WITH_THE_PASSWORD", ...}"""
+
+    def check(key: str, value: Any) -> tuple[tuple[str, str], ...]:
+        _expect(key, value, dict, "a dict of user name -> environment variable name")
+        users = text(r"[^:,\s]+", "a user name without ':', ',' or spaces")
+        return tuple((users(key, u), env_name()(f"{key}[{u!r}]", v)) for u, v in value.items())
+
+    return check
+
+
+def one_of(choices: tuple[str, ...], optional: bool = True) -> Check:
+    def check(key: str, value: Any) -> str:
+        _expect(key, value, str, "a string")
+        if value not in choices and not (optional and value == ""):
+            raise SettingsError(key, f"{value!r} is not supported", f"use one of {choices}")
+        return value
+
+    return check
+
+
+def task_columns() -> Check:
+    def check(key: str, value: Any) -> str | None:
+        if value is None:
+            return None
+        _expect(key, value, str, "comma-separated column names")
+        unknown = [c for c in (c.strip() for c in value.split(",")) if c not in TASK_COLUMNS]
+        if unknown:
+            raise SettingsError(key, f"unknown columns {unknown}", f"use only {TASK_COLUMNS}")
+        return ",".join(c.strip() for c in value.split(","))
+
+    return check
+
+
+def url_prefix() -> Check:
+    def check(key: str, value: Any) -> str:
+        _expect(key, value, str, "a path prefix like 'flower' ('' = served at /)")
+        if not re.fullmatch(r"([A-Za-z0-9._~-]+(/[A-Za-z0-9._~-]+)*)?", value.strip("/")):
+            raise SettingsError(key, f"{value!r} is not a URL path", "use e.g. 'flower'")
+        return value.strip("/")
+
+    return check
+
+
+def db_name() -> Check:
+    def check(key: str, value: Any) -> str:
+        text(r"[A-Za-z0-9_-][A-Za-z0-9._-]*", "a file name (no '/')")(key, value)
+        if value.endswith(DBM_SUFFIXES):
+            raise SettingsError(
+                key,
+                f"{value!r} ends with a dbm suffix; the dbm backend appends its own ({value}.db)",
+                f"drop the suffix: {key} = {value.rsplit('.', 1)[0]!r}",
+            )
+        return value
+
+    return check
+
+
+def setting(check: Check, doc: str = "") -> Any:
+    return field(metadata={"check": check, "doc": doc})
+
+
+# --- sections -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Egress:
+    """How hosts reach package registries (the lab's hosts: only via an HTTP proxy)."""
+
+    egress_proxy: str = setting(url(("http", "https"), credentials=False))
+    egress_ca_certificates: tuple[str, ...] = setting(
+        string_list(text(r".+\.(pem|crt)", "a .pem/.crt path"))
+    )
+    pip_index_url: str = setting(url(("http", "https"), credentials=False))
+
+    prefix = ""
+
+
+@dataclass(frozen=True)
+class FlowerOptions:
+    """Flower's own options, under their real names, written to flowerconfig.py."""
+
+    url_prefix: str = setting(url_prefix())
+    max_tasks: int = setting(integer(minimum=1))
+    max_workers: int = setting(integer(minimum=1))
+    purge_offline_workers: int | None = setting(integer(minimum=1, optional=True))
+    persistent: bool = setting(boolean())
+    state_save_interval: int = setting(integer())
+    db: str = setting(db_name())
+    read_only: bool = setting(boolean())
+    natural_time: bool = setting(boolean())
+    tasks_columns: str | None = setting(task_columns())
+    inspect_timeout: int = setting(integer(minimum=1))
+    enable_events: bool = setting(boolean())
+    auto_refresh: bool = setting(boolean())
+    auth: str = setting(text(hint="a regular expression of allowed e-mails ('' = no OAuth)"))
+    auth_provider: str = setting(one_of(AUTH_PROVIDERS))
+    oauth2_key: str = setting(text())
+    oauth2_redirect_uri: str = setting(url(("https", "http")))
+
+    prefix = "flower_"
+
+
+@dataclass(frozen=True)
+class Flower:
+    """Where and how Flower is installed and run, and where its secrets come from."""
+
+    version: str = setting(text(r"\d+\.\d+\.\d+", "a Flower version like '2.2.0'"))
+    user: str = setting(name())
+    group: str = setting(name())
+    socket_clients: tuple[str, ...] = setting(string_list(name()))
+    service: str = setting(text(r"[a-z][a-z0-9-]{0,30}", "a unit name like 'flower'"))
+    config_dir: str = setting(absolute_path())
+    install_dir: str = setting(absolute_path())
+    app: str = setting(text(r"([\w.]+(:[\w.]+)?)?", "a Celery app like 'proj.celery:app'"))
+    app_source: str = setting(text())
+    app_workdir: str = setting(text(r"(/.*)?", "an absolute path ('' = the state directory)"))
+    unauthenticated_api: bool = setting(boolean())
+    restart_sec: int = setting(integer(minimum=1))
+    start_limit_burst: int = setting(integer(minimum=1))
+    start_limit_interval_sec: int = setting(integer(minimum=1))
+    stop_timeout_sec: int = setting(integer(minimum=1))
+    healthcheck_min_workers: int = setting(integer())
+    healthcheck_timeout: int = setting(integer(minimum=1))
+    broker_url_env: str = setting(env_name())
+    broker_api_env: str = setting(env_name(optional=True))
+    basic_auth: tuple[tuple[str, str], ...] = setting(env_mapping())
+    oauth2_secret_env: str = setting(env_name(optional=True))
+    cookie_secret_env: str = setting(env_name(optional=True))
+
+    prefix = "flower_"
+
+    @property
+    def lock_file(self) -> Path:
+        return LOCKS_DIR / f"flower-{self.version}.txt"
+
+    @property
+    def state_dir(self) -> str:
+        return f"/var/lib/{self.service}"
+
+    @property
+    def runtime_dir(self) -> str:
+        return f"/run/{self.service}"
+
+    @property
+    def socket(self) -> str:
+        return f"{self.runtime_dir}/{self.service}.sock"
+
+    @property
+    def unit_name(self) -> str:
+        return f"{self.service}.service"
+
+    @property
+    def unit_file(self) -> str:
+        return f"/etc/systemd/system/{self.unit_name}"
+
+    @property
+    def env_file(self) -> str:
+        return f"{self.config_dir}/{self.service}.env"
+
+    @property
+    def config_file(self) -> str:
+        return f"{self.config_dir}/flowerconfig.py"
+
+    @property
+    def venvs_dir(self) -> str:
+        return f"{self.install_dir}/venvs"
+
+    @property
+    def venv(self) -> str:
+        """A symlink to the venv Flower runs from; switched only once a new venv is complete."""
+        return f"{self.install_dir}/venv"
+
+    @property
+    def workdir(self) -> str:
+        return self.app_workdir or self.state_dir
+
+    @property
+    def app_is_local(self) -> bool:
+        """A path (package specs and git/https URLs never hold a bare '/')."""
+        return "/" in self.app_source and "://" not in self.app_source
+
+    @property
+    def app_is_git(self) -> bool:
+        return self.app_source.startswith("git+")
+
+
+SECTIONS = {"egress": Egress, "options": FlowerOptions, "flower": Flower}
+
+
+@dataclass(frozen=True)
+class Settings:
+    egress: Egress
+    options: FlowerOptions
+    flower: Flower
+    firewall: Firewall
+    site: Site
+    nginx: Nginx
+    tls: Tls
+    auth: Auth
+
+
+# --- loading --------------------------------------------------------------------------------
+
+
+def known_keys() -> dict[str, Check]:
+    return {
+        section.prefix + f.name: f.metadata["check"]
+        for section in SECTIONS.values()
+        for f in fields(section)
+    }
+
+
+def load_settings(data: Mapping[str, Any]) -> Settings:
+    """Validate one host's data (host.data.dict()) into Settings, or raise SettingsError."""
+    checks = known_keys()
+    reject_unknown_keys(data, checks)
+    sections = {
+        attr: section(
+            **{f.name: _checked(data, section.prefix + f.name, checks) for f in fields(section)}
+        )
+        for attr, section in SECTIONS.items()
+    }
+    settings = Settings(**sections)
+    check_consistency(settings)
+    check_edge(settings)
+    check_firewall(settings)
+    return settings
+
+
+def _checked(data: Mapping[str, Any], key: str, checks: dict[str, Check]) -> Any:
+    if key not in data:
+        raise SettingsError(key, "missing", "define it with its default in group_data/all.py")
+    return checks[key](key, data[key])
+
+
+def reject_unknown_keys(data: Mapping[str, Any], checks: Mapping[str, Check]) -> None:
+    for key in data:
+        if key in checks:
+            continue
+        if key in MANAGED_KEYS:
+            raise SettingsError(key, f"not a setting: {MANAGED_KEYS[key]}", f"remove {key}")
+        close = difflib.get_close_matches(key, checks, n=1, cutoff=0.8)
+        if key.startswith(OWNED_PREFIXES) or close:
+            hint = f"did you mean {close[0]!r}?" if close else "see group_data/all.py for every key"
+            raise SettingsError(key, "unknown key", hint)
+
+
+def check_consistency(s: Settings) -> None:
+    """Rules that span several keys."""
+    f, o = s.flower, s.options
+    if not f.lock_file.is_file():
+        have = sorted(p.stem.removeprefix("flower-") for p in LOCKS_DIR.glob("flower-*.txt"))
+        raise SettingsError(
+            "flower_version",
+            f"no lock file {f.lock_file.relative_to(REPO)} (locked versions: {have})",
+            "pick a locked version, or add locks/flower-<version>.in and run locks/compile.py",
+        )
+    if bool(f.app) != bool(f.app_source):
+        raise SettingsError(
+            "flower_app" if f.app_source else "flower_app_source",
+            "flower_app (the -A app) and flower_app_source (where to install it from) go together",
+            "set both, or neither for app-less mode",
+        )
+    if f.app_is_local and not _local_app_dir(f.app_source).is_dir():
+        raise SettingsError(
+            "flower_app_source", f"{f.app_source!r} is not a directory", "use an existing path"
+        )
+    if o.state_save_interval and not o.persistent:
+        raise SettingsError(
+            "flower_state_save_interval",
+            "saving state needs flower_persistent = True",
+            "set flower_persistent = True or flower_state_save_interval = 0",
+        )
+    if o.auth and not (o.auth_provider and o.oauth2_key and o.oauth2_redirect_uri):
+        raise SettingsError(
+            "flower_auth",
+            "OAuth needs flower_auth_provider, flower_oauth2_key and flower_oauth2_redirect_uri",
+            "set all three, or flower_auth = '' to turn OAuth off",
+        )
+    if o.auth and not (f.oauth2_secret_env and f.cookie_secret_env):
+        raise SettingsError(
+            "flower_oauth2_secret_env",
+            "OAuth needs its client secret and a fixed cookie secret (or sessions die on restart)",
+            "name both variables: flower_oauth2_secret_env and flower_cookie_secret_env",
+        )
+    if o.auth:
+        try:
+            re.compile(o.auth)
+        except re.error as e:
+            raise SettingsError(
+                "flower_auth", f"not a valid regexp ({e})", "fix the pattern"
+            ) from e
+    if f.healthcheck_min_workers and o.auth:
+        raise SettingsError(
+            "flower_healthcheck_min_workers",
+            "with OAuth (flower_auth) Flower's API needs a browser session: the check cannot list "
+            "workers",
+            "set flower_healthcheck_min_workers = 0 (the check then only asks /healthcheck)",
+        )
+    if f.socket_clients and f.user in f.socket_clients:
+        raise SettingsError(
+            "flower_socket_clients", "lists Flower's own user", f"remove {f.user!r} from the list"
+        )
+
+
+def _local_app_dir(source: str) -> Path:
+    return (REPO / source).resolve()
+
+
+def local_app_dir(flower: Flower) -> Path:
+    return _local_app_dir(flower.app_source)
+
+
+# --- firewall (flowerbed/firewall.py) ---------------------------------------------------------
+
+EVERYWHERE = ("0.0.0.0/0", "::/0")
+RESERVED_PORTS = {80: "HTTP (ACME challenge, redirect)", 443: "HTTPS (the dashboard)"}
+
+
+def networks(empty: tuple[str, str] | None = None) -> Check:
+    """A list of IPv4/IPv6 networks in CIDR form; `empty` = (problem, fix) if [] is an error."""
+    hint = "a list of CIDRs like ['203.0.113.0/24', '2001:db8::/48']"
+
+    def check(key: str, value: Any) -> tuple[str, ...]:
+        _expect(key, value, (list, tuple), hint)
+        if not value and empty:
+            raise SettingsError(key, *empty)
+        return tuple(_network(f"{key}[{i}]", item) for i, item in enumerate(value))
+
+    return check
+
+
+def _network(key: str, value: Any) -> str:
+    _expect(key, value, str, "a CIDR like '203.0.113.0/24' or '2001:db8::/48'")
+    try:
+        return str(ipaddress.ip_network(value.strip()))
+    except ValueError as error:
+        if "has host bits set" not in str(error):
+            raise SettingsError(
+                key,
+                f"{value!r} is not an IPv4/IPv6 address or network",
+                "use CIDR notation, e.g. '203.0.113.0/24', '198.51.100.7/32' or '2001:db8::/48'",
+            ) from error
+        address, network = value.split("/")[0], ipaddress.ip_network(value, strict=False)
+        single = f"{address}/{network.max_prefixlen}"
+        raise SettingsError(
+            key,
+            f"{value!r} has host bits set, so it is ambiguous",
+            f"use {str(network)!r} for the whole network or {single!r} for that one address",
+        ) from error
+
+
+def port() -> Check:
+    def check(key: str, value: Any) -> int:
+        _expect(key, value, int, "a TCP port (1-65535)")
+        if not 1 <= value <= 65535:
+            raise SettingsError(key, f"{value} is not a TCP port", "use a port from 1 to 65535")
+        return value
+
+    return check
+
+
+@dataclass(frozen=True)
+class Firewall:
+    """flowerbed's nftables table: who may open which port; everything else new is dropped."""
+
+    allowed_sources: tuple[str, ...] = setting(
+        networks(
+            empty=(
+                "an empty list would let no one reach the dashboard (flowerbed never reads it "
+                "as 'open to all')",
+                "list your users' networks, e.g. allowed_sources = ['203.0.113.0/24']; to "
+                "really open HTTPS to everyone say so: ['0.0.0.0/0', '::/0']",
+            )
+        ),
+        "networks that may reach HTTPS (443), the dashboard",
+    )
+    admin_sources: tuple[str, ...] = setting(
+        networks(
+            empty=(
+                "an empty list would close SSH to everyone and lock the operator out",
+                "list the networks you run pyinfra and ssh from, e.g. "
+                "admin_sources = ['198.51.100.7/32']",
+            )
+        ),
+        "networks that may reach SSH (firewall_ssh_port): the operator's",
+    )
+    acme_sources: tuple[str, ...] = setting(
+        networks(),
+        "networks that may reach HTTP (80): the ACME challenge and the HTTPS redirect",
+    )
+    firewall_ssh_port: int = setting(port(), "sshd's port, opened to admin_sources")
+    firewall_rollback_seconds: int = setting(
+        integer(minimum=45), "a new ruleset not confirmed over a new SSH connection is undone"
+    )
+
+    prefix = ""
+
+    def __post_init__(self) -> None:
+        if self.firewall_ssh_port in RESERVED_PORTS:
+            raise SettingsError(
+                "firewall_ssh_port",
+                f"{self.firewall_ssh_port} is flowerbed's "
+                f"{RESERVED_PORTS[self.firewall_ssh_port]} port",
+                "set it to the port sshd listens on (usually 22)",
+            )
+
+
+SECTIONS["firewall"] = Firewall
+
+
+def check_firewall(s: Settings) -> None:
+    """Port 80 stays open to whoever must validate HTTP-01: restricting it never silently breaks
+    issuance or renewal."""
+    acme, tls = s.firewall.acme_sources, s.tls
+    dns_01 = "use tls_challenge = 'dns-01' to keep port 80 closed"
+    if tls.challenge == "http-01" and not acme:
+        raise SettingsError(
+            "acme_sources",
+            "an empty list closes port 80, so HTTP-01 can neither issue nor renew certificates",
+            f"keep the default {list(EVERYWHERE)}, or {dns_01}",
+        )
+    lets_encrypt = tls.challenge == "http-01" and tls.acme_directory in LETS_ENCRYPT.values()
+    restricted = not set(EVERYWHERE) <= set(acme)  # values are normalised by networks()
+    if lets_encrypt and restricted:
+        raise SettingsError(
+            "acme_sources",
+            "Let's Encrypt validates HTTP-01 from addresses it does not publish: a restricted "
+            "port 80 would make issuance and renewal fail",
+            f"keep {list(EVERYWHERE)}, or {dns_01}",
+        )
+
+
+# --- the edge: nginx, TLS (certbot), dashboard logins (flowerbed/edge.py) ---------------------
+
+LETS_ENCRYPT = {
+    "letsencrypt": "https://acme-v02.api.letsencrypt.org/directory",
+    "letsencrypt-staging": "https://acme-staging-v02.api.letsencrypt.org/directory",
+}
+AUTH_MODES = ("basic", "oauth")
+CHALLENGES = ("http-01", "dns-01")
+DNS_LABEL = r"(?!-)[a-z0-9-]{1,63}(?<!-)"
+
+
+def dns_name(optional: bool = False) -> Check:
+    hint = "a DNS name like 'flower.example.com' (or '*.example.com' with DNS-01)"
+    pattern = rf"(\*\.)?({DNS_LABEL}\.)+{DNS_LABEL}"
+
+    def check(key: str, value: Any) -> str:
+        _expect(key, value, str, hint)
+        if optional and not value:
+            return ""
+        name = value.lower().rstrip(".")
+        if not re.fullmatch(pattern, name) or len(name) > 253:
+            raise SettingsError(key, f"{value!r} is not {hint}", f"set {key} to {hint}")
+        return name
+
+    return check
+
+
+def local_file(optional: bool = True) -> Check:
+    """A file on the operator's machine (absolute, or relative to where pyinfra runs)."""
+
+    def check(key: str, value: Any) -> str:
+        _expect(key, value, str, "a path on this machine")
+        if optional and not value:
+            return ""
+        if not Path(value).is_file():
+            raise SettingsError(key, f"{value} is not a file here", "point it at an existing file")
+        return str(Path(value).resolve())
+
+    return check
+
+
+def acme_directory() -> Check:
+    hint = f"{' or '.join(LETS_ENCRYPT)}, or an ACME directory URL (https://...)"
+
+    def check(key: str, value: Any) -> str:
+        _expect(key, value, str, hint)
+        if value in LETS_ENCRYPT:
+            return LETS_ENCRYPT[value]
+        return url(("https",), optional=False, credentials=False)(key, value)
+
+    return check
+
+
+@dataclass(frozen=True)
+class Site:
+    """The dashboard's names and who reads its monitoring endpoints without logging in."""
+
+    fqdn: str = setting(dns_name(optional=True), "the name browsers use ('' = the host's name)")
+    server_aliases: tuple[str, ...] = setting(string_list(dns_name()), "more names, same site")
+    monitoring_sources: tuple[str, ...] = setting(
+        networks(), "networks that read /metrics (and /healthcheck) without a login"
+    )
+
+    prefix = ""
+
+
+@dataclass(frozen=True)
+class Nginx:
+    """The reverse proxy's site: headers, HSTS, timeouts, and extra directives."""
+
+    hsts_max_age: int = setting(integer(), "Strict-Transport-Security max-age (0 = no header)")
+    hsts_include_subdomains: bool = setting(boolean(), "HSTS for every subdomain too")
+    proxy_read_timeout: int = setting(integer(minimum=1), "seconds nginx waits for Flower")
+    server_snippets: tuple[str, ...] = setting(
+        string_list(text(r"[^\n]*;", "one nginx directive ending in ';'")),
+        "extra directives for the HTTPS server block",
+    )
+
+    prefix = "nginx_"
+
+
+@dataclass(frozen=True)
+class Tls:
+    """The certificate: which ACME directory issues it and how names are proven."""
+
+    acme_directory: str = setting(acme_directory(), "who issues the certificate")
+    acme_ca_bundle: str = setting(local_file(), "CA bundle for a private ACME directory's HTTPS")
+    email: str = setting(text(r"([^@\s]+@[^@\s]+)?", "an e-mail address ('' = none)"))
+    challenge: str = setting(one_of(CHALLENGES, optional=False), "http-01 or dns-01")
+    dns_plugin: str = setting(text(r"([a-z0-9]+)?", "a certbot DNS plugin like 'cloudflare'"))
+    dns_credentials_env: str = setting(env_name(optional=True), "holds the plugin's .ini path")
+    dns_hook: str = setting(local_file(), "a manual DNS-01 hook script (args: auth|cleanup)")
+
+    prefix = "tls_"
+
+    @property
+    def authenticator(self) -> str:
+        """certbot's name for how names are proven (as its renewal configuration records it)."""
+        if self.challenge == "http-01":
+            return "webroot"
+        return f"dns-{self.dns_plugin}" if self.dns_plugin else "manual"
+
+
+@dataclass(frozen=True)
+class Auth:
+    """Who may use the dashboard: nginx basic auth, or Flower's OAuth."""
+
+    mode: str = setting(one_of(AUTH_MODES, optional=False), "basic (at nginx) or oauth (Flower)")
+    users_env: str = setting(env_name(optional=True), "holds user:password[,user:password]")
+
+    prefix = "auth_"
+
+
+SECTIONS.update(site=Site, nginx=Nginx, tls=Tls, auth=Auth)
+
+
+def check_edge(s: Settings) -> None:
+    """Rules between the edge's settings and Flower's."""
+    tls, auth, flower, options = s.tls, s.auth, s.flower, s.options
+    wildcards = [n for n in (s.site.fqdn, *s.site.server_aliases) if n.startswith("*.")]
+    if tls.challenge == "http-01" and (wildcards or tls.dns_plugin or tls.dns_hook):
+        raise SettingsError(
+            "tls_challenge",
+            "wildcard names, tls_dns_plugin and tls_dns_hook need DNS-01",
+            "set tls_challenge = 'dns-01'",
+        )
+    if tls.challenge == "dns-01" and bool(tls.dns_plugin) == bool(tls.dns_hook):
+        raise SettingsError(
+            "tls_challenge",
+            "DNS-01 needs exactly one of tls_dns_plugin and tls_dns_hook",
+            "name a certbot DNS plugin (e.g. 'cloudflare') or a hook script",
+        )
+    if tls.dns_credentials_env and not tls.dns_plugin:
+        raise SettingsError(
+            "tls_dns_credentials_env", "is only for a DNS plugin", "set tls_dns_plugin"
+        )
+    if s.nginx.proxy_read_timeout * 1000 <= options.inspect_timeout:
+        raise SettingsError(
+            "nginx_proxy_read_timeout",
+            "nginx would give up before Flower's inspect_timeout",
+            "make it longer than flower_inspect_timeout (ms)",
+        )
+    if auth.mode == "basic":
+        if not auth.users_env:
+            raise SettingsError(
+                "auth_users_env", "basic auth needs its logins", "name the variable that holds them"
+            )
+        if options.auth or flower.basic_auth or not flower.unauthenticated_api:
+            raise SettingsError(
+                "auth_mode",
+                "with logins at nginx, Flower must not authenticate (nginx strips the login "
+                "before Flower sees it) and its API must be open to the proxy",
+                "set flower_auth = '', flower_basic_auth = {}, flower_unauthenticated_api = True"
+                ", or auth_mode = 'oauth'",
+            )
+    if auth.mode == "oauth" and (not options.auth or flower.unauthenticated_api):
+        raise SettingsError(
+            "auth_mode",
+            "with OAuth, Flower does the login: it needs flower_auth, and its API must require it",
+            "set flower_auth (and its provider settings) and flower_unauthenticated_api = False",
+        )

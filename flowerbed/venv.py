@@ -1,0 +1,149 @@
+"""Venvs built from a hash-pinned lock file, one directory per (lock, app) pair.
+
+A venv is built beside the running one (`<venvs>/<key>`) and marked complete only after every
+step succeeded; the service's venv link is switched afterwards. So a failed or interrupted
+install never leaves a half-installed venv in use, is retried on the next run, and a changed
+lock or app is exactly one new venv, one link switch and one restart.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import tarfile
+from dataclasses import dataclass, field
+from io import BytesIO, StringIO
+from pathlib import Path
+
+from pyinfra import host
+from pyinfra.api import FactBase, FileUploadCommand, StringCommand, operation
+
+from .shell import all_of, command
+
+COMPLETE_MARKER = ".flowerbed-complete"
+SKIPPED_IN_APP_ARCHIVE = {"__pycache__", ".git", "build", "dist", ".venv", ".pytest_cache"}
+
+
+@dataclass(frozen=True)
+class AppPackage:
+    """The user's Celery app: a pip requirement (spec or git URL) or a local source tree."""
+
+    requirement: str
+    archive: bytes | None = field(default=None, repr=False)
+
+    @property
+    def identity(self) -> bytes:
+        return self.archive if self.archive is not None else self.requirement.encode()
+
+
+def app_from_source(source: str, local_dir: Path | None) -> AppPackage:
+    if local_dir is None:
+        return AppPackage(requirement=source)
+    return AppPackage(requirement=source, archive=source_archive(local_dir))
+
+
+def source_archive(directory: Path) -> bytes:
+    """A tar of a source tree that is byte-identical for identical files (no times, owners)."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for path in sorted(_source_files(directory)):
+            info = tar.gettarinfo(str(path), arcname=str(path.relative_to(directory)))
+            info.mtime, info.uid, info.gid, info.uname, info.gname = 0, 0, 0, "", ""
+            info.mode = 0o755 if info.mode & 0o111 else 0o644
+            with path.open("rb") as content:
+                tar.addfile(info, content)
+    return buffer.getvalue()
+
+
+def _source_files(directory: Path):
+    for path in directory.rglob("*"):
+        parts = path.relative_to(directory).parts
+        skipped = any(p in SKIPPED_IN_APP_ARCHIVE or p.endswith(".egg-info") for p in parts)
+        if path.is_file() and not skipped and path.suffix not in (".pyc", ".pyo"):
+            yield path
+
+
+def venv_key(lock: bytes, app: AppPackage | None) -> str:
+    digest = hashlib.sha256(lock)
+    if app:
+        digest.update(b"\0app\0" + app.identity)
+    return digest.hexdigest()[:16]
+
+
+class VenvComplete(FactBase):
+    """True when the venv at `path` finished building and its Python still runs Flower."""
+
+    def command(self, path: str) -> StringCommand:
+        check = all_of(
+            ["test", "-f", f"{path}/{COMPLETE_MARKER}"],
+            [f"{path}/bin/python", "-I", "-c", "import flower"],
+        )
+        # a Python upgraded under the venv (Debian 12 -> 13) fails the import: rebuild
+        return StringCommand(check, "2>/dev/null", "&&", "echo", "complete", "||", "true")
+
+    @staticmethod
+    def default() -> bool:
+        return False
+
+    def process(self, output: list[str]) -> bool:
+        return output == ["complete"]
+
+
+class Subdirectories(FactBase):
+    """Names of the directories directly inside `path` (none if it does not exist)."""
+
+    def command(self, path: str) -> StringCommand:
+        listing = all_of(
+            ["test", "-d", path],
+            ["find", path, "-mindepth", "1", "-maxdepth", "1", "-type", "d", "-printf", "%f\\n"],
+        )
+        return StringCommand(listing, "||", "true")
+
+    @staticmethod
+    def default() -> list[str]:
+        return []
+
+    def process(self, output: list[str]) -> list[str]:
+        return [line for line in output if line]
+
+
+@operation()
+def locked_venv(path: str, lock: bytes, pip_conf: str, app: AppPackage | None = None):
+    """The venv at `path` holds exactly the lock's packages (and the app), verified by pip."""
+    if host.get_fact(VenvComplete, path=path):
+        host.noop(f"venv {path} is complete")
+        return
+    pip = [f"{path}/bin/python", "-m", "pip"]
+    lock_file = f"{path}/requirements.lock"
+    yield command("rm", "-rf", path)
+    yield command("python3", "-m", "venv", path)
+    yield FileUploadCommand(StringIO(pip_conf), f"{path}/pip.conf")
+    yield FileUploadCommand(BytesIO(lock), lock_file)
+    yield command(*pip, "install", "--require-hashes", "--no-deps", "--only-binary=:all:",
+                  "--requirement", lock_file)  # fmt: skip
+    if app:
+        yield from _install_app(path, pip, app)
+    yield command(*pip, "check")
+    yield command("touch", f"{path}/{COMPLETE_MARKER}")
+
+
+def _install_app(path: str, pip: list[str], app: AppPackage):
+    if app.archive is None:
+        yield command(*pip, "install", "--no-deps", app.requirement)
+        return
+    archive, source = f"{path}/app-source.tar", f"{path}/app-source"
+    yield FileUploadCommand(BytesIO(app.archive), archive)
+    yield command("mkdir", "-p", source)
+    yield command("tar", "-xf", archive, "-C", source, "--no-same-owner")
+    yield command(*pip, "install", "--no-deps", source)
+    yield command("rm", "-rf", archive, source)
+
+
+@operation()
+def only_venv(venvs_dir: str, keep: str):
+    """`venvs_dir` holds no venv but `keep` (the one the service runs)."""
+    stale = [name for name in host.get_fact(Subdirectories, path=venvs_dir) if name != keep]
+    if not stale:
+        host.noop(f"no stale venvs in {venvs_dir}")
+    for name in sorted(stale):
+        yield command("rm", "-rf", f"{venvs_dir}/{name}")

@@ -1,0 +1,89 @@
+"""Every flowerbed knob with its default: the one place defaults are defined.
+
+Override per group (group_data/<group>.py), per host (inventory) or per run
+(`--data flower_max_tasks=5000`). flowerbed/settings.py validates every value before any host
+is touched; a misspelt or unknown flower_*/egress_*/pip_* key is an error.
+Secrets never go here or in an inventory: keys ending in `_env` name the environment variable
+(from the operator's environment or .env, see .env.example) that holds the secret.
+"""
+
+# --- Package sources ------------------------------------------------------------------------
+egress_proxy = ""  # HTTP(S) proxy for apt and pip, e.g. "http://10.77.0.1:3128" ('' = direct)
+egress_ca_certificates = []  # local .pem/.crt files the hosts must trust (proxy/mirror CAs)
+pip_index_url = ""  # private PyPI mirror (simple API) for the venv ('' = pypi.org)
+
+# --- Flower install -------------------------------------------------------------------------
+flower_version = "2.2.0"  # Flower to run: installs locks/flower-<version>.txt (hash-pinned)
+flower_user = "flower"  # static system user Flower runs as
+flower_group = "flower"  # its group: owns the socket directory, members may connect
+flower_socket_clients = ["www-data"]  # users put in flower_group: the reverse proxy (nginx)
+flower_service = "flower"  # unit name; also /run/<service> (socket) and /var/lib/<service>
+flower_config_dir = "/etc/flower"  # root-owned: flowerconfig.py and the 0600 env file
+flower_install_dir = "/opt/flower"  # root-owned: venvs/<lock+app hash> and the `venv` link
+
+# --- Celery app (-A) ------------------------------------------------------------------------
+flower_app = ""  # Celery app for `celery -A`, e.g. "proj.celery:app" ('' = app-less mode)
+flower_app_source = ""  # pip-installs the app: a local dir, "git+https://...@<commit>", "pkg==1.0"
+flower_app_workdir = ""  # Flower's working directory ('' = its state directory)
+
+# --- Secrets: names of environment variables, never values ---------------------------------
+flower_broker_url_env = "FLOWERBED_BROKER_URL"  # holds the broker URL (with its password)
+flower_broker_api_env = ""  # holds RabbitMQ's management API URL (broker_api), if any
+flower_basic_auth = {}  # Flower's own basic auth: {"user": "ENV_VAR_WITH_PASSWORD"}
+flower_oauth2_secret_env = ""  # holds the OAuth client secret (with flower_auth)
+flower_cookie_secret_env = ""  # holds a fixed cookie secret ('' = new one, sessions end, on start)
+
+# --- Flower options, under Flower's own names (flowerconfig.py) ------------------------------
+flower_url_prefix = ""  # serve under /<prefix>/ (every route moves, /healthcheck included)
+flower_max_tasks = 100000  # tasks kept in memory
+flower_max_workers = 5000  # workers kept in memory
+flower_purge_offline_workers = None  # seconds until offline workers are dropped (None = never)
+flower_persistent = True  # keep task/worker history across restarts (db in the state directory)
+flower_state_save_interval = 60000  # ms between state saves (0 = only on a clean stop)
+flower_db = "flower"  # state file name in the state directory; dbm adds its own suffix
+flower_read_only = False  # disable worker/task control from the UI and API
+flower_natural_time = False  # show relative times ("5 minutes ago")
+flower_tasks_columns = None  # tasks page columns, e.g. "name,uuid,state,runtime" (None = Flower's)
+flower_inspect_timeout = 1000  # ms Flower waits for workers to answer an inspect
+flower_enable_events = True  # periodically ask workers to send task events
+flower_auto_refresh = True  # UI refreshes its tables by itself
+flower_auth = ""  # OAuth: regexp of allowed e-mails ('' = no OAuth in Flower)
+flower_auth_provider = ""  # OAuth provider class, e.g. "flower.views.auth.GithubLoginHandler"
+flower_oauth2_key = ""  # OAuth client id (not secret)
+flower_oauth2_redirect_uri = ""  # OAuth callback, e.g. "https://flower.example.com/login"
+
+# --- Service --------------------------------------------------------------------------------
+flower_unauthenticated_api = True  # API without Flower auth: only root and the proxy reach it
+flower_restart_sec = 5  # wait before restarting a crashed Flower
+flower_start_limit_burst = 5  # at most this many starts ...
+flower_start_limit_interval_sec = 300  # ... within this many seconds, then systemd gives up
+flower_stop_timeout_sec = 30  # time to save state on stop before SIGKILL
+flower_healthcheck_min_workers = 1  # the deploy fails a host whose Flower sees fewer workers
+flower_healthcheck_timeout = 60  # seconds a (re)started Flower gets to become healthy
+
+# --- Firewall (nftables table `inet flowerbed`; flowerbed/firewall.py) ------------------------
+# New inbound connections are dropped unless listed here. Lists are IPv4/IPv6 CIDRs.
+allowed_sources = []  # who may reach HTTPS (the dashboard): REQUIRED, e.g. ["203.0.113.0/24"]
+admin_sources = []  # who may reach SSH (where you run pyinfra): REQUIRED, e.g. ["198.51.100.7/32"]
+acme_sources = ["0.0.0.0/0", "::/0"]  # who may reach HTTP/80: Let's Encrypt validates from anywhere
+firewall_ssh_port = 22  # the port sshd listens on, opened to admin_sources
+firewall_rollback_seconds = 90  # undo a new ruleset unless a NEW ssh connection confirms it in time
+
+# --- The edge: nginx, TLS, dashboard logins (flowerbed/edge.py) ----------------------------
+# The site: https://<fqdn>/ (or /<flower_url_prefix>/), certificate for fqdn + server_aliases.
+fqdn = ""  # the dashboard's DNS name, per host in the inventory ('' = the host's inventory name)
+server_aliases = []  # more names for the same site, all on its certificate
+monitoring_sources = []  # CIDRs that read /metrics and /healthcheck without a login ([] = none)
+nginx_hsts_max_age = 63072000  # Strict-Transport-Security max-age, seconds (0 = no HSTS header)
+nginx_hsts_include_subdomains = False  # HSTS for every subdomain of the names too
+nginx_proxy_read_timeout = 60  # seconds nginx waits for Flower (above flower_inspect_timeout)
+nginx_server_snippets = []  # extra directives for the HTTPS server, e.g. ["access_log off;"]
+tls_acme_directory = "letsencrypt"  # "letsencrypt", "letsencrypt-staging" or a directory URL
+tls_acme_ca_bundle = ""  # local CA bundle a private ACME directory's HTTPS needs ('' = system)
+tls_email = ""  # ACME account e-mail (expiry and policy notices; '' = register without)
+tls_challenge = "http-01"  # "http-01" (webroot on port 80) or "dns-01" (plugin or hook)
+tls_dns_plugin = ""  # DNS-01 via certbot's python3-certbot-dns-<plugin>, e.g. "cloudflare"
+tls_dns_credentials_env = ""  # holds the path of the plugin's credentials .ini (see .env.example)
+tls_dns_hook = ""  # DNS-01 via a local script run as `HOOK auth|cleanup` (certbot's manual hooks)
+auth_mode = "basic"  # "basic": logins at nginx (bcrypt); "oauth": Flower's OAuth (flower_auth)
+auth_users_env = "FLOWERBED_DASHBOARD_USERS"  # holds user:password[,user:password...]

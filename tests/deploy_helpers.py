@@ -1,0 +1,109 @@
+"""Run the real deploy against lab hosts and read its results (reusable by every lab test).
+
+result = run_deploy(["h1", "h2"], data={"flower_max_tasks": 5000})
+assert result.ok and result.totals["success"] == 0      # a no-op run
+assert result.changed_hosts("Restart Flower") == ["h2"]
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+PYINFRA = str(REPO / ".venv" / "bin" / "pyinfra")
+ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+
+@dataclass
+class DeployResult:
+    args: list[str]
+    returncode: int
+    stdout: str
+    stderr: str
+    seconds: float
+
+    @property
+    def ok(self) -> bool:
+        return self.returncode == 0
+
+    @property
+    def log(self) -> str:
+        """pyinfra's log (stderr) without colours."""
+        return ANSI.sub("", self.stderr)
+
+    @property
+    def report(self) -> dict:
+        """pyinfra's --json document: {"plan": [...], "results": {...} | None}."""
+        return json.loads(self.stdout)
+
+    @property
+    def totals(self) -> dict:
+        """{"hosts", "success" (changed), "no_change", "error"}, summed over operations."""
+        return self.report["results"]["totals"]
+
+    @property
+    def failed_hosts(self) -> list[str]:
+        return self.report["results"]["failed_hosts"]
+
+    def changed_hosts(self, operation: str) -> list[str]:
+        """Hosts where an operation whose name contains `operation` made a change."""
+        return sorted(
+            {
+                host
+                for op in self.report["results"]["operations"]
+                if operation in op["name"]
+                for host in op["success"]
+            }
+        )
+
+    def explain(self) -> str:
+        return f"$ {' '.join(self.args)}\nexit {self.returncode}\n{self.stderr[-6000:]}"
+
+
+def data_args(data: dict | None) -> list[str]:
+    args = []
+    for key, value in (data or {}).items():
+        text = value if isinstance(value, str) else json.dumps(value)
+        args += ["--data", f"{key}={text}"]
+    return args
+
+
+def run_deploy(
+    hosts: list[str] | str,
+    data: dict | None = None,
+    *,
+    flags: tuple[str, ...] = ("-y", "--json"),
+    env: dict[str, str] | None = None,
+    inventory: str = "inventory/lab.py",
+    deploy_file: str = "deploy.py",
+    timeout: float = 1200,
+) -> DeployResult:
+    """`pyinfra INVENTORY deploy.py -y --json --limit HOSTS [--data k=v ...]` from the repo."""
+    names = [hosts] if isinstance(hosts, str) else list(hosts)
+    assert names, "name the hosts: without --limit pyinfra targets every host in the lab"
+    limits = [arg for name in names for arg in ("--limit", name)]
+    args = [PYINFRA, inventory, deploy_file, *flags, *limits, *data_args(data)]
+    started = time.monotonic()
+    completed = subprocess.run(
+        args,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, "PYINFRA_PROGRESS": "off", **(env or {})},
+    )
+    return DeployResult(
+        args, completed.returncode, completed.stdout, completed.stderr, time.monotonic() - started
+    )
+
+
+def assert_no_secret(result: DeployResult, secrets: list[str]) -> None:
+    for secret in secrets:
+        assert secret not in result.stdout, "a secret is in pyinfra's stdout"
+        assert secret not in result.stderr, "a secret is in pyinfra's stderr"

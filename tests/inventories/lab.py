@@ -1,0 +1,22 @@
+"""inventory/lab.py, plus data for single hosts: for tests that change one host only.
+
+    FLOWERBED_TEST_HOST_DATA='{"NAME": {"key": value}}'   (JSON)
+
+Named lab.py so its hosts join the `lab` group (group_data/lab.py) like inventory/lab.py's.
+"""
+
+import json
+import os
+import runpy
+from pathlib import Path
+
+_lab = runpy.run_path(str(Path(__file__).resolve().parents[2] / "inventory" / "lab.py"))
+_host_data = json.loads(os.environ.get("FLOWERBED_TEST_HOST_DATA", "{}"))
+
+
+def _with_host_data(hosts: list[tuple[str, dict]]) -> list[tuple[str, dict]]:
+    return [(name, {**data, **_host_data.get(name, {})}) for name, data in hosts]
+
+
+bookworm = _with_host_data(_lab["bookworm"])
+trixie = _with_host_data(_lab["trixie"])

@@ -1,0 +1,292 @@
+"""The edge on real lab hosts: nginx, TLS from the lab's ACME CA (pebble), logins, /metrics.
+
+Two fresh hosts are deployed once for the module (the second shows that one host's failure
+leaves the others alone). Tests that change a host put it back before they end.
+Set FLOWERBED_EDGE_HOSTS=a,b to reuse two running lab hosts instead (development).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+from conftest import Lab, lab_cli
+from deploy_helpers import DeployResult, assert_no_secret, run_deploy
+
+pytestmark = pytest.mark.lab
+
+HOST_DATA_INVENTORY = "tests/inventories/lab.py"
+CHALLENGES = "/.well-known/acme-challenge"
+CHALLENGES_DIR = f"/var/lib/flowerbed/acme{CHALLENGES}"  # the webroot certbot writes to
+SITE = "/etc/nginx/conf.d/flowerbed.conf"
+WORKER = "demo@labmachine"
+
+
+@pytest.fixture(scope="module")
+def edge(lab: Lab):
+    """Two deployed hosts: (name of the main one, name of the other)."""
+    reuse = os.environ.get("FLOWERBED_EDGE_HOSTS")
+    names = reuse.split(",") if reuse else [f"edge{os.getpid() % 1000}{x}" for x in "ab"]
+    if not reuse:
+        for name in names:
+            lab_cli("host-up", name)
+        lab.state = Lab.load().state
+    result = run_deploy(names)
+    assert result.ok, result.explain()
+    print(f"first deploy of 2 hosts: {result.seconds:.1f} s")
+    yield names
+    if not reuse:
+        for name in names:
+            lab_cli("host-down", name)
+        lab.state = Lab.load().state
+
+
+def login(lab: Lab) -> tuple[str, str]:
+    user, _, password = lab.secrets["FLOWERBED_DASHBOARD_USERS"].split(",")[0].partition(":")
+    return user, password
+
+
+def fqdn(lab: Lab, name: str) -> str:
+    return lab.host(name)["fqdn"]
+
+
+def curl(
+    lab: Lab, url: str, *, auth: tuple[str, str] | None = None, namespace: str | None = None
+) -> tuple[int, dict[str, str], str]:
+    """(status, headers, body) of one request, verified against the lab's ACME root."""
+    argv = ["curl", "-sS", "-m", "10", "--cacert", lab.state["acme"]["root"], "-D", "-", url]
+    if auth:
+        argv += ["-u", ":".join(auth)]  # a test-only password on the test machine
+    run = lab.in_namespace(namespace, argv) if namespace else subprocess_run(argv)
+    assert run.returncode == 0, f"{url}: {run.stderr}"
+    head, _, body = run.stdout.replace("\r\n", "\n").partition("\n\n")
+    while head.startswith("HTTP/") and body.startswith("HTTP/"):  # 100 Continue and the like
+        head, _, body = body.partition("\n\n")
+    status = int(head.split()[1])
+    headers = dict(line.split(": ", 1) for line in head.splitlines()[1:] if ": " in line)
+    return status, {k.lower(): v for k, v in headers.items()}, body
+
+
+def subprocess_run(argv: list[str]) -> subprocess.CompletedProcess:
+    return subprocess.run(argv, capture_output=True, text=True, timeout=30)
+
+
+def served_serial(lab: Lab, name: str) -> str:
+    """The serial of the certificate nginx serves for the host's name right now."""
+    host = fqdn(lab, name)
+    hello = subprocess.run(
+        ["openssl", "s_client", "-connect", f"{host}:443", "-servername", host],
+        input="",
+        capture_output=True,
+        text=True,
+        timeout=15,
+    )
+    cert = subprocess.run(
+        ["openssl", "x509", "-noout", "-serial"], input=hello.stdout, capture_output=True, text=True
+    )
+    assert cert.returncode == 0, hello.stderr
+    return cert.stdout.strip()
+
+
+def workers(lab: Lab, name: str, prefix: str = "") -> dict:
+    status, _, body = curl(
+        lab,
+        f"https://{fqdn(lab, name)}{prefix}/api/workers",
+        auth=login(lab),
+        namespace="lab-allowed",
+    )
+    assert status == 200, body
+    return json.loads(body)
+
+
+def deploy(names: list[str], **kwargs) -> DeployResult:
+    result = run_deploy(names, **kwargs)
+    assert result.ok, result.explain()
+    return result
+
+
+def deploy_one_host_data(names: list[str], host_data: dict) -> DeployResult:
+    """Deploy `names`, with `host_data` ({host: {key: value}}) for single hosts."""
+    return run_deploy(
+        names,
+        inventory=HOST_DATA_INVENTORY,
+        env={"FLOWERBED_TEST_HOST_DATA": json.dumps(host_data)},
+    )
+
+
+# --- what a browser meets -------------------------------------------------------------------
+
+
+def test_https_verifies_and_every_path_needs_a_login(lab: Lab, edge):
+    site = f"https://{fqdn(lab, edge[0])}"
+    for path in ("/", "/api/workers", "/metrics", "/tasks"):
+        status, headers, _ = curl(lab, site + path, namespace="lab-allowed")
+        assert status == 401, path
+        assert headers["server"] == "nginx", "server_tokens off: no version"
+    status, headers, body = curl(lab, site + "/", auth=login(lab), namespace="lab-allowed")
+    assert status == 200 and "Flower" in body
+    assert headers["strict-transport-security"].startswith("max-age=")
+    assert WORKER in workers(lab, edge[0])
+
+
+def test_flower_control_api_works_through_the_proxy(lab: Lab, edge):
+    """The UI's buttons POST to Flower's API: nginx's login must be enough (no 401/403)."""
+    task = "00000000-0000-4000-8000-f10e0bed0000"  # revoking an unknown task changes nothing
+    argv = ["curl", "-sS", "-m", "20", "--cacert", lab.state["acme"]["root"], "-X", "POST"]
+    argv += ["-u", ":".join(login(lab)), "-o", "/dev/null", "-w", "%{http_code}"]
+    url = f"https://{fqdn(lab, edge[0])}/api/task/revoke/{task}"
+    assert lab.in_namespace("lab-allowed", [*argv, url]).stdout == "200"
+
+
+def test_http_redirects_to_https(lab: Lab, edge):
+    host = fqdn(lab, edge[0])
+    status, headers, _ = curl(lab, f"http://{host}/tasks?x=1", namespace="lab-allowed")
+    assert status == 301
+    assert headers["location"] == f"https://{host}/tasks?x=1"
+
+
+def test_metrics_only_for_monitoring_sources(lab: Lab, edge):
+    """The lab machine is the monitoring source; a logged-in user elsewhere still gets 403."""
+    url = f"https://{fqdn(lab, edge[0])}/metrics"
+    status, _, body = curl(lab, url)
+    assert status == 200 and "flower_" in body
+    assert curl(lab, url, namespace="lab-allowed")[0] == 401
+    assert curl(lab, url, auth=login(lab), namespace="lab-allowed")[0] == 403
+
+
+def test_port_80_from_outside_gives_only_redirects_and_challenges(lab: Lab, edge):
+    name = edge[0]
+    host = fqdn(lab, name)
+    token = "flowerbed-test-probe"
+    lab.ssh(name, f"mkdir -p {CHALLENGES_DIR} && echo probe > {CHALLENGES_DIR}/{token}", check=True)
+    try:
+        for path in ("/", "/api/workers", "/metrics", "/healthcheck", "/static/css/flower.css"):
+            status, headers, body = curl(lab, f"http://{host}{path}", namespace="lab-denied")
+            assert status == 301 and headers["location"].startswith("https://"), path
+            assert "flower" not in body.lower().replace(host, "")
+        status, _, body = curl(lab, f"http://{host}{CHALLENGES}/{token}", namespace="lab-denied")
+        assert (status, body.strip()) == (200, "probe")
+    finally:
+        lab.ssh(name, ["rm", "-f", f"{CHALLENGES_DIR}/{token}"])
+
+
+def test_tls_passes_mozilla_intermediate(lab: Lab, edge):
+    pytest.importorskip("sslyze", reason="sslyze is a dev dependency (requirements.lock)")
+    run = subprocess.run(
+        [sys.executable, "-m", "sslyze", "--mozilla_config=intermediate",
+         f"--certinfo_ca_file={lab.state['acme']['root']}", fqdn(lab, edge[0])],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    findings = set(re.findall(r"^\s+\* (\w+): ", run.stdout.split("COMPLIANCE AGAINST")[-1], re.M))
+    # The lab's pebble issues 5-year certificates: that finding is the lab CA's, not the deploy's.
+    assert findings <= {"maximum_certificate_lifespan"}, run.stdout[-3000:]
+
+
+# --- idempotence and renewal ----------------------------------------------------------------
+
+
+def test_second_run_changes_nothing(edge):
+    result = deploy(edge)
+    assert result.totals["success"] == 0, result.explain()
+    print(f"no-op run of 2 hosts: {result.seconds:.1f} s")
+
+
+def test_forced_renewal_is_served_after_the_hook_reload(lab: Lab, edge):
+    """certbot.timer's service (with the CA drop-in) renews; the deploy hook reloads nginx."""
+    name = edge[0]
+    before = served_serial(lab, name)
+    cli_ini, force = "/etc/letsencrypt/cli.ini", "force-renewal = true"
+    lab.ssh(name, f"echo '{force}' >> {cli_ini}", check=True)
+    try:
+        lab.ssh(name, ["systemctl", "start", "certbot.service"], check=True, timeout=180)
+    finally:
+        lab.ssh(name, ["sed", "-i", f"/^{force}$/d", cli_ini], check=True)
+    assert served_serial(lab, name) != before
+    assert deploy([name]).changed_hosts("TLS certificate") == [], "a renewal needs no deploy"
+
+
+# --- failures stay on their host ------------------------------------------------------------
+
+
+def test_acme_down_for_one_host_leaves_the_others_and_its_site(lab: Lab, edge):
+    main, other = edge
+    serial = served_serial(lab, other)
+    broken = {other: {"tls_acme_directory": "https://10.77.0.1:14001/dir"}}  # nothing listens
+    result = deploy_one_host_data(edge, broken)
+    assert result.returncode != 0 and result.failed_hosts == [other], result.explain()
+    assert "14001" in result.stderr, "the error names what failed"
+    assert served_serial(lab, other) == serial
+    assert WORKER in workers(lab, other) and WORKER in workers(lab, main)
+    assert deploy(edge).changed_hosts("TLS certificate") == [], "back to the working directory"
+
+
+def test_config_failing_nginx_t_is_never_loaded(lab: Lab, edge):
+    name = edge[0]
+    before = lab.ssh(name, ["sha256sum", SITE], check=True).stdout
+    result = run_deploy([name], data={"nginx_server_snippets": ["flowerbed_no_such_directive on;"]})
+    assert result.returncode != 0, "the run reports the host failed"
+    assert 'unknown directive "flowerbed_no_such_directive"' in result.stderr
+    assert lab.ssh(name, ["sha256sum", SITE], check=True).stdout == before
+    assert WORKER in workers(lab, name)
+
+
+# --- modes ----------------------------------------------------------------------------------
+
+
+def test_subpath_mode(lab: Lab, edge):
+    name = edge[1]
+    site = f"https://{fqdn(lab, name)}"
+    deploy([name], data={"flower_url_prefix": "flower"})
+    try:
+        assert WORKER in workers(lab, name, prefix="/flower")
+        status, headers, _ = curl(lab, f"{site}/", auth=login(lab), namespace="lab-allowed")
+        assert (status, headers["location"]) == (302, f"{site}/flower/")
+        status, _, body = curl(lab, f"{site}/flower/", auth=login(lab), namespace="lab-allowed")
+        assert status == 200 and "/flower/static/" in body
+        assert curl(lab, f"{site}/flower/metrics", namespace="lab-allowed")[0] == 401
+        assert curl(lab, f"{site}/flower/metrics")[0] == 200
+    finally:
+        deploy([name])
+
+
+def test_password_rotation_without_any_secret_in_the_output(lab: Lab, edge):
+    name = edge[0]
+    user, old = login(lab)
+    new = "r0tated:pass-word"  # ':' in a password is fine
+    broker = lab.secrets["FLOWERBED_BROKER_URL"]
+    env = {"FLOWERBED_DASHBOARD_USERS": f"{user}:{new}"}
+    site = f"https://{fqdn(lab, name)}/api/workers"
+    hashes = lab.ssh(name, ["cut", "-d:", "-f2", "/etc/nginx/flowerbed.htpasswd"]).stdout.split()
+    preview = run_deploy([name], flags=("--dry", "--diff", "-vvv"), env=env)
+    assert preview.ok, preview.explain()
+    assert_no_secret(preview, [old, new, broker, *hashes])
+    try:
+        rotated = run_deploy([name], env=env)
+        assert rotated.ok and rotated.changed_hosts("Dashboard logins") == [name]
+        assert_no_secret(rotated, [old, new, broker, *hashes])
+        assert curl(lab, site, auth=(user, new), namespace="lab-allowed")[0] == 200
+        assert curl(lab, site, auth=(user, old), namespace="lab-allowed")[0] == 401
+        again = run_deploy([name], env=env)
+        assert again.ok and again.totals["success"] == 0, "an unchanged password is not re-hashed"
+    finally:
+        deploy([name])
+    assert curl(lab, site, auth=(user, old), namespace="lab-allowed")[0] == 200
+
+
+def test_dns01_through_the_lab_hook(lab: Lab, edge):
+    name = edge[1]
+    dns01 = {"tls_challenge": "dns-01", "tls_dns_hook": "lab/dns01-hook.sh"}
+    before = served_serial(lab, name)
+    try:
+        result = deploy([name], data=dns01)
+        assert result.changed_hosts("TLS certificate") == [name]
+        renewal = lab.ssh(name, ["cat", "/etc/letsencrypt/renewal/flowerbed.conf"]).stdout
+        assert "authenticator = manual" in renewal
+        assert served_serial(lab, name) != before
+        assert WORKER in workers(lab, name)
+    finally:
+        deploy([name])

@@ -1,0 +1,260 @@
+"""Settings validation, secrets and rendering: no lab needed."""
+
+from __future__ import annotations
+
+import runpy
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from flowerbed.flower import config_text, env_text, exec_start, unit_text
+from flowerbed.preflight import InvalidDeploy, check_host
+from flowerbed.render import systemd_quote
+from flowerbed.secrets import Secret, load_flower_secrets
+from flowerbed.settings import OWNED_PREFIXES, SettingsError, known_keys, load_settings
+from flowerbed.venv import AppPackage, source_archive, venv_key
+
+REPO = Path(__file__).resolve().parent.parent
+BROKER = "redis://:s3cret-pw@10.0.0.5:6379/0"
+ENVIRON = {"FLOWERBED_BROKER_URL": BROKER}
+
+
+# Keys whose defaults are deliberately invalid: every operator must choose them.
+OPERATOR_CHOICES = {"allowed_sources": ["203.0.113.0/24"], "admin_sources": ["198.51.100.7/32"]}
+
+
+def defaults() -> dict:
+    values = runpy.run_path(str(REPO / "group_data" / "all.py"))
+    return {key: value for key, value in values.items() if not key.startswith("__")}
+
+
+def valid_data() -> dict:
+    return {**defaults(), **OPERATOR_CHOICES}
+
+
+def settings_with(**overrides):
+    return load_settings({**valid_data(), **overrides})
+
+
+def error_for(**overrides) -> str:
+    with pytest.raises(SettingsError) as caught:
+        settings_with(**overrides)
+    return str(caught.value)
+
+
+# --- the data model -------------------------------------------------------------------------
+
+
+def test_defaults_are_valid_and_complete():
+    settings = load_settings(valid_data())
+    assert settings.flower.version == "2.2.0"
+    assert set(known_keys()) <= set(defaults()), "group_data/all.py defines every key"
+    owned = {key for key in defaults() if key.startswith(OWNED_PREFIXES)}
+    assert owned <= set(known_keys()), "every flowerbed key in group_data/all.py is validated"
+
+
+def test_every_default_has_a_comment():
+    lines = (REPO / "group_data" / "all.py").read_text().splitlines()
+    for key in known_keys():
+        line = next(line for line in lines if line.startswith(f"{key} = "))
+        assert "  # " in line, f"{key} has no comment in group_data/all.py"
+
+
+def test_misspelt_key_names_the_key_and_the_fix():
+    message = error_for(flower_max_task=5000)
+    assert message.startswith("flower_max_task: unknown key")
+    assert "did you mean 'flower_max_tasks'" in message
+
+
+def test_misspelt_key_outside_the_prefix_is_caught():
+    assert "did you mean 'flower_persistent'" in error_for(flowr_persistent=True)
+
+
+def test_unknown_flower_option_is_an_error():
+    assert error_for(flower_cors_enabled=True).startswith("flower_cors_enabled: not a setting")
+    assert "unknown key" in error_for(flower_frobnicate=1)
+
+
+def test_listening_options_are_refused():
+    assert "unix socket" in error_for(flower_port=5555)
+    assert "unix socket" in error_for(flower_address="0.0.0.0")
+
+
+def test_secret_values_are_refused_in_data():
+    assert "flower_broker_url_env" in error_for(flower_broker_url="redis://:pw@x/0")
+
+
+def test_other_tools_keys_are_left_alone():
+    assert settings_with(ssh_user="root", fqdn="h1.example", nginx_thing=1)
+
+
+def test_missing_key_points_at_group_data():
+    data = valid_data()
+    del data["flower_max_workers"]
+    with pytest.raises(SettingsError, match="flower_max_workers: missing.*group_data/all.py"):
+        load_settings(data)
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "problem"),
+    [
+        ("flower_max_tasks", "lots", "expected an integer"),
+        ("flower_max_tasks", True, "expected an integer"),
+        ("flower_max_tasks", 0, "below 1"),
+        ("flower_persistent", "yes", "expected True or False"),
+        ("flower_purge_offline_workers", -5, "below 1"),
+        ("flower_tasks_columns", "name,uuid,colour", "unknown columns ['colour']"),
+        ("flower_url_prefix", "a b", "is not a URL path"),
+        ("flower_user", "Flower User", "system user/group name"),
+        ("flower_config_dir", "etc/flower", "not an absolute path"),
+        ("flower_config_dir", "/etc/my flower", "not an absolute path"),
+        ("flower_broker_url_env", "redis://:pw@host/0", "the NAME of an environment variable"),
+        ("flower_auth_provider", "my.Handler", "not supported"),
+        ("flower_app", "proj app", "Celery app"),
+        ("egress_proxy", "socks5://proxy:1080", "not a http/https URL"),
+        ("egress_proxy", "http://user:pw@proxy:3128", "carries credentials"),
+        ("flower_basic_auth", {"al:ice": "PW"}, "without ':'"),
+        ("flower_basic_auth", ["alice"], "a dict"),
+    ],
+)
+def test_bad_values_name_key_and_problem(key, value, problem):
+    message = error_for(**{key: value})
+    assert message.startswith(f"{key}") and problem in message and "Fix:" in message
+
+
+def test_db_suffix_pitfall():
+    message = error_for(flower_db="flower.db")
+    assert "flower.db.db" in message and "flower_db = 'flower'" in message
+
+
+def test_version_without_a_lock():
+    message = error_for(flower_version="9.9.9")
+    assert "no lock file locks/flower-9.9.9.txt" in message and "2.2.0" in message
+
+
+def test_every_lock_is_fully_hash_pinned():
+    for lock in (REPO / "locks").glob("flower-*.txt"):
+        requirements = [line for line in lock.read_text().splitlines() if line[:1].isalpha()]
+        assert any(line.startswith("packaging==") for line in requirements), lock
+        for line in requirements:
+            assert "==" in line and line.rstrip().endswith("\\"), f"{lock.name}: {line}"
+
+
+def test_app_and_source_go_together():
+    assert "go together" in error_for(flower_app="proj.celery:app")
+    assert "go together" in error_for(flower_app_source="proj==1.0")
+    assert "not a directory" in error_for(flower_app="a:app", flower_app_source="./no/such/dir")
+
+
+def test_state_saving_needs_persistence():
+    assert "flower_persistent" in error_for(flower_persistent=False, flower_state_save_interval=5)
+
+
+def test_oauth_needs_its_settings_and_secrets():
+    assert "flower_auth_provider" in error_for(flower_auth=".*@example\\.com")
+    oauth = {
+        "flower_auth": ".*@example\\.com",
+        "flower_auth_provider": "flower.views.auth.GithubLoginHandler",
+        "flower_oauth2_key": "client-id",
+        "flower_oauth2_redirect_uri": "https://flower.example.com/login",
+    }
+    assert "flower_cookie_secret_env" in error_for(**oauth)
+    secrets = {"flower_oauth2_secret_env": "OAUTH", "flower_cookie_secret_env": "COOKIE"}
+    assert "flower_healthcheck_min_workers = 0" in error_for(**oauth, **secrets)
+    assert settings_with(**oauth, **secrets, flower_healthcheck_min_workers=0)
+
+
+# --- secrets --------------------------------------------------------------------------------
+
+
+def test_secrets_come_from_the_named_variables():
+    settings = settings_with(flower_basic_auth={"alice": "PW_ALICE", "bob": "PW_BOB"})
+    secrets = load_flower_secrets(settings.flower, {**ENVIRON, "PW_ALICE": "a1", "PW_BOB": "b2"})
+    assert secrets.broker_url.value == BROKER
+    assert secrets.basic_auth.value == "alice:a1,bob:b2"
+
+
+def test_missing_secret_names_the_variable():
+    with pytest.raises(SettingsError, match="FLOWERBED_BROKER_URL it names is unset"):
+        load_flower_secrets(settings_with().flower, {})
+
+
+def test_comma_in_basic_auth_password_is_refused():
+    settings = settings_with(flower_basic_auth={"alice": "PW_ALICE"})
+    with pytest.raises(SettingsError) as caught:
+        load_flower_secrets(settings.flower, {**ENVIRON, "PW_ALICE": "pass,word"})
+    message = str(caught.value)
+    assert "flower_basic_auth['alice']" in message and "','" in message
+    assert "pass,word" not in message
+
+
+def test_broker_url_must_be_a_supported_broker():
+    with pytest.raises(SettingsError, match="scheme 'http'"):
+        load_flower_secrets(settings_with().flower, {"FLOWERBED_BROKER_URL": "http://x/"})
+
+
+def test_secret_never_prints_its_value():
+    secret = Secret("$FLOWERBED_BROKER_URL", BROKER)
+    assert "s3cret" not in f"{secret} {secret!r} {[secret]}"
+
+
+def test_bad_host_fails_preflight_with_the_host_name():
+    data = {**valid_data(), "flower_max_tasks": "many"}
+    host = SimpleNamespace(name="h7", data=SimpleNamespace(dict=lambda: data))
+    with pytest.raises(InvalidDeploy, match="^host h7: flower_max_tasks: expected an integer"):
+        check_host(host)
+
+
+# --- rendered files -------------------------------------------------------------------------
+
+
+def test_unit_has_no_secret_and_celery_options_before_flower():
+    settings = settings_with(flower_app="proj.celery:app", flower_app_source="proj==1.0")
+    argv = exec_start(settings.flower)
+    assert argv.index("--app=proj.celery:app") < argv.index("flower")
+    assert not any("broker" in arg for arg in argv)
+    unit = unit_text(settings.flower)
+    assert "EnvironmentFile=/etc/flower/flower.env" in unit
+    assert "s3cret" not in unit and "CELERY_BROKER_URL" not in unit
+    for line in ("NoNewPrivileges=yes", "PrivateTmp=yes", "CapabilityBoundingSet=\n"):
+        assert line in unit
+
+
+def test_config_file_holds_flower_typed_options():
+    settings = settings_with(flower_max_tasks=5000, flower_tasks_columns="name, state")
+    values: dict = {}
+    exec(config_text(settings), {}, values)  # Flower reads it the same way
+    assert values["max_tasks"] == 5000
+    assert values["unix_socket"] == "/run/flower/flower.sock"
+    assert values["db"] == "/var/lib/flower/flower"
+    assert isinstance(values["inspect_timeout"], float)
+    assert values["tasks_columns"] == "name,state"
+    assert "purge_offline_workers" not in values and "port" not in values
+
+
+def test_env_file_quotes_values_for_systemd():
+    environ = {"FLOWERBED_BROKER_URL": 'redis://:p"a$s\\w`d@h/0'}
+    settings = settings_with()
+    env = env_text(settings.flower, load_flower_secrets(settings.flower, environ))
+    assert isinstance(env, Secret)
+    assert 'CELERY_BROKER_URL="redis://:p\\"a\\$s\\\\w\\`d@h/0"' in env.value
+    assert systemd_quote("plain") == '"plain"'
+    with pytest.raises(ValueError):
+        systemd_quote("two\nlines")
+
+
+# --- venvs ----------------------------------------------------------------------------------
+
+
+def test_app_archive_is_reproducible():
+    demo = REPO / "lab" / "demo_app"
+    assert source_archive(demo) == source_archive(demo)
+
+
+def test_venv_key_follows_lock_and_app():
+    lock = b"flower==2.2.0 --hash=sha256:x\n"
+    base = venv_key(lock, None)
+    assert base == venv_key(lock, None)
+    assert base != venv_key(lock + b"#", None)
+    assert base != venv_key(lock, AppPackage("proj==1.0"))
