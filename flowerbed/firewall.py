@@ -8,8 +8,8 @@ Only `table inet flowerbed` is ever touched: its file creates, deletes and recre
 table in a single transaction, so other tables (the admin's, Docker's) stay as they are. At boot
 it is loaded by its own unit, flowerbed-firewall.service, not included from /etc/nftables.conf:
 that file belongs to the admin and begins with `flush ruleset`, and Debian leaves
-nftables.service disabled. The unit runs after nftables.service and is restarted and reloaded
-with it, so restarting nftables never leaves the host without flowerbed's table.
+nftables.service disabled. When nftables.service does run (start, restart, reload), a drop-in
+loads flowerbed's table again right after its flush.
 
 A changed ruleset goes through the host-side script files/flowerbed-firewall:
  1. `nft -c -f` checks it; a ruleset that fails is never loaded.

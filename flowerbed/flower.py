@@ -131,6 +131,7 @@ def install_flower(settings: Settings) -> Installed:
         lock=plan.lock,
         pip_conf=pip_conf(settings.egress),
         app=plan.app,
+        proxy=settings.egress.egress_proxy,
     )
     link = files.link(
         name="Point Flower at its venv",
@@ -195,6 +196,14 @@ def configure_flower(settings: Settings, secrets: FlowerSecrets) -> tuple[Operat
         path=flower.env_file,
         content=env_text(flower, secrets),
     )
+    if flower.app_workdir:
+        files.directory(
+            name="Flower's working directory for the app",
+            path=flower.app_workdir,
+            user="root",
+            group="root",
+            mode="755",
+        )
     return config, env
 
 

@@ -128,9 +128,11 @@ def env_name(optional: bool = False) -> Check:
     return text(pattern, hint)
 
 
-def absolute_path() -> Check:
+def absolute_path(optional: bool = False) -> Check:
     def check(key: str, value: Any) -> str:
         _expect(key, value, str, "an absolute path")
+        if optional and value == "":
+            return ""
         path = PurePosixPath(value)
         # these paths go into unit files and commands unquoted: plain characters only
         if not re.fullmatch(r"/[A-Za-z0-9._/-]*", value) or ".." in path.parts:
@@ -285,7 +287,7 @@ class Flower:
     install_dir: str = setting(absolute_path())
     app: str = setting(text(r"([\w.]+(:[\w.]+)?)?", "a Celery app like 'proj.celery:app'"))
     app_source: str = setting(text())
-    app_workdir: str = setting(text(r"(/.*)?", "an absolute path ('' = the state directory)"))
+    app_workdir: str = setting(absolute_path(optional=True))
     unauthenticated_api: bool = setting(boolean())
     restart_sec: int = setting(integer(minimum=1))
     start_limit_burst: int = setting(integer(minimum=1))

@@ -55,7 +55,7 @@ class Lineage:
     """What certbot holds for CERT_NAME: the certificate and how it renews."""
 
     names: tuple[str, ...]
-    not_after: datetime | None
+    not_after: datetime
     serial: str
     server: str
     authenticator: str
@@ -76,7 +76,7 @@ class CertificateRequest:
             return f"ACME directory {lineage.server} -> {self.tls.acme_directory}"
         if lineage.authenticator != self.tls.authenticator:
             return f"challenge {lineage.authenticator} -> {self.tls.authenticator}"
-        if lineage.not_after is None or lineage.not_after <= now:
+        if lineage.not_after <= now:
             return "the certificate has expired"
         return None
 

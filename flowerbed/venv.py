@@ -108,7 +108,9 @@ class Subdirectories(FactBase):
 
 
 @operation()
-def locked_venv(path: str, lock: bytes, pip_conf: str, app: AppPackage | None = None):
+def locked_venv(
+    path: str, lock: bytes, pip_conf: str, app: AppPackage | None = None, proxy: str = ""
+):
     """The venv at `path` holds exactly the lock's packages (and the app), verified by pip."""
     if host.get_fact(VenvComplete, path=path):
         host.noop(f"venv {path} is complete")
@@ -122,14 +124,16 @@ def locked_venv(path: str, lock: bytes, pip_conf: str, app: AppPackage | None = 
     yield command(*pip, "install", "--require-hashes", "--no-deps", "--only-binary=:all:",
                   "--requirement", lock_file)  # fmt: skip
     if app:
-        yield from _install_app(path, pip, app)
+        yield from _install_app(path, pip, app, proxy)
     yield command(*pip, "check")
     yield command("touch", f"{path}/{COMPLETE_MARKER}")
 
 
-def _install_app(path: str, pip: list[str], app: AppPackage):
+def _install_app(path: str, pip: list[str], app: AppPackage, proxy: str):
     if app.archive is None:
-        yield command(*pip, "install", "--no-deps", app.requirement)
+        # pip's config does not reach the git it runs for git+ URLs: the environment does
+        environment = [f"https_proxy={proxy}", f"http_proxy={proxy}"] if proxy else []
+        yield command("env", *environment, *pip, "install", "--no-deps", app.requirement)
         return
     archive, source = f"{path}/app-source.tar", f"{path}/app-source"
     yield FileUploadCommand(BytesIO(app.archive), archive)

@@ -22,7 +22,7 @@ from deploy_helpers import run_deploy
 
 pytestmark = pytest.mark.lab
 
-DEPLOYED = "w1"
+DEPLOYED = "h1"
 NAMESPACE = "lab-allowed"
 CHROMIUM = "/usr/bin/chromium"
 # Debian's chromium in a closed network: no background traffic, no sandbox as root

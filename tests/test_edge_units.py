@@ -13,9 +13,10 @@ from flowerbed.auth import htpasswd_lines, parse_htpasswd
 from flowerbed.edge import dashboard_logins, dashboard_site, edge_inputs
 from flowerbed.nginx import http_site_text, https_site_text
 from flowerbed.settings import LETS_ENCRYPT, SettingsError, load_settings
-from flowerbed.tls import CertificateRequest, Lineage, certbot_argv, parse_lineage
+from flowerbed.tls import CertificateRequest, certbot_argv, parse_lineage
 
 REPO = Path(__file__).resolve().parent.parent
+HOOK = "lab/dns01-hook.sh"
 ENVIRON = {"FLOWERBED_DASHBOARD_USERS": "admin:s3cret-pw"}
 HOST_DATA = {
     "fqdn": "flower.example.com",
@@ -75,10 +76,10 @@ def test_names_are_checked_and_the_host_name_is_the_fallback():
 @pytest.mark.parametrize(
     ("overrides", "key"),
     [
-        ({"tls_dns_hook": "lab/dns01-hook.sh"}, "tls_challenge"),
+        ({"tls_dns_hook": HOOK}, "tls_challenge"),
         ({"server_aliases": ["*.example.com"]}, "tls_challenge"),
         ({"tls_challenge": "dns-01"}, "tls_challenge"),
-        ({"tls_challenge": "dns-01", "tls_dns_plugin": "cloudflare", "tls_dns_hook": "lab/dns01-hook.sh"}, "tls_challenge"),
+        ({"tls_challenge": "dns-01", "tls_dns_plugin": "x", "tls_dns_hook": HOOK}, "tls_challenge"),
         ({"tls_dns_credentials_env": "CF_INI"}, "tls_dns_credentials_env"),
         ({"tls_dns_hook": "no/such/hook"}, "tls_dns_hook"),
         ({"nginx_proxy_read_timeout": 1}, "nginx_proxy_read_timeout"),
@@ -108,7 +109,7 @@ def test_oauth_mode_needs_no_nginx_logins():
     )
     assert edge_inputs(settings, "h1", {}).logins == ()
     site = https_site_text(dashboard_site(settings, "h1"), settings)
-    assert "auth_basic" not in site and "Authorization" not in site
+    assert "auth_basic_user_file" not in site and "Authorization" not in site
 
 
 # --- logins ---------------------------------------------------------------------------------

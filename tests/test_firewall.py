@@ -21,7 +21,7 @@ from deploy_helpers import DeployResult, run_deploy
 
 pytestmark = pytest.mark.lab
 
-DEPLOYED = "w1"
+DEPLOYED = "h1"
 FIREWALL_ONLY = "tests/deploys/firewall_only.py"
 SCRIPT = "/usr/local/libexec/flowerbed/flowerbed-firewall"
 BOOT_RULESET = "/etc/flowerbed/firewall.nft"
@@ -226,3 +226,15 @@ def test_table_survives_nftables_restart_and_reboot(lab: Lab, guarded: str):
         assert time.monotonic() < deadline, "the host did not come back after a reboot"
         time.sleep(1)
     assert table(lab, guarded) == before
+
+
+def test_debian_13_applies_confirms_and_rolls_back(lab: Lab, fresh_host):
+    name = fresh_host(distro="trixie", prefix="fw")["name"]
+    first = run_deploy(name, deploy_file=FIREWALL_ONLY)
+    assert first.ok, first.explain()
+    confirmed = table(lab, name)
+    assert "policy drop" in confirmed
+    assert_rolled_back(run_deploy(name, LOCKED_OUT, deploy_file=FIREWALL_ONLY))
+    assert table(lab, name) == confirmed
+    again = run_deploy(name, deploy_file=FIREWALL_ONLY)
+    assert again.ok and again.totals["success"] == 0, again.explain()

@@ -8,7 +8,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from flowerbed.flower import config_text, env_text, exec_start, unit_text
+from flowerbed.flower import config_text, env_text, exec_start, required_packages, unit_text
+from flowerbed.packages import pip_conf
 from flowerbed.preflight import InvalidDeploy, check_host
 from flowerbed.render import systemd_quote
 from flowerbed.secrets import Secret, load_flower_secrets
@@ -86,7 +87,7 @@ def test_secret_values_are_refused_in_data():
 
 
 def test_other_tools_keys_are_left_alone():
-    assert settings_with(ssh_user="root", fqdn="h1.example", nginx_thing=1)
+    assert settings_with(ssh_user="root", fqdn="h1.example", lab_thing=1)
 
 
 def test_missing_key_points_at_group_data():
@@ -151,26 +152,41 @@ def test_state_saving_needs_persistence():
     assert "flower_persistent" in error_for(flower_persistent=False, flower_state_save_interval=5)
 
 
+# Flower doing the login (auth_mode "oauth"): the only mode where Flower itself authenticates
+OAUTH = {
+    "auth_mode": "oauth",
+    "flower_unauthenticated_api": False,
+    "flower_auth": ".*@example\\.com",
+    "flower_auth_provider": "flower.views.auth.GithubLoginHandler",
+    "flower_oauth2_key": "client-id",
+    "flower_oauth2_redirect_uri": "https://flower.example.com/login",
+    "flower_oauth2_secret_env": "OAUTH_SECRET",
+    "flower_cookie_secret_env": "COOKIE_SECRET",
+    "flower_healthcheck_min_workers": 0,
+}
+
+
 def test_oauth_needs_its_settings_and_secrets():
-    assert "flower_auth_provider" in error_for(flower_auth=".*@example\\.com")
-    oauth = {
-        "flower_auth": ".*@example\\.com",
-        "flower_auth_provider": "flower.views.auth.GithubLoginHandler",
-        "flower_oauth2_key": "client-id",
-        "flower_oauth2_redirect_uri": "https://flower.example.com/login",
-    }
-    assert "flower_cookie_secret_env" in error_for(**oauth)
-    secrets = {"flower_oauth2_secret_env": "OAUTH", "flower_cookie_secret_env": "COOKIE"}
-    assert "flower_healthcheck_min_workers = 0" in error_for(**oauth, **secrets)
-    assert settings_with(**oauth, **secrets, flower_healthcheck_min_workers=0)
+    assert settings_with(**OAUTH)
+    assert "flower_auth_provider" in error_for(**{**OAUTH, "flower_auth_provider": ""})
+    assert "flower_cookie_secret_env" in error_for(**{**OAUTH, "flower_cookie_secret_env": ""})
+    message = error_for(**{**OAUTH, "flower_healthcheck_min_workers": 1})
+    assert "flower_healthcheck_min_workers = 0" in message
 
 
 # --- secrets --------------------------------------------------------------------------------
 
 
 def test_secrets_come_from_the_named_variables():
-    settings = settings_with(flower_basic_auth={"alice": "PW_ALICE", "bob": "PW_BOB"})
-    secrets = load_flower_secrets(settings.flower, {**ENVIRON, "PW_ALICE": "a1", "PW_BOB": "b2"})
+    settings = settings_with(**OAUTH, flower_basic_auth={"alice": "PW_ALICE", "bob": "PW_BOB"})
+    environ = {
+        **ENVIRON,
+        "PW_ALICE": "a1",
+        "PW_BOB": "b2",
+        "OAUTH_SECRET": "o",
+        "COOKIE_SECRET": "c",
+    }
+    secrets = load_flower_secrets(settings.flower, environ)
     assert secrets.broker_url.value == BROKER
     assert secrets.basic_auth.value == "alice:a1,bob:b2"
 
@@ -181,9 +197,11 @@ def test_missing_secret_names_the_variable():
 
 
 def test_comma_in_basic_auth_password_is_refused():
-    settings = settings_with(flower_basic_auth={"alice": "PW_ALICE"})
+    settings = settings_with(**OAUTH, flower_basic_auth={"alice": "PW_ALICE"})
     with pytest.raises(SettingsError) as caught:
-        load_flower_secrets(settings.flower, {**ENVIRON, "PW_ALICE": "pass,word"})
+        load_flower_secrets(
+            settings.flower, {**ENVIRON, "PW_ALICE": "pass,word", "OAUTH_SECRET": "o"}
+        )
     message = str(caught.value)
     assert "flower_basic_auth['alice']" in message and "','" in message
     assert "pass,word" not in message
@@ -258,3 +276,28 @@ def test_venv_key_follows_lock_and_app():
     assert base == venv_key(lock, None)
     assert base != venv_key(lock + b"#", None)
     assert base != venv_key(lock, AppPackage("proj==1.0"))
+
+
+def test_pip_reaches_its_index_through_the_egress_proxy():
+    settings = settings_with(
+        egress_proxy="http://10.77.0.1:3128", pip_index_url="https://pypi.internal/simple/"
+    )
+    conf = pip_conf(settings.egress)
+    assert "proxy = http://10.77.0.1:3128" in conf
+    assert "index-url = https://pypi.internal/simple/" in conf
+    assert "cert = /etc/ssl/certs/ca-certificates.crt" in conf
+    assert "proxy" not in pip_conf(settings_with().egress).split("[global]")[1]
+
+
+@pytest.mark.parametrize(
+    ("source", "local", "git"),
+    [
+        ("lab/demo_app", True, False),
+        ("git+https://git.example.com/proj.git@v1.2", False, True),
+        ("proj==1.2.0", False, False),
+    ],
+)
+def test_app_source_kinds(source, local, git):
+    flower = settings_with(flower_app="proj:app", flower_app_source=source).flower
+    assert (flower.app_is_local, flower.app_is_git) == (local, git)
+    assert ("git" in required_packages(flower)) == git

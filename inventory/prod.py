@@ -1,0 +1,41 @@
+"""An example inventory for real servers: copy it, name your hosts, keep secrets in .env.
+
+    cp .env.example .env && $EDITOR .env         # the broker URL (with its password) etc.
+    pyinfra inventory/prod.py deploy.py --dry --diff   # preview; secrets never show
+    pyinfra inventory/prod.py deploy.py -y
+
+Every host is also in the group `prod` (this file's name): group_data/prod.py can hold
+settings for all of them. Per-host data below overrides group data; `--data k=v` overrides
+both. Only names of environment variables go here, never a secret's value.
+"""
+
+# Hosts that reach PyPI through a proxy and trust its CA:
+#
+# dashboards = [
+#     (
+#         "flower-1.example.com",
+#         {
+#             "ssh_user": "deploy",
+#             "_sudo": True,  # sudo must not ask for a password (pyinfra runs `sudo -n`)
+#             # pin host keys: pyinfra otherwise trusts a host key on first use
+#             "ssh_known_hosts_file": "inventory/known_hosts",
+#             "ssh_strict_host_key_checking": "yes",
+#             "egress_proxy": "http://proxy.internal:3128",
+#             "egress_ca_certificates": ["inventory/certs/proxy-ca.pem"],
+#         },
+#     ),
+#     (
+#         "flower-2.example.com",
+#         {
+#             "ssh_user": "deploy",
+#             "_sudo": True,
+#             "ssh_known_hosts_file": "inventory/known_hosts",
+#             "ssh_strict_host_key_checking": "yes",
+#             "pip_index_url": "https://pypi.internal/simple/",  # a private mirror
+#             "flower_app": "proj.celery:app",  # show proj's registered tasks
+#             "flower_app_source": "git+https://git.example.com/proj.git@v1.4.2",
+#             "flower_broker_url_env": "PROJ_BROKER_URL",  # another broker, another variable
+#         },
+#     ),
+# ]
+dashboards = []
