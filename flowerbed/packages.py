@@ -15,7 +15,7 @@ from pyinfra.operations import apt, files, server
 from pyinfra.operations.util import any_changed
 
 from .render import render
-from .settings import Egress
+from .settings import REPO, Egress
 
 APT_PROXY_CONF = "/etc/apt/apt.conf.d/80flowerbed-proxy"
 EXTRA_CA_DIR = "/usr/local/share/ca-certificates/flowerbed"
@@ -40,7 +40,7 @@ def package_sources(egress: Egress) -> None:
     uploads = [
         files.put(
             name=f"Trust the CA {Path(local).name}",
-            src=local,
+            src=str(REPO / local),
             dest=f"{EXTRA_CA_DIR}/{Path(local).stem}.crt",
             user="root",
             group="root",

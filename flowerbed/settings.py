@@ -422,6 +422,13 @@ def reject_unknown_keys(data: Mapping[str, Any], checks: Mapping[str, Check]) ->
 def check_consistency(s: Settings) -> None:
     """Rules that span several keys."""
     f, o = s.flower, s.options
+    for i, certificate in enumerate(s.egress.egress_ca_certificates):
+        if not (REPO / certificate).is_file():
+            raise SettingsError(
+                f"egress_ca_certificates[{i}]",
+                f"{certificate} is not a file",
+                "give the path of a PEM file, relative to the repository or absolute",
+            )
     if not f.lock_file.is_file():
         have = sorted(p.stem.removeprefix("flower-") for p in LOCKS_DIR.glob("flower-*.txt"))
         raise SettingsError(

@@ -290,3 +290,14 @@ def test_dns01_through_the_lab_hook(lab: Lab, edge):
         assert WORKER in workers(lab, name)
     finally:
         deploy([name])
+
+
+def test_debian_13_host(lab: Lab, fresh_host):
+    """trixie's nginx 1.26 and certbot 4: the same site, certificate and logins; idempotent."""
+    name = fresh_host(distro="trixie", prefix="edge")["name"]
+    first = deploy([name])
+    assert curl(lab, f"https://{fqdn(lab, name)}/", namespace="lab-allowed")[0] == 401
+    assert WORKER in workers(lab, name)
+    again = deploy([name])
+    assert again.totals["success"] == 0, again.explain()
+    print(f"Debian 13 host: first deploy {first.seconds:.1f} s, no-op {again.seconds:.1f} s")

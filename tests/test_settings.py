@@ -117,6 +117,7 @@ def test_missing_key_points_at_group_data():
         ("egress_proxy", "http://user:pw@proxy:3128", "carries credentials"),
         ("flower_basic_auth", {"al:ice": "PW"}, "without ':'"),
         ("flower_basic_auth", ["alice"], "a dict"),
+        ("egress_ca_certificates", ["no/such/ca.pem"], "is not a file"),
     ],
 )
 def test_bad_values_name_key_and_problem(key, value, problem):
