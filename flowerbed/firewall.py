@@ -2,7 +2,8 @@
 
 Allowed in (every other NEW inbound connection is dropped): loopback, established and related
 traffic, essential ICMP/ICMPv6 (errors, echo, neighbour discovery), SSH from admin_sources,
-HTTPS from allowed_sources, HTTP (ACME challenge and redirect) from acme_sources.
+HTTPS from allowed_sources and monitoring_sources, HTTP (ACME challenge and redirect) from
+acme_sources.
 
 Only `table inet flowerbed` is ever touched: its file creates, deletes and recreates that one
 table in a single transaction, so other tables (the admin's, Docker's) stay as they are. At boot
@@ -113,6 +114,7 @@ def openings(firewall: Firewall) -> list[Opening]:
         Opening("admin", firewall.firewall_ssh_port, firewall.admin_sources, "SSH: admin_sources"),
         Opening("acme", HTTP_PORT, firewall.acme_sources, "HTTP, ACME challenge: acme_sources"),
         Opening("allowed", HTTPS_PORT, firewall.allowed_sources, "HTTPS: allowed_sources"),
+        Opening("monitoring", HTTPS_PORT, firewall.monitoring_sources, "HTTPS: monitoring_sources"),
     ]
 
 

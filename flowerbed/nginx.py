@@ -74,7 +74,7 @@ def https_site_text(site: Dashboard, settings: Settings) -> str:
         nginx=settings.nginx,
         certificate=CertificatePaths(),
         htpasswd=HTPASSWD,
-        monitoring_sources=settings.site.monitoring_sources,
+        monitoring_sources=settings.firewall.monitoring_sources,
         local_sources=LOOPBACK,
     )
 

@@ -570,6 +570,10 @@ class Firewall:
         networks(),
         "networks that may reach HTTP (80): the ACME challenge and the HTTPS redirect",
     )
+    monitoring_sources: tuple[str, ...] = setting(
+        networks(),
+        "networks that reach HTTPS and read /metrics (and /healthcheck) without a login",
+    )
     firewall_ssh_port: int = setting(port(), "sshd's port, opened to admin_sources")
     firewall_rollback_seconds: int = setting(
         integer(minimum=45), "a new ruleset not confirmed over a new SSH connection is undone"
@@ -667,13 +671,10 @@ def acme_directory() -> Check:
 
 @dataclass(frozen=True)
 class Site:
-    """The dashboard's names and who reads its monitoring endpoints without logging in."""
+    """The dashboard's names."""
 
     fqdn: str = setting(dns_name(optional=True), "the name browsers use ('' = the host's name)")
     server_aliases: tuple[str, ...] = setting(string_list(dns_name()), "more names, same site")
-    monitoring_sources: tuple[str, ...] = setting(
-        networks(), "networks that read /metrics (and /healthcheck) without a login"
-    )
 
     prefix = ""
 

@@ -73,7 +73,7 @@ firewall_rollback_seconds = 90  # undo a new ruleset unless a NEW ssh connection
 # The site: https://<fqdn>/ (or /<flower_url_prefix>/), certificate for fqdn + server_aliases.
 fqdn = ""  # the dashboard's DNS name, per host in the inventory ('' = the host's inventory name)
 server_aliases = []  # more names for the same site, all on its certificate
-monitoring_sources = []  # CIDRs that read /metrics and /healthcheck without a login ([] = none)
+monitoring_sources = []  # CIDRs that reach HTTPS and read /metrics, /healthcheck without a login
 nginx_hsts_max_age = 63072000  # Strict-Transport-Security max-age, seconds (0 = no HSTS header)
 nginx_hsts_include_subdomains = False  # HSTS for every subdomain of the names too
 nginx_proxy_read_timeout = 60  # seconds nginx waits for Flower (above flower_inspect_timeout)

@@ -641,6 +641,13 @@ def wait_host(host: dict, timeout: float = 90) -> None:
     wait_for(ready, timeout, what=f"ssh on {host['name']} ({host['address']})")
 
 
+def forget_neighbour(address: str) -> None:
+    """A new host may reuse a removed one's address: drop the old MAC from every ARP cache."""
+    run(["ip", "neigh", "flush", "to", address, "dev", BRIDGE], check=False)
+    for namespace in NAMESPACES:
+        run(["ip", "-n", namespace, "neigh", "flush", "to", address], check=False)
+
+
 def stop_host(name: str) -> None:
     nspawn = pid_alive(f"nspawn-{name}")
     if nspawn:
@@ -767,6 +774,8 @@ def ensure_hosts(wanted: list[dict], state: dict) -> None:
     known = {h["name"]: h for h in state["hosts"]}
     known.update({h["name"]: h for h in wanted})
     state["hosts"] = sorted(known.values(), key=lambda h: (len(h["name"]), h["name"]))
+    for host in to_boot:
+        forget_neighbour(host["address"])
     publish_dns(state["hosts"])
     write_etc_hosts(state["hosts"])
     for host in to_boot:

@@ -57,22 +57,7 @@ class Lab:
         """Run a command on a host as root (a string goes to the host's shell)."""
         if isinstance(command, list):
             command = shlex.join(command)
-        ssh = [
-            "ssh",
-            "-i",
-            self.state["ssh_key"],
-            "-o",
-            "BatchMode=yes",
-            "-o",
-            "StrictHostKeyChecking=no",
-            "-o",
-            "UserKnownHostsFile=/dev/null",
-            "-o",
-            "LogLevel=ERROR",
-            "-o",
-            "ConnectTimeout=5",
-        ]
-        return run([*ssh, f"root@{self.host(name)['address']}", command], timeout, check)
+        return run([*LAB_CLI, "ssh", name, command], timeout, check)
 
     def in_namespace(
         self, namespace: str, command: list[str], timeout: float = 30

@@ -158,6 +158,20 @@ def test_metrics_only_for_monitoring_sources(lab: Lab, edge):
     assert curl(lab, url, auth=login(lab), namespace="lab-allowed")[0] == 403
 
 
+def test_healthcheck_for_local_checks(lab: Lab, edge):
+    host = fqdn(lab, edge[0])
+    local = [
+        "curl",
+        "-sS",
+        "--resolve",
+        f"{host}:443:127.0.0.1",
+        "-k",
+        f"https://{host}/healthcheck",
+    ]
+    assert lab.ssh(edge[0], local, check=True).stdout == "OK"
+    assert curl(lab, f"https://{host}/healthcheck", namespace="lab-allowed")[0] == 401
+
+
 def test_port_80_from_outside_gives_only_redirects_and_challenges(lab: Lab, edge):
     name = edge[0]
     host = fqdn(lab, name)
@@ -294,7 +308,8 @@ def test_dns01_through_the_lab_hook(lab: Lab, edge):
 
 def test_debian_13_host(lab: Lab, fresh_host):
     """trixie's nginx 1.26 and certbot 4: the same site, certificate and logins; idempotent."""
-    name = fresh_host(distro="trixie", prefix="edge")["name"]
+    host = fresh_host(distro="trixie", prefix="edge")
+    name = host["name"]
     first = deploy([name])
     assert curl(lab, f"https://{fqdn(lab, name)}/", namespace="lab-allowed")[0] == 401
     assert WORKER in workers(lab, name)
