@@ -36,12 +36,12 @@ from pathlib import Path
 from pyinfra import host, logger
 from pyinfra.api import FactBase, FileUploadCommand, StringCommand, deploy, operation
 from pyinfra.api.command import PyinfraCommand
-from pyinfra.api.operation import OperationMeta
 from pyinfra.connectors.ssh import SSHConnector
 from pyinfra.facts.files import Sha256File
-from pyinfra.operations import files, systemd
+from pyinfra.operations import systemd
 from pyinfra.operations.util import any_changed
 
+from .hostfiles import root_directory, root_file
 from .packages import system_packages
 from .render import render
 from .settings import Firewall
@@ -298,11 +298,3 @@ def boot_unit() -> None:
         name="Reload systemd (firewall units changed)", _if=any_changed(unit, drop_in)
     )
     systemd.service(name="Firewall boot unit is enabled", service=UNIT, running=True, enabled=True)
-
-
-def root_file(name: str, src: str | StringIO, dest: str, mode: str = "644") -> OperationMeta:
-    return files.put(name=name, src=src, dest=dest, user="root", group="root", mode=mode)
-
-
-def root_directory(name: str, path: str, mode: str = "755") -> OperationMeta:
-    return files.directory(name=name, path=path, user="root", group="root", mode=mode)

@@ -22,6 +22,7 @@ from pyinfra.facts.systemd import SystemdStatus
 from pyinfra.operations import files, server, systemd
 from pyinfra.operations.util import any_changed
 
+from .hostfiles import root_directory
 from .packages import pip_conf, system_packages
 from .render import render
 from .secrets import FlowerSecrets, Secret, secret_file
@@ -117,13 +118,7 @@ def install_flower(settings: Settings) -> Installed:
     flower = settings.flower
     system_packages(required_packages(flower))
     flower_user(flower)
-    files.directory(
-        name="Flower's install directory (root-owned)",
-        path=flower.venvs_dir,
-        user="root",
-        group="root",
-        mode="755",
-    )
+    root_directory("Flower's install directory (root-owned)", flower.venvs_dir)
     plan = venv_plan(flower)
     venv = locked_venv(
         name=f"Flower {flower.version} venv from its hash-pinned lock",
@@ -176,13 +171,7 @@ def flower_service(settings: Settings, secrets: FlowerSecrets, installed: Instal
 def configure_flower(settings: Settings, secrets: FlowerSecrets) -> tuple[OperationMeta, ...]:
     """Root-owned config (world-readable, no secrets) and a root-only environment file."""
     flower = settings.flower
-    files.directory(
-        name="Flower's config directory (root-owned)",
-        path=flower.config_dir,
-        user="root",
-        group="root",
-        mode="755",
-    )
+    root_directory("Flower's config directory (root-owned)", flower.config_dir)
     config = files.put(
         name="Flower's options (flowerconfig.py)",
         src=StringIO(config_text(settings)),
@@ -197,13 +186,7 @@ def configure_flower(settings: Settings, secrets: FlowerSecrets) -> tuple[Operat
         content=env_text(flower, secrets),
     )
     if flower.app_workdir:
-        files.directory(
-            name="Flower's working directory for the app",
-            path=flower.app_workdir,
-            user="root",
-            group="root",
-            mode="755",
-        )
+        root_directory("Flower's working directory for the app", flower.app_workdir)
     return config, env
 
 
