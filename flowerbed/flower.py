@@ -22,7 +22,7 @@ from pyinfra.facts.systemd import SystemdStatus
 from pyinfra.operations import files, server, systemd
 from pyinfra.operations.util import any_changed
 
-from .hostfiles import root_directory
+from .hostfiles import root_directory, root_file
 from .packages import pip_conf, system_packages
 from .render import render
 from .secrets import FlowerSecrets, Secret, secret_file
@@ -172,13 +172,8 @@ def configure_flower(settings: Settings, secrets: FlowerSecrets) -> tuple[Operat
     """Root-owned config (world-readable, no secrets) and a root-only environment file."""
     flower = settings.flower
     root_directory("Flower's config directory (root-owned)", flower.config_dir)
-    config = files.put(
-        name="Flower's options (flowerconfig.py)",
-        src=StringIO(config_text(settings)),
-        dest=flower.config_file,
-        user="root",
-        group="root",
-        mode="644",
+    config = root_file(
+        "Flower's options (flowerconfig.py)", StringIO(config_text(settings)), flower.config_file
     )
     env = secret_file(
         name="Flower's secrets (root-only environment file)",
@@ -191,13 +186,8 @@ def configure_flower(settings: Settings, secrets: FlowerSecrets) -> tuple[Operat
 
 
 def flower_unit(flower: Flower) -> OperationMeta:
-    return files.put(
-        name="Flower's hardened systemd unit",
-        src=StringIO(unit_text(flower)),
-        dest=flower.unit_file,
-        user="root",
-        group="root",
-        mode="644",
+    return root_file(
+        "Flower's hardened systemd unit", StringIO(unit_text(flower)), flower.unit_file
     )
 
 

@@ -2,7 +2,7 @@
 
 from io import StringIO
 
-from pyinfra.api import OperationMeta
+from pyinfra.api.operation import OperationMeta
 from pyinfra.operations import files
 
 
