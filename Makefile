@@ -11,6 +11,7 @@ PYTEST_ARGS ?=
 setup: $(VENV)/.installed
 
 $(VENV)/.installed: requirements.lock
+	@python3 -c "import ensurepip" 2>/dev/null || { apt-get update -q && apt-get install -y -q python3-venv; }
 	python3 -m venv $(VENV)
 	$(VENV)/bin/pip install -q --upgrade pip
 	$(VENV)/bin/pip install -q --require-hashes --no-deps -r requirements.lock
