@@ -152,7 +152,8 @@ def test_a_half_alive_lab_is_rebuilt_and_down_leaves_nothing(lab: Lab):
     for pid_file in run_dir.glob("*.pid"):
         run(["kill", "-KILL", pid_file.read_text().strip()])
     for host in lab.state["hosts"]:
-        run(["kill", "-KILL", *pids_of_machine(host["name"])])
+        for pid in pids_of_machine(host["name"]):
+            run(["kill", "-KILL", pid])
     time.sleep(1)
     lab_cli("up", "--hosts", "2")
     rebuilt = Lab.load()
@@ -172,5 +173,4 @@ def test_a_half_alive_lab_is_rebuilt_and_down_leaves_nothing(lab: Lab):
 
 
 def pids_of_machine(name: str) -> list[str]:
-    out = run(["pgrep", "-f", f"systemd-nspawn .* -M {shlex.quote(name)} "]).stdout
-    return out.split() or ["0"]
+    return run(["pgrep", "-f", f"systemd-nspawn .* -M {shlex.quote(name)} "]).stdout.split()
