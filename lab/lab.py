@@ -657,6 +657,9 @@ def stop_host(name: str) -> None:
             signal_process(nspawn, signal.SIGKILL)
     stop(f"host-{name}", timeout=5)
     (RUN / f"nspawn-{name}.pid").unlink(missing_ok=True)
+    kill_leftovers(name)
+    # nspawn's end of the host's veth outlives a host whose nspawn was killed
+    run(["ip", "link", "del", f"vb-{name}"], check=False)
     root = host_dir(name) / "root"
     if run(["mountpoint", "-q", str(root)], check=False).returncode == 0:
         run(["umount", str(root)], check=False)
@@ -667,15 +670,29 @@ def stop_host(name: str) -> None:
     shutil.rmtree(host_dir(name), ignore_errors=True)
 
 
+def kill_leftovers(name: str) -> None:
+    """Kill what is left in a host's cgroups: a killed nspawn leaves its host's init running."""
+    for hierarchy in ("unified", "systemd"):
+        cgroup = Path(f"/sys/fs/cgroup/{hierarchy}/flowerbed-lab-{name}")
+        for _ in range(50):
+            procs = cgroup.rglob("cgroup.procs")
+            pids = [pid for listing in procs for pid in listing.read_text().split()]
+            if not pids:
+                break
+            for pid in pids:
+                signal_process(int(pid), signal.SIGKILL)
+            time.sleep(0.1)
+
+
 def remove_cgroup(cgroup: Path) -> None:
     if not cgroup.exists():
         return
-    for child in sorted((p for p in cgroup.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts)):
-        child.rmdir()  # cgroup directories go with their pseudo-files
-    try:
-        cgroup.rmdir()
-    except OSError as error:
-        log(f"could not remove cgroup {cgroup}: {error}")
+    children = sorted((p for p in cgroup.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts))
+    for directory in [*children, cgroup]:
+        try:
+            directory.rmdir()  # cgroup directories go with their pseudo-files
+        except OSError as error:
+            log(f"could not remove cgroup {directory}: {error}")
 
 
 # ---------------------------------------------------------------- state
