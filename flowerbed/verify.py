@@ -55,7 +55,7 @@ def flower_healthy(argv: tuple[str, ...]):
         return
     report = host.get_fact(FlowerHealth, argv=argv)
     if report and report["ok"]:
-        host.noop(f"Flower is healthy and sees {len(report['workers'])} worker(s)")
+        healthy(f"Flower is healthy and sees {len(report['workers'])} worker(s)")
         return
     yield FunctionCommand(_report_unhealthy, (report or {},), {})
 
@@ -132,7 +132,7 @@ def edge_healthy(fqdn: str, base: str, cert: str):
     report = host.get_fact(EdgeHealth, fqdn=fqdn, base=base, cert=cert)
     problems = [text for key, text in EDGE_PROBLEMS.items() if not report.get(key)]
     if not problems:
-        host.noop(f"nginx serves https://{fqdn}{base} with a certificate valid for 14+ days")
+        healthy(f"nginx serves https://{fqdn}{base} with a certificate valid for 14+ days")
         return
     yield FunctionCommand(_report_problems, ("edge", problems), {})
 
@@ -145,10 +145,16 @@ def firewall_loaded(digest: str):
         return
     loaded = host.get_fact(LoadedRulesetDigest)
     if loaded == digest:
-        host.noop("the firewall table is loaded and up to date")
+        healthy("the firewall table is loaded and up to date")
         return
     problem = "no flowerbed table is loaded" if loaded is None else "a different table is loaded"
     yield FunctionCommand(_report_problems, ("firewall", [f"{problem}: run the deploy"]), {})
+
+
+def healthy(message: str) -> None:
+    """Nothing to change: say what was found, shown without -v (a verify run reports it)."""
+    host.noop(message)
+    host.log_styled(message, fg="green", log_func=logger.info)
 
 
 def _report_problems(state, host, layer: str, problems: list[str]) -> bool:
