@@ -6,7 +6,11 @@ HOSTS ?= 3
 DISTRO ?= bookworm
 PYTEST_ARGS ?=
 
-.PHONY: setup lab-up lab-down lab-status demo test test-unit lint format clean
+# What the lab and the tests need on this machine (the lab installs its own part too).
+MACHINE_PACKAGES := make debootstrap systemd-container tinyproxy pebble redis-server openssl \
+	curl openssh-client iproute2 gpg nftables bind9-dnsutils chromium shellcheck
+
+.PHONY: setup machine-packages lab-up lab-down lab-status demo test test-unit lint format
 
 setup: $(VENV)/.installed
 
@@ -16,6 +20,13 @@ $(VENV)/.installed: requirements.lock
 	$(VENV)/bin/pip install -q --upgrade pip
 	$(VENV)/bin/pip install -q --require-hashes --no-deps -r requirements.lock
 	touch $@
+
+machine-packages:
+	@missing=$$(for p in $(MACHINE_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	  apt-get update -q && DEBIAN_FRONTEND=noninteractive \
+	  apt-get install -y -q --no-install-recommends $$missing; \
+	fi
 
 lab-up: setup
 	python3 lab/lab.py up --hosts $(HOSTS) --distro $(DISTRO)
@@ -30,7 +41,7 @@ demo: lab-up
 	$(VENV)/bin/pyinfra -y inventory/lab.py deploy.py
 	$(PY) lab/demo_info.py
 
-test: setup
+test: setup machine-packages
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
 
 test-unit: setup

@@ -24,6 +24,7 @@ flower_install_dir = "/opt/flower"  # root-owned: venvs/<lock+app hash> and the 
 # --- Celery app (-A) ------------------------------------------------------------------------
 flower_app = ""  # Celery app for `celery -A`, e.g. "proj.celery:app" ('' = app-less mode)
 flower_app_source = ""  # pip-installs the app: a local dir, "git+https://...@<commit>", "pkg==1.0"
+# (installed with --no-deps: the app's own dependencies belong in the lock, locks/flower-<v>.in)
 flower_app_workdir = ""  # Flower's working directory ('' = its state directory)
 
 # --- Secrets: names of environment variables, never values ---------------------------------

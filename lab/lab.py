@@ -34,6 +34,7 @@ import fcntl
 import ipaddress
 import json
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -817,6 +818,16 @@ def cmd_up(count: int, distro: str) -> None:
     log(f"lab up: {len(wanted)} hosts in {time.monotonic() - t0:.1f}s; state in {STATE}")
 
 
+def host_name(name: str) -> str:
+    """A lab host's name: a short DNS label (nspawn names its veth vb-NAME, 15 bytes at most)."""
+    if not re.fullmatch(r"[a-z][a-z0-9-]{0,11}", name):
+        raise argparse.ArgumentTypeError(
+            f"{name!r}: a lab host name is 1-12 lowercase letters, digits or '-', "
+            "starting with a letter (e.g. f1, edge2)"
+        )
+    return name
+
+
 def cmd_host_up(name: str, distro: str) -> None:
     state = load_state()
     state["acme"] = ensure_services()
@@ -869,7 +880,7 @@ def main(argv: list[str] | None = None) -> int:
     up.add_argument("--hosts", type=int, default=int(os.environ.get("HOSTS", 3)))
     up.add_argument("--distro", choices=DISTROS, default=os.environ.get("DISTRO", "bookworm"))
     host_up = sub.add_parser("host-up", help="boot one more fresh host")
-    host_up.add_argument("name")
+    host_up.add_argument("name", type=host_name)
     host_up.add_argument("--distro", choices=DISTROS, default="bookworm")
     sub.add_parser("host-down", help="remove one host").add_argument("name")
     sub.add_parser("down", help="remove everything the lab made")
