@@ -188,16 +188,43 @@ def test_port_80_from_outside_gives_only_redirects_and_challenges(lab: Lab, edge
         lab.ssh(name, ["rm", "-f", f"{CHALLENGES_DIR}/{token}"])
 
 
-def test_tls_passes_mozilla_intermediate(lab: Lab, edge):
+def test_tls_passes_mozilla_intermediate(lab: Lab, edge, tmp_path):
     pytest.importorskip("sslyze", reason="sslyze is a dev dependency (requirements.lock)")
+    from sslyze.mozilla_tls_profile.tls_config_checker import (
+        SCAN_COMMANDS_NEEDED_BY_MOZILLA_CHECKER as NEEDED,
+    )
+
+    host, report = fqdn(lab, edge[0]), tmp_path / "sslyze.json"
     run = subprocess.run(
         [sys.executable, "-m", "sslyze", "--mozilla_config=intermediate",
-         f"--certinfo_ca_file={lab.state['acme']['root']}", fqdn(lab, edge[0])],
+         f"--certinfo_ca_file={lab.state['acme']['root']}", f"--json_out={report}", host],
         capture_output=True, text=True, timeout=300,
     )  # fmt: skip
-    findings = set(re.findall(r"^\s+\* (\w+): ", run.stdout.split("COMPLIANCE AGAINST")[-1], re.M))
+    output = f"exit {run.returncode}\n{run.stdout[-3000:]}\n{run.stderr[-2000:]}"
+    # The scan connected and completed every scan the compliance check needs ...
+    assert report.exists(), output
+    scans = json.loads(report.read_text())
+    assert scans["invalid_server_strings"] == [], output
+    assert len(scans["server_scan_results"]) == 1, output
+    scan = scans["server_scan_results"][0]
+    assert scan["server_location"]["hostname"] == host
+    assert scan["connectivity_status"] == "COMPLETED", scan["connectivity_error_trace"]
+    assert scan["scan_status"] == "COMPLETED", output
+    incomplete = {c.value: scan["scan_result"][c.value]["status"] for c in NEEDED}
+    assert set(incomplete.values()) == {"COMPLETED"}, incomplete
+    # ... and the check against Mozilla's intermediate profile ran and gave this host a verdict.
+    assert "COMPLIANCE AGAINST" in run.stdout, output
+    compliance = run.stdout.split("COMPLIANCE AGAINST")[-1]
+    assert 'Checking results against Mozilla\'s "intermediate" configuration' in compliance, output
+    verdicts = re.findall(
+        r"^\s+(\S+): (OK - Compliant|FAILED - Not compliant)\.$", compliance, re.M
+    )
+    assert len(verdicts) == 1 and verdicts[0][0].startswith(f"{host}:"), output
+    assert run.returncode == (0 if verdicts[0][1] == "OK - Compliant" else 1), output
+    findings = set(re.findall(r"^\s+\* (\w+): ", compliance, re.M))
+    assert (verdicts[0][1] == "FAILED - Not compliant") == bool(findings), output
     # The lab's pebble issues 5-year certificates: that finding is the lab CA's, not the deploy's.
-    assert findings <= {"maximum_certificate_lifespan"}, run.stdout[-3000:]
+    assert findings <= {"maximum_certificate_lifespan"}, output
 
 
 # --- idempotence and renewal ----------------------------------------------------------------

@@ -182,19 +182,41 @@ def test_second_run_changes_nothing(lab: Lab, first_deploy: DeployResult):
     assert {host: flower_process(lab, host) for host in HOSTS} == before
 
 
+def hosts_in_op(result: DeployResult, operation: str) -> list[str]:
+    """Every host the run executed an operation (name contains `operation`) on, changed or not."""
+    ops = [op for op in result.report["results"]["operations"] if operation in op["name"]]
+    assert ops, f"no operation named like {operation!r} ran"
+    return sorted({host for op in ops for host in (*op["success"], *op["no_change"], *op["error"])})
+
+
 def test_changing_one_option_restarts_only_that_host(lab: Lab, first_deploy: DeployResult):
+    """One run over h1-h3 in which only h2's data differs: only h2 restarts (and restarts back)."""
+    config = ["cat", "/etc/flower/flowerconfig.py"]
     before = {host: flower_process(lab, host) for host in HOSTS}
-    changed = run_deploy(["h2"], data={"flower_max_tasks": 5000})
+    assert "max_tasks = 5000" not in on_host(lab, "h2", config), "h2 already has the new value"
+    h2_only = {"FLOWERBED_TEST_HOST_DATA": json.dumps({"h2": {"flower_max_tasks": 5000}})}
+    changed = run_deploy(HOSTS, inventory="tests/inventories/lab.py", env=h2_only)
     try:
         assert changed.ok, changed.explain()
+        assert hosts_in_op(changed, "Restart Flower") == HOSTS, "the run covered h1, h2 and h3"
         assert changed.changed_hosts("Restart Flower") == ["h2"]
         assert changed.changed_hosts("Reload systemd") == []
-        assert "max_tasks = 5000" in on_host(lab, "h2", ["cat", "/etc/flower/flowerconfig.py"])
-        assert flower_process(lab, "h2") != before["h2"]
-        assert flower_process(lab, "h1") == before["h1"]
-        assert flower_process(lab, "h3") == before["h3"]
+        assert "max_tasks = 5000" in on_host(lab, "h2", config)
+        for host in ("h1", "h3"):
+            assert "max_tasks = 5000" not in on_host(lab, host, config), host
+        during = {host: flower_process(lab, host) for host in HOSTS}
+        assert during["h2"][0] != before["h2"][0], "h2's MainPID is unchanged: no restart"
+        assert during["h1"] == before["h1"], "h1 restarted"
+        assert during["h3"] == before["h3"], "h3 restarted"
     finally:
-        assert run_deploy(["h2"]).ok
+        restored = run_deploy(HOSTS)
+    assert restored.ok, restored.explain()
+    assert hosts_in_op(restored, "Restart Flower") == HOSTS
+    assert restored.changed_hosts("Restart Flower") == ["h2"], "only h2 restarts back"
+    assert "max_tasks = 5000" not in on_host(lab, "h2", config)
+    after = {host: flower_process(lab, host) for host in HOSTS}
+    assert after["h2"][0] != during["h2"][0], "h2's MainPID is unchanged: no restart back"
+    assert after["h1"] == before["h1"] and after["h3"] == before["h3"]
 
 
 def test_tasks_survive_a_restart(lab: Lab, first_deploy: DeployResult):
