@@ -757,8 +757,28 @@ def ensure_ssh_key() -> None:
 # ---------------------------------------------------------------- commands
 
 
+def remove_foreign_hosts() -> None:
+    """Hosts of a lab in another checkout (one a killed session left behind) share this
+    machine's bridge, names and addresses: stop and unmount them. One lab per machine."""
+    for line in Path("/proc/mounts").read_text().splitlines():
+        fields = line.split()
+        root, options = Path(fields[1]), fields[3]
+        if fields[0] != "overlay" or f"lowerdir={CACHE}/base-" not in options:
+            continue
+        if root.parent.parent == HOSTS:
+            continue
+        name = root.parent.name
+        log(f"removing {name}, left by a lab in {root.parent.parent.parent}")
+        kill_leftovers(name)
+        run(["ip", "link", "del", f"vb-{name}"], check=False)
+        run(["umount", "-l", str(root)], check=False)
+        for hierarchy in ("systemd", "unified"):
+            remove_cgroup(Path(f"/sys/fs/cgroup/{hierarchy}/flowerbed-lab-{name}"))
+
+
 def ensure_services() -> dict:
     ensure_machine_packages()
+    remove_foreign_hosts()
     LAB.mkdir(parents=True, exist_ok=True)
     RUN.mkdir(parents=True, exist_ok=True)
     ensure_ssh_key()
@@ -856,6 +876,7 @@ def cmd_down() -> None:
         names |= {d.name for d in HOSTS.iterdir()}
     with concurrent.futures.ThreadPoolExecutor(max_workers=8) as pool:
         list(pool.map(stop_host, sorted(names)))
+    remove_foreign_hosts()
     for service in ("producer", "worker", "redis", "pebble", "dns", "tinyproxy"):
         stop(service)
     for name in NAMESPACES:
