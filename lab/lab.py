@@ -599,7 +599,7 @@ def prepare_host_root(host: dict) -> Path:
 def boot_host(host: dict) -> None:
     name = host["name"]
     root = prepare_host_root(host)
-    cgroups = [Path(f"/sys/fs/cgroup/{h}/flowerbed-lab-{name}") for h in ("systemd", "unified")]
+    cgroups = host_cgroups(name)
     for cgroup in cgroups:
         if cgroup.parent.exists():
             cgroup.mkdir(exist_ok=True)
@@ -658,23 +658,31 @@ def stop_host(name: str) -> None:
             signal_process(nspawn, signal.SIGKILL)
     stop(f"host-{name}", timeout=5)
     (RUN / f"nspawn-{name}.pid").unlink(missing_ok=True)
+    dismantle_host(name, host_dir(name) / "root")
+    shutil.rmtree(host_dir(name), ignore_errors=True)
+
+
+def dismantle_host(name: str, root: Path) -> None:
+    """Remove what a host leaves after its nspawn: processes, veth, mount and cgroups."""
     kill_leftovers(name)
     # nspawn's end of the host's veth outlives a host whose nspawn was killed
     run(["ip", "link", "del", f"vb-{name}"], check=False)
-    root = host_dir(name) / "root"
     if run(["mountpoint", "-q", str(root)], check=False).returncode == 0:
         run(["umount", str(root)], check=False)
         if run(["mountpoint", "-q", str(root)], check=False).returncode == 0:
             run(["umount", "-l", str(root)])
-    for hierarchy in ("systemd", "unified"):
-        remove_cgroup(Path(f"/sys/fs/cgroup/{hierarchy}/flowerbed-lab-{name}"))
-    shutil.rmtree(host_dir(name), ignore_errors=True)
+    for cgroup in host_cgroups(name):
+        remove_cgroup(cgroup)
+
+
+def host_cgroups(name: str) -> list[Path]:
+    """A host's cgroup in the cgroup v2 (unified) and v1 (name=systemd) hierarchies."""
+    return [Path(f"/sys/fs/cgroup/{h}/flowerbed-lab-{name}") for h in ("unified", "systemd")]
 
 
 def kill_leftovers(name: str) -> None:
     """Kill what is left in a host's cgroups: a killed nspawn leaves its host's init running."""
-    for hierarchy in ("unified", "systemd"):
-        cgroup = Path(f"/sys/fs/cgroup/{hierarchy}/flowerbed-lab-{name}")
+    for cgroup in host_cgroups(name):
         for _ in range(50):
             procs = cgroup.rglob("cgroup.procs")
             pids = [pid for listing in procs for pid in listing.read_text().split()]
@@ -769,11 +777,7 @@ def remove_foreign_hosts() -> None:
             continue
         name = root.parent.name
         log(f"removing {name}, left by a lab in {root.parent.parent.parent}")
-        kill_leftovers(name)
-        run(["ip", "link", "del", f"vb-{name}"], check=False)
-        run(["umount", "-l", str(root)], check=False)
-        for hierarchy in ("systemd", "unified"):
-            remove_cgroup(Path(f"/sys/fs/cgroup/{hierarchy}/flowerbed-lab-{name}"))
+        dismantle_host(name, root)
 
 
 def ensure_services() -> dict:
