@@ -100,8 +100,22 @@ def exec_start(flower: Flower) -> list[str]:
     return [f"{flower.venv}/bin/celery", *app, "flower", f"--conf={flower.config_file}"]
 
 
-def unit_text(flower: Flower) -> str:
-    return render("flower.service.j2", flower=flower, exec_start=" ".join(exec_start(flower)))
+def unit_text(flower: Flower, environment: list[tuple[str, str]] | None = None) -> str:
+    """The unit; `environment` = what the OAuth provider's handler reads (not secret)."""
+    return render(
+        "flower.service.j2",
+        flower=flower,
+        exec_start=" ".join(exec_start(flower)),
+        environment=[unit_quote(f"{name}={value}") for name, value in environment or []],
+    )
+
+
+def unit_quote(assignment: str) -> str:
+    """One Environment= assignment, quoted for a unit file (where % starts a specifier)."""
+    if any(c in assignment for c in "\n\r"):
+        raise ValueError("a unit's Environment= value cannot span lines")
+    escaped = assignment.replace("\\", "\\\\").replace('"', '\\"').replace("%", "%%")
+    return f'"{escaped}"'
 
 
 def env_text(flower: Flower, secrets: FlowerSecrets) -> Secret:
@@ -164,7 +178,8 @@ def flower_user(flower: Flower) -> None:
 def flower_service(settings: Settings, secrets: FlowerSecrets, installed: Installed):
     """Flower runs the installed venv with the current config; restarted only on change."""
     config, env = configure_flower(settings, secrets)
-    unit = flower_unit(settings.flower)
+    provider_environment = settings.oauth_provider.environment(settings.options.auth_provider)
+    unit = flower_unit(settings.flower, provider_environment)
     return restart_on_change(settings.flower, unit, config, env, installed.venv, installed.link)
 
 
@@ -185,9 +200,11 @@ def configure_flower(settings: Settings, secrets: FlowerSecrets) -> tuple[Operat
     return config, env
 
 
-def flower_unit(flower: Flower) -> OperationMeta:
+def flower_unit(flower: Flower, environment: list[tuple[str, str]]) -> OperationMeta:
     return root_file(
-        "Flower's hardened systemd unit", StringIO(unit_text(flower)), flower.unit_file
+        "Flower's hardened systemd unit",
+        StringIO(unit_text(flower, environment)),
+        flower.unit_file,
     )
 
 

@@ -229,6 +229,32 @@ def db_name() -> Check:
     return check
 
 
+# An e-mail as Flower's --auth matches it: no regexp syntax, a local part not starting with '.'
+AUTH_EMAIL = r"(?!\.)[^@\s|\\^$()\[\]]+@[^@\s|*\\^$()\[\]]+"
+
+
+def allowed_emails() -> Check:
+    """Flower 2.2's --auth: one e-mail, `a@x|b@y`, or one `*` in the local part (`*@x`).
+
+    Flower escapes everything else (flower/utils/authentication.py), so a regexp never matches,
+    and a pattern Flower rejects makes it exit at start."""
+    hint = "an e-mail, 'a@example.com|b@example.com' or '*@example.com' ('' = no OAuth)"
+
+    def check(key: str, value: Any) -> str:
+        _expect(key, value, str, hint)
+        addresses = value.split("|")
+        one_wildcard = value.count("*") <= 1 and not ("*" in value and len(addresses) > 1)
+        if value and not (one_wildcard and all(re.fullmatch(AUTH_EMAIL, a) for a in addresses)):
+            raise SettingsError(
+                key,
+                f"{value!r} is not a pattern Flower 2.2 accepts (it is not a regexp)",
+                f"set {key} to {hint}",
+            )
+        return value
+
+    return check
+
+
 def setting(check: Check, doc: str = "") -> Any:
     return field(metadata={"check": check, "doc": doc})
 
@@ -266,7 +292,7 @@ class FlowerOptions:
     inspect_timeout: int = setting(integer(minimum=1))
     enable_events: bool = setting(boolean())
     auto_refresh: bool = setting(boolean())
-    auth: str = setting(text(hint="a regular expression of allowed e-mails ('' = no OAuth)"))
+    auth: str = setting(allowed_emails())
     auth_provider: str = setting(one_of(AUTH_PROVIDERS))
     oauth2_key: str = setting(text())
     oauth2_redirect_uri: str = setting(url(("https", "http")))
@@ -371,6 +397,7 @@ class Settings:
     nginx: Nginx
     tls: Tls
     auth: Auth
+    oauth_provider: OAuthProvider
 
 
 # --- loading --------------------------------------------------------------------------------
@@ -398,6 +425,7 @@ def load_settings(data: Mapping[str, Any]) -> Settings:
     check_consistency(settings)
     check_edge(settings)
     check_firewall(settings)
+    check_oauth_provider(settings)
     return settings
 
 
@@ -464,13 +492,6 @@ def check_consistency(s: Settings) -> None:
             "OAuth needs its client secret and a fixed cookie secret (or sessions die on restart)",
             "name both variables: flower_oauth2_secret_env and flower_cookie_secret_env",
         )
-    if o.auth:
-        try:
-            re.compile(o.auth)
-        except re.error as e:
-            raise SettingsError(
-                "flower_auth", f"not a valid regexp ({e})", "fix the pattern"
-            ) from e
     if f.healthcheck_min_workers and o.auth:
         raise SettingsError(
             "flower_healthcheck_min_workers",
@@ -727,6 +748,118 @@ class Auth:
 
 
 SECTIONS.update(site=Site, nginx=Nginx, tls=Tls, auth=Auth)
+
+
+# --- OAuth providers: what Flower's login handlers read from the environment -----------------
+
+OKTA, GITHUB, GITLAB = (f"flower.views.auth.{h}LoginHandler" for h in ("Okta", "Github", "GitLab"))
+GITLAB_ACCESS_LEVELS = (5, 10, 15, 20, 30, 40, 50)  # minimal, guest, planner, reporter, ...
+
+
+def gitlab_access_level() -> Check:
+    def check(key: str, value: Any) -> int:
+        _expect(key, value, int, f"a GitLab access level {GITLAB_ACCESS_LEVELS}")
+        if value not in GITLAB_ACCESS_LEVELS:
+            raise SettingsError(
+                key, f"{value} is not a GitLab access level", f"use one of {GITLAB_ACCESS_LEVELS}"
+            )
+        return value
+
+    return check
+
+
+def oauth_domain() -> Check:
+    def check(key: str, value: Any) -> str:
+        value = dns_name(optional=True)(key, value)
+        if value.startswith("*."):
+            raise SettingsError(key, "a wildcard is not a domain", "name the provider's host")
+        return value
+
+    return check
+
+
+def okta_base_url() -> Check:
+    def check(key: str, value: Any) -> str:
+        value = url(("https",), credentials=False)(key, value).rstrip("/")
+        parts = urlsplit(value)
+        if parts.query or parts.fragment or value.endswith("/v1"):
+            raise SettingsError(
+                key,
+                f"{value!r} is not a base URL: Flower appends /v1/authorize, /v1/token and "
+                "/v1/userinfo to it",
+                "use e.g. https://example.okta.com/oauth2/default (no /v1, query or fragment)",
+            )
+        return value
+
+    return check
+
+
+@dataclass(frozen=True)
+class OAuthProvider:
+    """Settings Flower's login handlers read from the environment (the unit's Environment=)."""
+
+    flower_oauth2_okta_base_url: str = setting(
+        okta_base_url(), "Okta: the authorization server, e.g. https://x.okta.com/oauth2/default"
+    )
+    flower_github_oauth_domain: str = setting(
+        oauth_domain(), "GitHub Enterprise's domain ('' = github.com)"
+    )
+    flower_gitlab_oauth_domain: str = setting(
+        oauth_domain(), "a self-hosted GitLab's domain ('' = gitlab.com)"
+    )
+    flower_gitlab_auth_allowed_groups: tuple[str, ...] = setting(
+        string_list(text(r"[\w.-]+(/[\w.-]+)*", "a GitLab group's full path like 'acme/ops'")),
+        "GitLab groups (full paths) a user must belong to ([] = any)",
+    )
+    flower_gitlab_min_access_level: int = setting(
+        gitlab_access_level(), "the access level a user needs in one of those groups"
+    )
+
+    prefix = ""
+
+    def environment(self, provider: str) -> list[tuple[str, str]]:
+        """The variables `provider`'s handler reads, as Flower names them."""
+        if provider == OKTA:
+            return [("FLOWER_OAUTH2_OKTA_BASE_URL", self.flower_oauth2_okta_base_url)]
+        if provider == GITHUB and self.flower_github_oauth_domain:
+            return [("FLOWER_GITHUB_OAUTH_DOMAIN", self.flower_github_oauth_domain)]
+        if provider == GITLAB:
+            groups = ",".join(self.flower_gitlab_auth_allowed_groups)
+            domain = self.flower_gitlab_oauth_domain
+            return [
+                *([("FLOWER_GITLAB_OAUTH_DOMAIN", domain)] if domain else []),
+                *([("FLOWER_GITLAB_AUTH_ALLOWED_GROUPS", groups)] if groups else []),
+                ("FLOWER_GITLAB_MIN_ACCESS_LEVEL", str(self.flower_gitlab_min_access_level)),
+            ]
+        return []
+
+
+SECTIONS["oauth_provider"] = OAuthProvider
+
+
+def check_oauth_provider(s: Settings) -> None:
+    """Each provider setting only with its provider; Okta cannot work without its base URL."""
+    provider, p = s.options.auth_provider, s.oauth_provider
+    if provider == OKTA and not p.flower_oauth2_okta_base_url:
+        raise SettingsError(
+            "flower_oauth2_okta_base_url",
+            "Okta's login handler builds every URL from it (without it users go to None/v1/...)",
+            "set it to your Okta authorization server, e.g. https://x.okta.com/oauth2/default",
+        )
+    owners = {
+        "flower_oauth2_okta_base_url": OKTA,
+        "flower_github_oauth_domain": GITHUB,
+        "flower_gitlab_oauth_domain": GITLAB,
+        "flower_gitlab_auth_allowed_groups": GITLAB,
+    }
+    for key, owner in owners.items():
+        if getattr(p, key) and provider != owner:
+            raise SettingsError(
+                key,
+                f"only {owner.rsplit('.', 1)[1]} reads it (flower_auth_provider is "
+                f"{provider or 'unset'!r})",
+                f"remove {key}, or set flower_auth_provider = {owner!r}",
+            )
 
 
 def check_edge(s: Settings) -> None:

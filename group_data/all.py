@@ -48,10 +48,16 @@ flower_tasks_columns = None  # tasks page columns, e.g. "name,uuid,state,runtime
 flower_inspect_timeout = 1000  # ms Flower waits for workers to answer an inspect
 flower_enable_events = True  # periodically ask workers to send task events
 flower_auto_refresh = True  # UI refreshes its tables by itself
-flower_auth = ""  # OAuth: regexp of allowed e-mails ('' = no OAuth in Flower)
+flower_auth = ""  # OAuth: allowed e-mails "a@x.com|b@x.com" or "*@x.com" ('' = no OAuth)
 flower_auth_provider = ""  # OAuth provider class, e.g. "flower.views.auth.GithubLoginHandler"
 flower_oauth2_key = ""  # OAuth client id (not secret)
 flower_oauth2_redirect_uri = ""  # OAuth callback, e.g. "https://flower.example.com/login"
+# What the provider's login handler reads (Flower reads these from its environment):
+flower_oauth2_okta_base_url = ""  # Okta (required): e.g. "https://x.okta.com/oauth2/default"
+flower_github_oauth_domain = ""  # GitHub Enterprise's domain ('' = github.com)
+flower_gitlab_oauth_domain = ""  # self-hosted GitLab's domain ('' = gitlab.com)
+flower_gitlab_auth_allowed_groups = []  # GitLab: group full paths, e.g. ["acme/ops"] ([] = any)
+flower_gitlab_min_access_level = 20  # GitLab: level needed in one of those groups (20 = reporter)
 
 # --- Service --------------------------------------------------------------------------------
 flower_unauthenticated_api = True  # API without Flower auth: only root and the proxy reach it

@@ -98,7 +98,7 @@ def test_inconsistent_edge_settings_name_the_key(overrides, key):
 def test_oauth_mode_needs_no_nginx_logins():
     settings = settings_with(
         auth_mode="oauth",
-        flower_auth=r".*@example\.com",
+        flower_auth="*@example.com",
         flower_auth_provider="flower.views.auth.GithubLoginHandler",
         flower_oauth2_key="client-id",
         flower_oauth2_redirect_uri="https://flower.example.com/login",

@@ -157,7 +157,7 @@ def test_state_saving_needs_persistence():
 OAUTH = {
     "auth_mode": "oauth",
     "flower_unauthenticated_api": False,
-    "flower_auth": ".*@example\\.com",
+    "flower_auth": "*@example.com",
     "flower_auth_provider": "flower.views.auth.GithubLoginHandler",
     "flower_oauth2_key": "client-id",
     "flower_oauth2_redirect_uri": "https://flower.example.com/login",
