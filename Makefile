@@ -9,7 +9,7 @@ PYTEST_ARGS ?=
 # What the lab and the tests need on this machine (the lab installs its own part too).
 MACHINE_PACKAGES := make debootstrap systemd-container tinyproxy pebble redis-server openssl \
 	curl openssh-client iproute2 gpg nftables bind9-dnsutils chromium shellcheck \
-	prometheus prometheus-blackbox-exporter rabbitmq-server
+	prometheus prometheus-blackbox-exporter rabbitmq-server nodejs
 
 .PHONY: setup machine-packages lab-up lab-down lab-status demo test test-unit lint format
 

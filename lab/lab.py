@@ -17,6 +17,7 @@ allowed sources that inventory/lab.py configures.
     lab.py up [--hosts N] [--distro bookworm|trixie]   idempotent; a second run is a no-op
     lab.py host-up NAME [--distro D]                    boot one more fresh host
     lab.py host-down NAME                               remove one host
+    lab.py oidc-up                                      start the OpenID Connect provider
     lab.py down                                         remove everything the lab made
     lab.py status                                       print .lab/state.json
     lab.py ssh NAME [CMD...]                            run a command on a host as root
@@ -881,7 +882,7 @@ def cmd_down() -> None:
     with concurrent.futures.ThreadPoolExecutor(max_workers=8) as pool:
         list(pool.map(stop_host, sorted(names)))
     remove_foreign_hosts()
-    for service in ("producer", "worker", "redis", "pebble", "dns", "tinyproxy"):
+    for service in ("oidc", "producer", "worker", "redis", "pebble", "dns", "tinyproxy"):
         stop(service)
     for name in NAMESPACES:
         remove_namespace(name)
@@ -889,6 +890,15 @@ def cmd_down() -> None:
     write_etc_hosts([])
     shutil.rmtree(LAB, ignore_errors=True)
     log("lab down: hosts, mounts, bridge, namespaces and processes removed")
+
+
+def cmd_oidc_up() -> None:
+    """The OpenID Connect provider only the OAuth tests need: started on demand, kept running."""
+    from oidc_provider import ensure_oidc  # lab/oidc_provider.py
+
+    state = load_state()
+    state["oidc"] = ensure_oidc()
+    save_state(state)
 
 
 def cmd_ssh(name: str, command: list[str]) -> int:
@@ -908,6 +918,7 @@ def main(argv: list[str] | None = None) -> int:
     host_up.add_argument("name", type=host_name)
     host_up.add_argument("--distro", choices=DISTROS, default="bookworm")
     sub.add_parser("host-down", help="remove one host").add_argument("name")
+    sub.add_parser("oidc-up", help="start the lab's OpenID Connect provider (OAuth tests)")
     sub.add_parser("down", help="remove everything the lab made")
     sub.add_parser("status", help="print the lab's state")
     ssh = sub.add_parser("ssh", help="run a command on a host")
@@ -953,6 +964,9 @@ def dispatch(args: argparse.Namespace) -> int:
                 log("lab up failed: cleaning up what it made")
                 cmd_down()
                 raise
+    elif args.command == "oidc-up":
+        with lab_lock():
+            cmd_oidc_up()
     elif args.command == "host-up":
         with lab_lock():
             try:
