@@ -15,9 +15,10 @@ from pyinfra.operations import files
 
 from .auth import HTPASSWD, Login, dashboard_logins, htpasswd_file
 from .nginx import Dashboard, nginx_http, nginx_https, site_names
-from .secrets import Secret
-from .settings import Settings
+from .secrets import Secret, check_password
+from .settings import Auth, Settings, duplicate_names
 from .tls import CertificateRequest, certbot, dns_credentials, tls_certificate
+from .validation import Problems
 
 
 @dataclass(frozen=True)
@@ -30,16 +31,37 @@ class EdgeInputs:
 
 
 def edge_inputs(settings: Settings, host_name: str, environ: Mapping[str, str]) -> EdgeInputs:
-    return EdgeInputs(
-        site=dashboard_site(settings, host_name),
-        logins=dashboard_logins(settings.auth, environ),
-        dns_credentials=dns_credentials(settings.tls, environ),
-    )
+    """The edge's inputs, checked; every problem at once (SettingsErrors)."""
+    problems, inputs = Problems(), {}
+    # incomplete: a setting these need may have failed its own check already
+    with problems.check(incomplete=True):
+        inputs["site"] = dashboard_site(settings, host_name)
+    with problems.check(incomplete=True):
+        inputs["logins"] = checked_logins(settings.auth, environ)
+    with problems.check(incomplete=True):
+        inputs["dns_credentials"] = dns_credentials(settings.tls, environ)
+    problems.raise_any()
+    return EdgeInputs(**inputs)
+
+
+def checked_logins(auth: Auth, environ: Mapping[str, str]) -> tuple[Login, ...]:
+    """The dashboard's logins, each with a password that is not weak."""
+    logins = dashboard_logins(auth, environ)
+    problems = Problems()
+    for login in logins:
+        with problems.check():
+            check_password("auth_users_env", login.password, login.user, f"${auth.users_env}")
+    problems.raise_any()
+    return logins
 
 
 def dashboard_site(settings: Settings, host_name: str) -> Dashboard:
+    names = site_names(settings, host_name)
+    if not settings.site.fqdn:  # the host's name stands in for the fqdn: no alias may repeat it
+        for error in duplicate_names(names[0], names[1:]):
+            raise error
     return Dashboard(
-        names=site_names(settings, host_name),
+        names=names,
         url_prefix=settings.options.url_prefix,
         socket=settings.flower.socket,
         basic_auth=settings.auth.mode == "basic",

@@ -1,13 +1,15 @@
 """Validate every targeted host's settings and secrets before any host is changed.
 
 pyinfra runs deploy.py once per host (prepare stage, before execution). The first host to get
-here checks them all, so one bad value anywhere stops the whole run with a clear message and
-no operation runs anywhere.
+here checks them all and reports every problem of every host at once (a value that is wrong
+for several hosts once, naming them all), so no operation runs anywhere until all are fixed.
 """
 
 from __future__ import annotations
 
 import os
+import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from pyinfra.api import Host, Inventory
@@ -15,11 +17,11 @@ from pyinfra.api.exceptions import PyinfraError
 
 from .edge import EdgeInputs, edge_inputs
 from .secrets import FlowerSecrets, load_flower_secrets, load_operator_env
-from .settings import Settings, SettingsError, load_settings
+from .settings import Settings, SettingsError, validate
 
 
 class InvalidDeploy(PyinfraError):
-    """Shown by pyinfra's CLI as a one-line error, without a traceback."""
+    """Shown by pyinfra's CLI as an error without a traceback: every problem, one a line."""
 
 
 @dataclass(frozen=True)
@@ -32,22 +34,72 @@ class Checked:
 _checked: dict[str, Checked] = {}
 
 
+def host_problems(host: Host) -> tuple[Checked | None, list[SettingsError]]:
+    """One host's data, then the secrets it names: all problems, the checked inputs if none."""
+    settings, problems = validate(host.data.dict())
+    incomplete = bool(problems.errors)
+    inputs = {}
+    with problems.check(incomplete):
+        inputs["secrets"] = load_flower_secrets(settings.flower, os.environ)
+    with problems.check(incomplete):
+        inputs["edge"] = edge_inputs(settings, host.name, os.environ)
+    if problems.errors:
+        return None, problems.errors
+    return Checked(settings, **inputs), []
+
+
 def check_host(host: Host) -> Checked:
-    try:
-        settings = load_settings(host.data.dict())
-        return Checked(
-            settings,
-            load_flower_secrets(settings.flower, os.environ),
-            edge_inputs(settings, host.name, os.environ),
-        )
-    except SettingsError as error:
-        raise InvalidDeploy(f"host {host.name}: {error}") from error
+    return check_hosts([host])[host.name]
+
+
+def check_hosts(hosts: Iterable[Host]) -> dict[str, Checked]:
+    """Every host's Checked, or InvalidDeploy listing every problem of every host."""
+    results: dict[str, Checked] = {}
+    found: dict[str, list[str]] = {}  # message -> hosts, in the order found
+    for host in hosts:
+        checked, errors = host_problems(host)
+        if checked:
+            results[host.name] = checked
+        for error in errors:
+            found.setdefault(f"{error}{_source(host, error.key)}", []).append(host.name)
+    if found:
+        raise InvalidDeploy(report(found))
+    return results
+
+
+def report(found: dict[str, list[str]]) -> str:
+    lines = [
+        f"{'hosts' if len(hosts) > 1 else 'host'} {', '.join(hosts)}: {message}"
+        for message, hosts in found.items()
+    ]
+    count = f"{len(lines)} problem{'s' if len(lines) > 1 else ''}"
+    return f"{count} in the deploy data or secrets; no host was changed.\n" + "\n".join(lines)
+
+
+def _source(host: Host, key: str) -> str:
+    """Where the host's value for `key` comes from, so the operator knows what to edit."""
+    inventory = getattr(host, "inventory", None)
+    base = re.match(r"[a-z0-9_]*", key).group()
+    if inventory is None or not base:
+        return ""
+    if base in inventory.get_override_data():
+        return " (set by --data)"
+    if base in inventory.get_host_data(host.name):
+        return f" (set in the inventory for host {host.name})"
+    for group in reversed(list(host.groups)):
+        if base in inventory.get_group_data(group):
+            return f" (set for group {group!r}: group_data/{group}.py or the inventory)"
+    if base in inventory.get_data():
+        return " (set in group_data/all.py)"
+    return ""
 
 
 def checked(host: Host, inventory: Inventory) -> Checked:
     """This host's settings and secrets, once every targeted host passed the checks."""
     if not _checked:
-        load_operator_env()
-        results = {h.name: check_host(h) for h in inventory.get_active_hosts()}
-        _checked.update(results)
+        try:
+            load_operator_env()
+        except SettingsError as error:
+            raise InvalidDeploy(str(error)) from None
+        _checked.update(check_hosts(inventory.get_active_hosts()))
     return _checked[host.name]

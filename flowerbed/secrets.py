@@ -17,7 +17,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from io import BytesIO
 from pathlib import Path
-from urllib.parse import urlsplit
 
 from dotenv import load_dotenv
 from pyinfra import host
@@ -26,6 +25,15 @@ from pyinfra.facts.files import File, Sha256File
 
 from .settings import BROKER_SCHEMES, Flower, SettingsError
 from .shell import command
+from .validation import (
+    CONTROL_CHARACTER,
+    Problems,
+    broker_url_problem,
+    sample_secret,
+    split_url,
+    weak_cookie_secret_problem,
+    weak_password_problem,
+)
 
 ENV_FILE_VARIABLE = "FLOWERBED_ENV_FILE"
 PRIVILEGE_ARGUMENTS = ("_sudo", "_doas", "_su_user")
@@ -60,7 +68,8 @@ def load_operator_env() -> None:
 
 
 def read_secret(key: str, env_name: str, environ: Mapping[str, str]) -> Secret:
-    """The value of the variable that data key `key` names, or a SettingsError."""
+    """The value of the variable that data key `key` names, or a SettingsError that never
+    shows the value: unset, not one line, whitespace around it, or a sample value."""
     value = environ.get(env_name, "")
     if not value:
         raise SettingsError(
@@ -68,9 +77,34 @@ def read_secret(key: str, env_name: str, environ: Mapping[str, str]) -> Secret:
             f"the environment variable {env_name} it names is unset or empty",
             f"set {env_name} in your .env (see .env.example) or the environment",
         )
-    if "\n" in value or "\r" in value:
-        raise SettingsError(key, f"{env_name} spans several lines", "use a one-line value")
+    if CONTROL_CHARACTER.search(value):
+        raise SettingsError(
+            key,
+            f"${env_name} spans several lines or holds a control character",
+            "use a one-line value",
+        )
+    if value != value.strip():
+        raise SettingsError(
+            key, f"${env_name} starts or ends with whitespace", "remove the spaces around it"
+        )
+    if sample_secret(value):
+        raise SettingsError(
+            key,
+            f"${env_name} still holds a sample value from .env.example (like CHANGE-ME)",
+            f"set {env_name} to a real secret, e.g. from `openssl rand -base64 32`",
+        )
     return Secret(f"${env_name}", value)
+
+
+def check_password(key: str, password: str, user: str, where: str) -> None:
+    """A login's password: long enough and not a sample (bcrypt makes guessing slow, not
+    impossible). `where` says which login, without showing it."""
+    if problem := weak_password_problem(password, user):
+        raise SettingsError(
+            key,
+            f"the password of {user!r} in {where} {problem}",
+            "use a random password of 12 characters or more, e.g. `openssl rand -base64 18`",
+        )
 
 
 def read_optional_secret(key: str, env_name: str, environ: Mapping[str, str]) -> Secret | None:
@@ -78,54 +112,67 @@ def read_optional_secret(key: str, env_name: str, environ: Mapping[str, str]) ->
 
 
 def broker_url(flower: Flower, environ: Mapping[str, str]) -> Secret:
+    """Parsed in full, as kombu will: a malformed URL makes kombu log part of the password."""
     secret = read_secret("flower_broker_url_env", flower.broker_url_env, environ)
-    scheme = urlsplit(secret.value).scheme
-    if scheme not in BROKER_SCHEMES:
-        raise SettingsError(
-            "flower_broker_url_env",
-            f"${flower.broker_url_env} is not a broker URL the lock supports (scheme {scheme!r})",
-            f"use one of {BROKER_SCHEMES}, e.g. redis://:PASSWORD@host:6379/0",
-        )
+    if found := broker_url_problem(secret.value, BROKER_SCHEMES):
+        problem, fix = found
+        raise SettingsError("flower_broker_url_env", f"${flower.broker_url_env} {problem}", fix)
     return secret
 
 
 def basic_auth(flower: Flower, environ: Mapping[str, str]) -> Secret | None:
     pairs = []
     for user, env_name in flower.basic_auth:
-        password = read_secret(f"flower_basic_auth[{user!r}]", env_name, environ)
+        key = f"flower_basic_auth[{user!r}]"
+        password = read_secret(key, env_name, environ)
         if "," in password.value:
             raise SettingsError(
-                f"flower_basic_auth[{user!r}]",
+                key,
                 f"the password in ${env_name} contains ',', where Flower splits basic_auth",
                 "choose a password without ','",
             )
+        check_password(key, password.value, user, f"${env_name}")
         pairs.append(f"{user}:{password.value}")
     return Secret("flower_basic_auth", ",".join(pairs)) if pairs else None
 
 
 def broker_api(flower: Flower, environ: Mapping[str, str]) -> Secret | None:
     secret = read_optional_secret("flower_broker_api_env", flower.broker_api_env, environ)
-    if secret and urlsplit(secret.value).scheme not in ("http", "https"):
+    fix = "use RabbitMQ's management API URL, e.g. http://user:password@rabbit:15672/api/"
+    if secret:
+        parts = split_url("flower_broker_api_env", secret.value, fix.rpartition(" ")[2])
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise SettingsError(
+                "flower_broker_api_env", f"${flower.broker_api_env} is not an http(s) URL", fix
+            )
+    return secret
+
+
+def oauth2_secret(flower: Flower, environ: Mapping[str, str]) -> Secret | None:
+    return read_optional_secret("flower_oauth2_secret_env", flower.oauth2_secret_env, environ)
+
+
+def cookie_secret(flower: Flower, environ: Mapping[str, str]) -> Secret | None:
+    """With OAuth, whoever knows the cookie secret can forge a login: long and random."""
+    secret = read_optional_secret("flower_cookie_secret_env", flower.cookie_secret_env, environ)
+    if secret and (problem := weak_cookie_secret_problem(secret.value)):
         raise SettingsError(
-            "flower_broker_api_env",
-            f"${flower.broker_api_env} is not an http(s) URL",
-            "use RabbitMQ's management API URL, e.g. http://user:password@rabbit:15672/api/",
+            "flower_cookie_secret_env",
+            f"${flower.cookie_secret_env} {problem}",
+            "use 32 random bytes or more, e.g. `openssl rand -base64 32`",
         )
     return secret
 
 
 def load_flower_secrets(flower: Flower, environ: Mapping[str, str]) -> FlowerSecrets:
-    return FlowerSecrets(
-        broker_url=broker_url(flower, environ),
-        basic_auth=basic_auth(flower, environ),
-        oauth2_secret=read_optional_secret(
-            "flower_oauth2_secret_env", flower.oauth2_secret_env, environ
-        ),
-        cookie_secret=read_optional_secret(
-            "flower_cookie_secret_env", flower.cookie_secret_env, environ
-        ),
-        broker_api=broker_api(flower, environ),
-    )
+    """Every secret the data names, checked; all problems at once (SettingsErrors)."""
+    problems, loaded = Problems(), {}
+    for load in (broker_url, basic_auth, oauth2_secret, cookie_secret, broker_api):
+        # incomplete: a key that names a variable may have failed its own check already
+        with problems.check(incomplete=True):
+            loaded[load.__name__] = load(flower, environ)
+    problems.raise_any()
+    return FlowerSecrets(**loaded)
 
 
 # --- the no-diff secret file --------------------------------------------------------------

@@ -13,11 +13,27 @@ from __future__ import annotations
 import difflib
 import ipaddress
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path, PurePosixPath
 from typing import Any
 from urllib.parse import urlsplit
+
+from .validation import (
+    Problems,
+    SettingsError,
+    flower_auth_problem,
+    has_credentials,
+    looks_like_a_secret,
+    nginx_snippet_problem,
+    privileged_group_problem,
+    reject_control_characters,
+    shown,
+    split_url,
+    system_directory_problem,
+    system_service_problem,
+    system_user_problem,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 LOCKS_DIR = REPO / "locks"
@@ -66,13 +82,7 @@ MANAGED_KEYS = {
 }
 
 
-class SettingsError(ValueError):
-    """Bad deploy data: the message names the key, the problem and the fix."""
-
-    def __init__(self, key: str, problem: str, fix: str):
-        self.key = key
-        super().__init__(f"{key}: {problem}. Fix: {fix}")
-
+DAY = 86400  # seconds
 
 # Checks: each returns the normalised value or raises SettingsError.
 Check = Callable[[str, Any], Any]
@@ -81,7 +91,8 @@ Check = Callable[[str, Any], Any]
 def _expect(key: str, value: Any, kind: type | tuple[type, ...], what: str) -> None:
     # bool is an int in Python: never let True pass as a number
     if not isinstance(value, kind) or (isinstance(value, bool) and bool not in _as_tuple(kind)):
-        raise SettingsError(key, f"expected {what}, got {value!r}", f"set {key} to {what}")
+        got = type(value).__name__ if key.endswith("_env") else shown(value)
+        raise SettingsError(key, f"expected {what}, got {got}", f"set {key} to {what}")
 
 
 def _as_tuple(kind: type | tuple[type, ...]) -> tuple[type, ...]:
@@ -96,13 +107,18 @@ def boolean() -> Check:
     return check
 
 
-def integer(minimum: int = 0, optional: bool = False) -> Check:
+def integer(minimum: int = 0, maximum: int = 10**9, optional: bool = False) -> Check:
+    """An integer from minimum to maximum: a sensible ceiling catches a unit mix-up (ms/s)."""
+    hint = f"an integer from {minimum} to {maximum}" + (" or None" if optional else "")
+
     def check(key: str, value: Any) -> int | None:
         if value is None and optional:
             return None
-        _expect(key, value, int, f"an integer >= {minimum}" + (" or None" if optional else ""))
+        _expect(key, value, int, hint)
         if value < minimum:
-            raise SettingsError(key, f"{value} is below {minimum}", f"use a value >= {minimum}")
+            raise SettingsError(key, f"{value} is below {minimum}", f"use {hint}")
+        if value > maximum:
+            raise SettingsError(key, f"{value} is above {maximum}", f"use {hint}")
         return value
 
     return check
@@ -112,7 +128,7 @@ def text(pattern: str = r".*", hint: str = "a string") -> Check:
     def check(key: str, value: Any) -> str:
         _expect(key, value, str, hint)
         if not re.fullmatch(pattern, value):
-            raise SettingsError(key, f"{value!r} is not {hint}", f"set {key} to {hint}")
+            raise SettingsError(key, f"{shown(value)} is not {hint}", f"set {key} to {hint}")
         return value
 
     return check
@@ -123,40 +139,87 @@ def name() -> Check:
 
 
 def env_name(optional: bool = False) -> Check:
+    """The NAME of a variable holding a secret; a value pasted here is never quoted back."""
     hint = "the NAME of an environment variable (e.g. 'FLOWERBED_BROKER_URL'), not its value"
-    pattern = r"([A-Z_][A-Z0-9_]*)?" if optional else r"[A-Z_][A-Z0-9_]*"
-    return text(pattern, hint)
+
+    def check(key: str, value: Any) -> str:
+        _expect(key, value, str, hint)
+        if optional and value == "" or re.fullmatch(r"[A-Z_][A-Z0-9_]*", value):
+            return value
+        what = "looks like a URL or a secret" if looks_like_a_secret(value) else "is not"
+        raise SettingsError(
+            key,
+            f"{what}, not a variable name (the value is not shown)",
+            f"put the value in .env (see .env.example) and set {key} to {hint}",
+        )
+
+    return check
+
+
+def account(group: bool = False) -> Check:
+    """A system user or group for flowerbed to create: never root or another service's."""
+    problem = privileged_group_problem if group else system_user_problem
+
+    def check(key: str, value: Any) -> str:
+        name()(key, value)
+        if found := problem(value):
+            raise SettingsError(
+                key, found, f"use an account of Flower's own, e.g. {key} = 'flower'"
+            )
+        return value
+
+    return check
+
+
+def service_name() -> Check:
+    def check(key: str, value: Any) -> str:
+        text(r"[a-z][a-z0-9-]{0,30}", "a unit name like 'flower'")(key, value)
+        if found := system_service_problem(value):
+            raise SettingsError(key, found, f"use a name of Flower's own, e.g. {key} = 'flower'")
+        return value
+
+    return check
 
 
 def absolute_path(optional: bool = False) -> Check:
+    """A directory flowerbed owns (root:root 0755): never a system or temporary directory."""
+
     def check(key: str, value: Any) -> str:
         _expect(key, value, str, "an absolute path")
         if optional and value == "":
             return ""
         path = PurePosixPath(value)
         # these paths go into unit files and commands unquoted: plain characters only
-        if not re.fullmatch(r"/[A-Za-z0-9._/-]*", value) or ".." in path.parts:
-            raise SettingsError(key, f"{value!r} is not an absolute path", "use a path like /opt/x")
+        if not re.fullmatch(r"/[A-Za-z0-9._/-]*", value) or {".", ".."} & set(value.split("/")):
+            raise SettingsError(
+                key, f"{shown(value)} is not an absolute path", "use a path like /opt/x"
+            )
+        if found := system_directory_problem(str(path)):
+            raise SettingsError(key, found, "use a directory of Flower's own, like /opt/flower")
         return str(path)
 
     return check
 
 
-def url(schemes: tuple[str, ...], optional: bool = True, credentials: bool = True) -> Check:
+def url(schemes: tuple[str, ...], optional: bool = True) -> Check:
+    """A URL without credentials: it lands in world-readable config or on a command line."""
+
     def check(key: str, value: Any) -> str:
         _expect(key, value, str, f"a URL ({'/'.join(schemes)})")
         if not value and optional:
             return ""
-        parts = urlsplit(value)
+        example = f"{schemes[0]}://host.example.com:3128"
+        parts = split_url(key, value, example)
         if parts.scheme not in schemes or not parts.hostname:
             raise SettingsError(
-                key, f"{value!r} is not a {'/'.join(schemes)} URL", f"use e.g. {schemes[0]}://host"
+                key, f"{shown(value)} is not a {'/'.join(schemes)} URL", f"use e.g. {example}"
             )
-        if parts.username and not credentials:
+        if has_credentials(parts):
             raise SettingsError(
                 key,
-                "the URL carries credentials, which would land in world-readable config",
-                "use a proxy/mirror that authenticates by source address",
+                "the URL carries credentials (user:password@ or :password@), which would land in "
+                "world-readable config or on a command line (not shown)",
+                "use a proxy/mirror that authenticates by source address, without user:password@",
             )
         return value
 
@@ -176,8 +239,15 @@ def env_mapping() -> Check:
 
     def check(key: str, value: Any) -> tuple[tuple[str, str], ...]:
         _expect(key, value, dict, "a dict of user name -> environment variable name")
-        users = text(r"[^:,\s]+", "a user name without ':', ',' or spaces")
-        return tuple((users(key, u), env_name()(f"{key}[{u!r}]", v)) for u, v in value.items())
+        for user in value:
+            # a "user:password" pasted as the user name is not quoted back
+            if not isinstance(user, str) or not re.fullmatch(r"[A-Za-z0-9._@-]{1,64}", user):
+                raise SettingsError(
+                    key,
+                    "has a user name that is not letters, digits and ._@- (not shown)",
+                    f'set {key} = {{"alice": "FLOWERBED_FLOWER_PASSWORD_ALICE"}}',
+                )
+        return tuple((u, env_name()(f"{key}[{u!r}]", v)) for u, v in value.items())
 
     return check
 
@@ -208,8 +278,15 @@ def task_columns() -> Check:
 def url_prefix() -> Check:
     def check(key: str, value: Any) -> str:
         _expect(key, value, str, "a path prefix like 'flower' ('' = served at /)")
-        if not re.fullmatch(r"([A-Za-z0-9._~-]+(/[A-Za-z0-9._~-]+)*)?", value.strip("/")):
-            raise SettingsError(key, f"{value!r} is not a URL path", "use e.g. 'flower'")
+        # segments like 'flower' or 'ops/flower': no '.', '..', '//', dot-files or escapes
+        segment = r"[A-Za-z0-9_~-][A-Za-z0-9._~-]*"
+        if not re.fullmatch(rf"({segment}(/{segment})*)?", value.strip("/")):
+            raise SettingsError(
+                key,
+                f"{shown(value)} is not a URL path of plain segments (letters, digits, ._~-; no "
+                "'.' or '..' segments)",
+                "use e.g. 'flower' or 'ops/flower'",
+            )
         return value.strip("/")
 
     return check
@@ -229,27 +306,42 @@ def db_name() -> Check:
     return check
 
 
-# An e-mail as Flower's --auth matches it: no regexp syntax, a local part not starting with '.'
-AUTH_EMAIL = r"(?!\.)[^@\s|\\^$()\[\]]+@[^@\s|*\\^$()\[\]]+"
-
-
 def allowed_emails() -> Check:
-    """Flower 2.2's --auth: one e-mail, `a@x|b@y`, or one `*` in the local part (`*@x`).
-
-    Flower escapes everything else (flower/utils/authentication.py), so a regexp never matches,
-    and a pattern Flower rejects makes it exit at start."""
-    hint = "an e-mail, 'a@example.com|b@example.com' or '*@example.com' ('' = no OAuth)"
+    """Flower's --auth (the same rule in 2.1 and 2.2, flower/utils/authentication.py): exact
+    e-mails joined by '|', or one e-mail with a single '.*' wildcard before the '@'."""
+    hint = "an e-mail, 'a@example.com|b@example.com' or '.*@example.com' ('' = no OAuth)"
 
     def check(key: str, value: Any) -> str:
         _expect(key, value, str, hint)
-        addresses = value.split("|")
-        one_wildcard = value.count("*") <= 1 and not ("*" in value and len(addresses) > 1)
-        if value and not (one_wildcard and all(re.fullmatch(AUTH_EMAIL, a) for a in addresses)):
+        if value and (problem := flower_auth_problem(value)):
             raise SettingsError(
                 key,
-                f"{value!r} is not a pattern Flower 2.2 accepts (it is not a regexp)",
+                f"{shown(value)} is not a pattern Flower matches as meant ({problem}), so Flower "
+                "would lock everyone out or not start; it is not a regexp",
                 f"set {key} to {hint}",
             )
+        return value
+
+    return check
+
+
+def app_source() -> Check:
+    """Where pip gets the app: a URL in it must not carry a token (it would be in `ps` and in
+    pip's world-readable direct_url.json); `git+ssh://git@host` (a user, no secret) is fine."""
+
+    def check(key: str, value: Any) -> str:
+        _expect(key, value, str, "a local directory, a git URL or a package spec")
+        for found in re.findall(r"[a-z][a-z0-9+.-]*://\S+", value):
+            parts = split_url(key, found, "git+https://git.example.com/proj.git@<commit>")
+            user, colon, _ = parts.netloc.rpartition("@")[0].partition(":")
+            if has_credentials(parts) and (colon or not parts.scheme.endswith("ssh")):
+                raise SettingsError(
+                    key,
+                    "the URL carries credentials (a token or user:password@), which would show in "
+                    "`ps` and in pip's world-readable direct_url.json (not shown)",
+                    "use git+ssh://git@host/... with a deploy key, a token-free mirror, or a "
+                    "local checkout (flower_app_source = 'path/to/app')",
+                )
         return value
 
     return check
@@ -266,11 +358,11 @@ def setting(check: Check, doc: str = "") -> Any:
 class Egress:
     """How hosts reach package registries (the lab's hosts: only via an HTTP proxy)."""
 
-    egress_proxy: str = setting(url(("http", "https"), credentials=False))
+    egress_proxy: str = setting(url(("http", "https")))
     egress_ca_certificates: tuple[str, ...] = setting(
         string_list(text(r".+\.(pem|crt)", "a .pem/.crt path"))
     )
-    pip_index_url: str = setting(url(("http", "https"), credentials=False))
+    pip_index_url: str = setting(url(("http", "https")))
 
     prefix = ""
 
@@ -280,16 +372,18 @@ class FlowerOptions:
     """Flower's own options, under their real names, written to flowerconfig.py."""
 
     url_prefix: str = setting(url_prefix())
-    max_tasks: int = setting(integer(minimum=1))
-    max_workers: int = setting(integer(minimum=1))
-    purge_offline_workers: int | None = setting(integer(minimum=1, optional=True))
+    max_tasks: int = setting(integer(minimum=1, maximum=10_000_000))
+    max_workers: int = setting(integer(minimum=1, maximum=100_000))
+    purge_offline_workers: int | None = setting(
+        integer(minimum=1, maximum=DAY * 365, optional=True)
+    )
     persistent: bool = setting(boolean())
-    state_save_interval: int = setting(integer())
+    state_save_interval: int = setting(integer(maximum=DAY * 1000))  # ms
     db: str = setting(db_name())
     read_only: bool = setting(boolean())
     natural_time: bool = setting(boolean())
     tasks_columns: str | None = setting(task_columns())
-    inspect_timeout: int = setting(integer(minimum=1))
+    inspect_timeout: int = setting(integer(minimum=1, maximum=60_000))  # ms
     enable_events: bool = setting(boolean())
     auto_refresh: bool = setting(boolean())
     auth: str = setting(allowed_emails())
@@ -305,22 +399,22 @@ class Flower:
     """Where and how Flower is installed and run, and where its secrets come from."""
 
     version: str = setting(text(r"\d+\.\d+\.\d+", "a Flower version like '2.2.0'"))
-    user: str = setting(name())
-    group: str = setting(name())
+    user: str = setting(account())
+    group: str = setting(account(group=True))
     socket_clients: tuple[str, ...] = setting(string_list(name()))
-    service: str = setting(text(r"[a-z][a-z0-9-]{0,30}", "a unit name like 'flower'"))
+    service: str = setting(service_name())
     config_dir: str = setting(absolute_path())
     install_dir: str = setting(absolute_path())
     app: str = setting(text(r"([\w.]+(:[\w.]+)?)?", "a Celery app like 'proj.celery:app'"))
-    app_source: str = setting(text())
+    app_source: str = setting(app_source())
     app_workdir: str = setting(absolute_path(optional=True))
     unauthenticated_api: bool = setting(boolean())
-    restart_sec: int = setting(integer(minimum=1))
-    start_limit_burst: int = setting(integer(minimum=1))
-    start_limit_interval_sec: int = setting(integer(minimum=1))
-    stop_timeout_sec: int = setting(integer(minimum=1))
-    healthcheck_min_workers: int = setting(integer())
-    healthcheck_timeout: int = setting(integer(minimum=1))
+    restart_sec: int = setting(integer(minimum=1, maximum=3600))
+    start_limit_burst: int = setting(integer(minimum=1, maximum=1000))
+    start_limit_interval_sec: int = setting(integer(minimum=1, maximum=DAY))
+    stop_timeout_sec: int = setting(integer(minimum=1, maximum=3600))
+    healthcheck_min_workers: int = setting(integer(maximum=100_000))
+    healthcheck_timeout: int = setting(integer(minimum=1, maximum=3600))
     broker_url_env: str = setting(env_name())
     broker_api_env: str = setting(env_name(optional=True))
     basic_auth: tuple[tuple[str, str], ...] = setting(env_mapping())
@@ -412,95 +506,118 @@ def known_keys() -> dict[str, Check]:
 
 
 def load_settings(data: Mapping[str, Any]) -> Settings:
-    """Validate one host's data (host.data.dict()) into Settings, or raise SettingsError."""
-    checks = known_keys()
-    reject_unknown_keys(data, checks)
-    sections = {
-        attr: section(
-            **{f.name: _checked(data, section.prefix + f.name, checks) for f in fields(section)}
-        )
-        for attr, section in SECTIONS.items()
-    }
-    settings = Settings(**sections)
-    check_consistency(settings)
-    check_edge(settings)
-    check_firewall(settings)
-    check_oauth_provider(settings)
+    """Validate one host's data (host.data.dict()) into Settings, or raise SettingsErrors
+    (a SettingsError) listing every problem."""
+    settings, problems = validate(data)
+    problems.raise_any()
     return settings
+
+
+def validate(data: Mapping[str, Any]) -> tuple[Settings, Problems]:
+    """Every key's check and every rule between keys, all run: the problems found, and the
+    settings (where a key failed, its section lacks that attribute)."""
+    problems = Problems()
+    checks = known_keys()
+    for error in unknown_keys(data, checks):
+        problems.errors.append(error)
+    settings = Settings(
+        **{attr: _section(section, data, checks, problems) for attr, section in SECTIONS.items()}
+    )
+    incomplete = bool(problems.errors)
+    for rule in RULES:
+        with problems.check(incomplete):
+            for error in rule(settings):
+                problems.errors.append(error)
+    return settings, problems
+
+
+def _section(section: type, data: Mapping[str, Any], checks: dict[str, Check], problems: Problems):
+    values = {}
+    for f in fields(section):
+        with problems.check():
+            values[f.name] = _checked(data, section.prefix + f.name, checks)
+    if len(values) == len(fields(section)):
+        return section(**values)
+    partial = object.__new__(section)  # rules that need a failed key are skipped
+    for attribute, value in values.items():
+        object.__setattr__(partial, attribute, value)
+    return partial
 
 
 def _checked(data: Mapping[str, Any], key: str, checks: dict[str, Check]) -> Any:
     if key not in data:
         raise SettingsError(key, "missing", "define it with its default in group_data/all.py")
+    reject_control_characters(key, data[key])
     return checks[key](key, data[key])
 
 
-def reject_unknown_keys(data: Mapping[str, Any], checks: Mapping[str, Check]) -> None:
+def unknown_keys(data: Mapping[str, Any], checks: Mapping[str, Check]) -> Iterator[SettingsError]:
     for key in data:
         if key in checks:
             continue
         if key in MANAGED_KEYS:
-            raise SettingsError(key, f"not a setting: {MANAGED_KEYS[key]}", f"remove {key}")
+            yield SettingsError(key, f"not a setting: {MANAGED_KEYS[key]}", f"remove {key}")
+            continue
         close = difflib.get_close_matches(key, checks, n=1, cutoff=0.8)
         if key.startswith(OWNED_PREFIXES) or close:
             hint = f"did you mean {close[0]!r}?" if close else "see group_data/all.py for every key"
-            raise SettingsError(key, "unknown key", hint)
+            yield SettingsError(key, "unknown key", hint)
 
 
-def check_consistency(s: Settings) -> None:
+def check_consistency(s: Settings) -> Iterator[SettingsError]:
     """Rules that span several keys."""
     f, o = s.flower, s.options
     for i, certificate in enumerate(s.egress.egress_ca_certificates):
         if not (REPO / certificate).is_file():
-            raise SettingsError(
+            yield SettingsError(
                 f"egress_ca_certificates[{i}]",
                 f"{certificate} is not a file",
                 "give the path of a PEM file, relative to the repository or absolute",
             )
     if not f.lock_file.is_file():
         have = sorted(p.stem.removeprefix("flower-") for p in LOCKS_DIR.glob("flower-*.txt"))
-        raise SettingsError(
+        yield SettingsError(
             "flower_version",
             f"no lock file {f.lock_file.relative_to(REPO)} (locked versions: {have})",
             "pick a locked version, or add locks/flower-<version>.in and run locks/compile.py",
         )
     if bool(f.app) != bool(f.app_source):
-        raise SettingsError(
+        yield SettingsError(
             "flower_app" if f.app_source else "flower_app_source",
             "flower_app (the -A app) and flower_app_source (where to install it from) go together",
             "set both, or neither for app-less mode",
         )
     if f.app_is_local and not _local_app_dir(f.app_source).is_dir():
-        raise SettingsError(
+        yield SettingsError(
             "flower_app_source", f"{f.app_source!r} is not a directory", "use an existing path"
         )
     if o.state_save_interval and not o.persistent:
-        raise SettingsError(
+        yield SettingsError(
             "flower_state_save_interval",
             "saving state needs flower_persistent = True",
             "set flower_persistent = True or flower_state_save_interval = 0",
         )
     if o.auth and not (o.auth_provider and o.oauth2_key and o.oauth2_redirect_uri):
-        raise SettingsError(
+        yield SettingsError(
             "flower_auth",
             "OAuth needs flower_auth_provider, flower_oauth2_key and flower_oauth2_redirect_uri",
             "set all three, or flower_auth = '' to turn OAuth off",
         )
     if o.auth and not (f.oauth2_secret_env and f.cookie_secret_env):
-        raise SettingsError(
+        yield SettingsError(
             "flower_oauth2_secret_env",
             "OAuth needs its client secret and a fixed cookie secret (or sessions die on restart)",
             "name both variables: flower_oauth2_secret_env and flower_cookie_secret_env",
         )
     if f.healthcheck_min_workers and o.auth:
-        raise SettingsError(
+        yield SettingsError(
             "flower_healthcheck_min_workers",
             "with OAuth (flower_auth) Flower's API needs a browser session: the check cannot list "
             "workers",
             "set flower_healthcheck_min_workers = 0 (the check then only asks /healthcheck)",
         )
     if f.socket_clients and f.user in f.socket_clients:
-        raise SettingsError(
+        yield SettingsError(
             "flower_socket_clients", "lists Flower's own user", f"remove {f.user!r} from the list"
         )
 
@@ -597,44 +714,66 @@ class Firewall:
     )
     firewall_ssh_port: int = setting(port(), "sshd's port, opened to admin_sources")
     firewall_rollback_seconds: int = setting(
-        integer(minimum=45), "a new ruleset not confirmed over a new SSH connection is undone"
+        integer(minimum=45, maximum=600),
+        "a new ruleset not confirmed over a new SSH connection is undone",
+    )
+    firewall_allow_ssh_from_anywhere: bool = setting(
+        boolean(), "the only way admin_sources may hold 0.0.0.0/0 or ::/0"
+    )
+    firewall_allow_metrics_from_anywhere: bool = setting(
+        boolean(), "the only way monitoring_sources may hold 0.0.0.0/0 or ::/0"
     )
 
     prefix = ""
-
-    def __post_init__(self) -> None:
-        if self.firewall_ssh_port in RESERVED_PORTS:
-            raise SettingsError(
-                "firewall_ssh_port",
-                f"{self.firewall_ssh_port} is flowerbed's "
-                f"{RESERVED_PORTS[self.firewall_ssh_port]} port",
-                "set it to the port sshd listens on (usually 22)",
-            )
 
 
 SECTIONS["firewall"] = Firewall
 
 
-def check_firewall(s: Settings) -> None:
+def check_firewall(s: Settings) -> Iterator[SettingsError]:
     """Port 80 stays open to whoever must validate HTTP-01: restricting it never silently breaks
     issuance or renewal."""
     acme, tls = s.firewall.acme_sources, s.tls
     dns_01 = "use tls_challenge = 'dns-01' to keep port 80 closed"
+    if s.firewall.firewall_ssh_port in RESERVED_PORTS:
+        yield SettingsError(
+            "firewall_ssh_port",
+            f"{s.firewall.firewall_ssh_port} is flowerbed's "
+            f"{RESERVED_PORTS[s.firewall.firewall_ssh_port]} port",
+            "set it to the port sshd listens on (usually 22)",
+        )
+    yield from _opened_to_everyone(s.firewall)
     if tls.challenge == "http-01" and not acme:
-        raise SettingsError(
+        yield SettingsError(
             "acme_sources",
             "an empty list closes port 80, so HTTP-01 can neither issue nor renew certificates",
             f"keep the default {list(EVERYWHERE)}, or {dns_01}",
         )
     lets_encrypt = tls.challenge == "http-01" and tls.acme_directory in LETS_ENCRYPT.values()
     restricted = not set(EVERYWHERE) <= set(acme)  # values are normalised by networks()
-    if lets_encrypt and restricted:
-        raise SettingsError(
+    if lets_encrypt and acme and restricted:
+        yield SettingsError(
             "acme_sources",
             "Let's Encrypt validates HTTP-01 from addresses it does not publish: a restricted "
             "port 80 would make issuance and renewal fail",
             f"keep {list(EVERYWHERE)}, or {dns_01}",
         )
+
+
+def _opened_to_everyone(firewall: Firewall) -> Iterator[SettingsError]:
+    """SSH or /metrics for the whole internet only when a setting that says so is True."""
+    for key, opt_in, what in (
+        ("admin_sources", "firewall_allow_ssh_from_anywhere", "SSH"),
+        ("monitoring_sources", "firewall_allow_metrics_from_anywhere", "/metrics without a login"),
+    ):
+        everywhere = [n for n in getattr(firewall, key) if n.endswith("/0")]
+        if everywhere and not getattr(firewall, opt_in):
+            yield SettingsError(
+                key,
+                f"{everywhere[0]} opens {what} to the whole internet",
+                f"list your own networks, e.g. {key} = ['198.51.100.7/32']; if you really mean "
+                f"everyone, also set {opt_in} = True",
+            )
 
 
 # --- the edge: nginx, TLS (certbot), dashboard logins (flowerbed/edge.py) ---------------------
@@ -678,6 +817,20 @@ def local_file(optional: bool = True) -> Check:
     return check
 
 
+def nginx_directive() -> Check:
+    def check(key: str, value: Any) -> str:
+        _expect(key, value, str, "one nginx directive ending in ';'")
+        if problem := nginx_snippet_problem(value):
+            raise SettingsError(
+                key,
+                f"{shown(value)} {problem}",
+                "give single directives like 'access_log off;' or 'client_max_body_size 1m;'",
+            )
+        return value
+
+    return check
+
+
 def acme_directory() -> Check:
     hint = f"{' or '.join(LETS_ENCRYPT)}, or an ACME directory URL (https://...)"
 
@@ -685,7 +838,7 @@ def acme_directory() -> Check:
         _expect(key, value, str, hint)
         if value in LETS_ENCRYPT:
             return LETS_ENCRYPT[value]
-        return url(("https",), optional=False, credentials=False)(key, value)
+        return url(("https",), optional=False)(key, value)
 
     return check
 
@@ -704,11 +857,15 @@ class Site:
 class Nginx:
     """The reverse proxy's site: headers, HSTS, timeouts, and extra directives."""
 
-    hsts_max_age: int = setting(integer(), "Strict-Transport-Security max-age (0 = no header)")
+    hsts_max_age: int = setting(
+        integer(maximum=2 * 365 * DAY), "Strict-Transport-Security max-age (0 = no header)"
+    )
     hsts_include_subdomains: bool = setting(boolean(), "HSTS for every subdomain too")
-    proxy_read_timeout: int = setting(integer(minimum=1), "seconds nginx waits for Flower")
+    proxy_read_timeout: int = setting(
+        integer(minimum=1, maximum=3600), "seconds nginx waits for Flower"
+    )
     server_snippets: tuple[str, ...] = setting(
-        string_list(text(r"[^\n]*;", "one nginx directive ending in ';'")),
+        string_list(nginx_directive()),
         "extra directives for the HTTPS server block",
     )
 
@@ -780,7 +937,7 @@ def oauth_domain() -> Check:
 
 def okta_base_url() -> Check:
     def check(key: str, value: Any) -> str:
-        value = url(("https",), credentials=False)(key, value).rstrip("/")
+        value = url(("https",))(key, value).rstrip("/")
         parts = urlsplit(value)
         if parts.query or parts.fragment or value.endswith("/v1"):
             raise SettingsError(
@@ -837,11 +994,11 @@ class OAuthProvider:
 SECTIONS["oauth_provider"] = OAuthProvider
 
 
-def check_oauth_provider(s: Settings) -> None:
+def check_oauth_provider(s: Settings) -> Iterator[SettingsError]:
     """Each provider setting only with its provider; Okta cannot work without its base URL."""
     provider, p = s.options.auth_provider, s.oauth_provider
     if provider == OKTA and not p.flower_oauth2_okta_base_url:
-        raise SettingsError(
+        yield SettingsError(
             "flower_oauth2_okta_base_url",
             "Okta's login handler builds every URL from it (without it users go to None/v1/...)",
             "set it to your Okta authorization server, e.g. https://x.okta.com/oauth2/default",
@@ -854,7 +1011,7 @@ def check_oauth_provider(s: Settings) -> None:
     }
     for key, owner in owners.items():
         if getattr(p, key) and provider != owner:
-            raise SettingsError(
+            yield SettingsError(
                 key,
                 f"only {owner.rsplit('.', 1)[1]} reads it (flower_auth_provider is "
                 f"{provider or 'unset'!r})",
@@ -862,39 +1019,40 @@ def check_oauth_provider(s: Settings) -> None:
             )
 
 
-def check_edge(s: Settings) -> None:
+def check_edge(s: Settings) -> Iterator[SettingsError]:
     """Rules between the edge's settings and Flower's."""
     tls, auth, flower, options = s.tls, s.auth, s.flower, s.options
+    yield from duplicate_names(s.site.fqdn, s.site.server_aliases)
     wildcards = [n for n in (s.site.fqdn, *s.site.server_aliases) if n.startswith("*.")]
     if tls.challenge == "http-01" and (wildcards or tls.dns_plugin or tls.dns_hook):
-        raise SettingsError(
+        yield SettingsError(
             "tls_challenge",
             "wildcard names, tls_dns_plugin and tls_dns_hook need DNS-01",
             "set tls_challenge = 'dns-01'",
         )
     if tls.challenge == "dns-01" and bool(tls.dns_plugin) == bool(tls.dns_hook):
-        raise SettingsError(
+        yield SettingsError(
             "tls_challenge",
             "DNS-01 needs exactly one of tls_dns_plugin and tls_dns_hook",
             "name a certbot DNS plugin (e.g. 'cloudflare') or a hook script",
         )
     if tls.dns_credentials_env and not tls.dns_plugin:
-        raise SettingsError(
+        yield SettingsError(
             "tls_dns_credentials_env", "is only for a DNS plugin", "set tls_dns_plugin"
         )
     if s.nginx.proxy_read_timeout * 1000 <= options.inspect_timeout:
-        raise SettingsError(
+        yield SettingsError(
             "nginx_proxy_read_timeout",
             "nginx would give up before Flower's inspect_timeout",
             "make it longer than flower_inspect_timeout (ms)",
         )
     if auth.mode == "basic":
         if not auth.users_env:
-            raise SettingsError(
+            yield SettingsError(
                 "auth_users_env", "basic auth needs its logins", "name the variable that holds them"
             )
         if options.auth or flower.basic_auth or not flower.unauthenticated_api:
-            raise SettingsError(
+            yield SettingsError(
                 "auth_mode",
                 "with logins at nginx, Flower must not authenticate (nginx strips the login "
                 "before Flower sees it) and its API must be open to the proxy",
@@ -902,8 +1060,26 @@ def check_edge(s: Settings) -> None:
                 ", or auth_mode = 'oauth'",
             )
     if auth.mode == "oauth" and (not options.auth or flower.unauthenticated_api):
-        raise SettingsError(
+        yield SettingsError(
             "auth_mode",
             "with OAuth, Flower does the login: it needs flower_auth, and its API must require it",
             "set flower_auth (and its provider settings) and flower_unauthenticated_api = False",
         )
+
+
+def duplicate_names(fqdn: str, aliases: tuple[str, ...]) -> Iterator[SettingsError]:
+    """certbot drops a repeated name, so the lineage never matches the request and every run
+    would renew (into Let's Encrypt's duplicate-certificate limit). Names are normalised."""
+    seen = {fqdn} if fqdn else set()
+    for i, alias in enumerate(aliases):
+        if alias in seen:
+            what = "the fqdn" if alias == fqdn else "another alias"
+            yield SettingsError(
+                f"server_aliases[{i}]",
+                f"{alias!r} repeats {what} (names compare without case and trailing dot)",
+                "list each name once; the fqdn is on the certificate already",
+            )
+        seen.add(alias)
+
+
+RULES = (check_consistency, check_firewall, check_edge, check_oauth_provider)

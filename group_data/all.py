@@ -75,6 +75,9 @@ admin_sources = []  # who may reach SSH (where you run pyinfra): REQUIRED, e.g. 
 acme_sources = ["0.0.0.0/0", "::/0"]  # who may reach HTTP/80: Let's Encrypt validates from anywhere
 firewall_ssh_port = 22  # the port sshd listens on, opened to admin_sources
 firewall_rollback_seconds = 90  # undo a new ruleset unless a NEW ssh connection confirms it in time
+# 0.0.0.0/0 or ::/0 in admin_sources / monitoring_sources is refused unless its switch says so:
+firewall_allow_ssh_from_anywhere = False  # True: admin_sources may open SSH to the internet
+firewall_allow_metrics_from_anywhere = False  # True: monitoring_sources may make /metrics public
 
 # --- The edge: nginx, TLS, dashboard logins (flowerbed/edge.py) ----------------------------
 # The site: https://<fqdn>/ (or /<flower_url_prefix>/), certificate for fqdn + server_aliases.

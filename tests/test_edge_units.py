@@ -17,7 +17,7 @@ from flowerbed.tls import CertificateRequest, certbot_argv, parse_lineage
 
 REPO = Path(__file__).resolve().parent.parent
 HOOK = "lab/dns01-hook.sh"
-ENVIRON = {"FLOWERBED_DASHBOARD_USERS": "admin:s3cret-pw"}
+ENVIRON = {"FLOWERBED_DASHBOARD_USERS": "admin:s3cret-pw-4711"}
 HOST_DATA = {
     "fqdn": "flower.example.com",
     "allowed_sources": ["203.0.113.0/24"],
@@ -98,7 +98,7 @@ def test_inconsistent_edge_settings_name_the_key(overrides, key):
 def test_oauth_mode_needs_no_nginx_logins():
     settings = settings_with(
         auth_mode="oauth",
-        flower_auth="*@example.com",
+        flower_auth=".*@example.com",
         flower_auth_provider="flower.views.auth.GithubLoginHandler",
         flower_oauth2_key="client-id",
         flower_oauth2_redirect_uri="https://flower.example.com/login",

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import runpy
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from settings_helpers import defaults, error_for, settings_with, valid_data
 
 from flowerbed.flower import config_text, env_text, exec_start, required_packages, unit_text
 from flowerbed.packages import pip_conf
@@ -19,29 +19,8 @@ from flowerbed.venv import AppPackage, source_archive, venv_key
 REPO = Path(__file__).resolve().parent.parent
 BROKER = "redis://:s3cret-pw@10.0.0.5:6379/0"
 ENVIRON = {"FLOWERBED_BROKER_URL": BROKER}
-
-
-# Keys whose defaults are deliberately invalid: every operator must choose them.
-OPERATOR_CHOICES = {"allowed_sources": ["203.0.113.0/24"], "admin_sources": ["198.51.100.7/32"]}
-
-
-def defaults() -> dict:
-    values = runpy.run_path(str(REPO / "group_data" / "all.py"))
-    return {key: value for key, value in values.items() if not key.startswith("__")}
-
-
-def valid_data() -> dict:
-    return {**defaults(), **OPERATOR_CHOICES}
-
-
-def settings_with(**overrides):
-    return load_settings({**valid_data(), **overrides})
-
-
-def error_for(**overrides) -> str:
-    with pytest.raises(SettingsError) as caught:
-        settings_with(**overrides)
-    return str(caught.value)
+COOKIE_SECRET = "k9Xv2PqL7sWm4TzR8yNc3BfH6dJg1QaE"  # 32 random characters
+__all__ = ["error_for", "settings_with"]  # shared with other test modules
 
 
 # --- the data model -------------------------------------------------------------------------
@@ -115,7 +94,7 @@ def test_missing_key_points_at_group_data():
         ("flower_app", "proj app", "Celery app"),
         ("egress_proxy", "socks5://proxy:1080", "not a http/https URL"),
         ("egress_proxy", "http://user:pw@proxy:3128", "carries credentials"),
-        ("flower_basic_auth", {"al:ice": "PW"}, "without ':'"),
+        ("flower_basic_auth", {"al:ice": "PW"}, "not letters, digits"),
         ("flower_basic_auth", ["alice"], "a dict"),
         ("egress_ca_certificates", ["no/such/ca.pem"], "is not a file"),
     ],
@@ -157,7 +136,7 @@ def test_state_saving_needs_persistence():
 OAUTH = {
     "auth_mode": "oauth",
     "flower_unauthenticated_api": False,
-    "flower_auth": "*@example.com",
+    "flower_auth": ".*@example.com",
     "flower_auth_provider": "flower.views.auth.GithubLoginHandler",
     "flower_oauth2_key": "client-id",
     "flower_oauth2_redirect_uri": "https://flower.example.com/login",
@@ -182,14 +161,17 @@ def test_secrets_come_from_the_named_variables():
     settings = settings_with(**OAUTH, flower_basic_auth={"alice": "PW_ALICE", "bob": "PW_BOB"})
     environ = {
         **ENVIRON,
-        "PW_ALICE": "a1",
-        "PW_BOB": "b2",
-        "OAUTH_SECRET": "o",
-        "COOKIE_SECRET": "c",
+        "PW_ALICE": "alice-pw-4711-x",
+        "PW_BOB": "bob-pw-0815-yz",
+        "OAUTH_SECRET": "oauth-client-secret-1",
+        "COOKIE_SECRET": COOKIE_SECRET,
     }
     secrets = load_flower_secrets(settings.flower, environ)
     assert secrets.broker_url.value == BROKER
-    assert secrets.basic_auth.value == "alice:a1,bob:b2"
+    assert secrets.basic_auth.value == "alice:alice-pw-4711-x,bob:bob-pw-0815-yz"
+    assert secrets.oauth2_secret.value == "oauth-client-secret-1"
+    assert secrets.cookie_secret.value == COOKIE_SECRET
+    assert secrets.broker_api is None
 
 
 def test_missing_secret_names_the_variable():
@@ -221,7 +203,7 @@ def test_secret_never_prints_its_value():
 def test_bad_host_fails_preflight_with_the_host_name():
     data = {**valid_data(), "flower_max_tasks": "many"}
     host = SimpleNamespace(name="h7", data=SimpleNamespace(dict=lambda: data))
-    with pytest.raises(InvalidDeploy, match="^host h7: flower_max_tasks: expected an integer"):
+    with pytest.raises(InvalidDeploy, match="(?m)^host h7: flower_max_tasks: expected an integer"):
         check_host(host)
 
 

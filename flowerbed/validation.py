@@ -1,0 +1,316 @@
+"""The rules bad input is checked against, and how problems are reported: all at once, each
+naming the key, what is wrong and the fix, and never showing a secret.
+
+flowerbed/settings.py applies these rules to host data, flowerbed/secrets.py and
+flowerbed/edge.py to the secrets from the operator's environment.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+from urllib.parse import SplitResult, urlsplit
+
+
+def words(text: str) -> frozenset[str]:
+    return frozenset(text.split())
+
+
+class SettingsError(ValueError):
+    """Bad deploy data: the message names the key, the problem and the fix."""
+
+    def __init__(self, key: str, problem: str, fix: str):
+        self.key = key
+        super().__init__(f"{key}: {problem}. Fix: {fix}")
+
+
+class SettingsErrors(SettingsError):
+    """Every problem found in one pass, one line each."""
+
+    def __init__(self, errors: list[SettingsError]):
+        self.errors = [e for error in errors for e in getattr(error, "errors", [error])]
+        self.key = self.errors[0].key
+        ValueError.__init__(self, "\n".join(str(error) for error in self.errors))
+
+
+class Problems:
+    """Collects SettingsErrors so that one run reports every problem, not just the first."""
+
+    def __init__(self) -> None:
+        self.errors: list[SettingsError] = []
+
+    @contextmanager
+    def check(self, incomplete: bool = False) -> Iterator[None]:
+        """Collect what the block raises. `incomplete`: some inputs already failed their own
+        check (and were reported); a rule that needs one of them is skipped (AttributeError)."""
+        try:
+            yield
+        except SettingsError as error:
+            self.errors.append(error)
+        except AttributeError:
+            if not incomplete:
+                raise
+
+    def raise_any(self) -> None:
+        if self.errors:
+            raise SettingsErrors(self.errors)
+
+
+# --- values that reach hosts' files ----------------------------------------------------------
+
+CONTROL_CHARACTER = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def reject_control_characters(key: str, value: Any) -> None:
+    """A newline in a value that a template writes adds a line of the attacker's choice (an apt
+    `Pre-Invoke`, an nginx directive). Checked on the raw value: urlsplit drops newlines."""
+    if isinstance(value, str):
+        if CONTROL_CHARACTER.search(value):
+            raise SettingsError(
+                key,
+                "contains a newline, tab or other control character, which would add lines to "
+                "the files written on the hosts",
+                f"make {key} one line of plain text",
+            )
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            reject_control_characters(key, k)
+            reject_control_characters(key, v)
+    elif isinstance(value, (list, tuple)):
+        for i, item in enumerate(value):
+            reject_control_characters(f"{key}[{i}]", item)
+
+
+URL_USERINFO = re.compile(r"(?<=://)[^/?#@\s]*@")
+
+
+def shown(value: Any, limit: int = 80) -> str:
+    """A value as an error message may quote it: credentials in URLs blanked, long ones cut."""
+    if not isinstance(value, str):
+        return repr(value) if len(repr(value)) <= limit else f"a {type(value).__name__}"
+    text = URL_USERINFO.sub("<credentials>@", value)
+    return repr(text if len(text) <= limit else text[:limit] + "...")
+
+
+def looks_like_a_secret(value: str) -> bool:
+    """A value pasted where a variable NAME belongs: a URL, a login, a password."""
+    return bool(re.search(r"[:@/=\s]", value)) or not value.isupper()
+
+
+# --- URLs ------------------------------------------------------------------------------------
+
+
+def split_url(key: str, value: str, example: str) -> SplitResult:
+    """urlsplit, with a port that is an integer 1-65535 and never an echo of the value."""
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018 - raises ValueError for a bad port
+    except ValueError:
+        raise SettingsError(
+            key, "is not a URL (a bad port or IPv6 address)", f"use e.g. {example}"
+        ) from None
+    return parts
+
+
+def has_credentials(parts: SplitResult) -> bool:
+    """`http://user:pw@h`, `http://:pw@h` and `http://token@h` all carry credentials."""
+    return "@" in parts.netloc
+
+
+# --- system names and directories -----------------------------------------------------------
+
+# Units, or names of directories under /run and /var/lib, that belong to the system or to
+# well-known services: flower_service names Flower's unit and both of those directories.
+SYSTEM_SERVICE_NAMES = words(
+    """ssh sshd nginx apache2 cron anacron atd dbus getty networking network nftables iptables
+    ufw firewalld rsyslog syslog logrotate apt dpkg unattended-upgrades certbot letsencrypt
+    polkit udev udisks2 user lock shm mount log sudo private machines cloud-init chrony ntp
+    ntpsec exim4 postfix redis redis-server postgresql mysql mariadb docker containerd
+    rabbitmq-server memcached haveged auditd apparmor emergency rescue init basic default
+    graphical multi-user shutdown reboot halt poweroff sockets timers paths swap local-fs
+    remote-fs nss-lookup time-sync sysinit console-setup keyboard-setup resolvconf python3
+    pam ucf misc initramfs"""
+)
+SYSTEM_SERVICE_PATTERN = re.compile(
+    r"(systemd|getty|serial-getty|apt|dpkg|user|dbus|initrd|kmod|ifup|cloud|e2scrub|"
+    r"flowerbed|nftables|network|polkit|ssh|nginx|postgresql|redis)-.*"
+)
+PRIVILEGED_GROUPS = words(
+    """root daemon bin sys adm tty disk lp mail news uucp man proxy kmem dialout fax voice
+    cdrom floppy tape sudo audio dip www-data backup operator list irc src gnats shadow utmp
+    video sasl plugdev staff games users nogroup crontab messagebus input kvm render sgx
+    netdev ssl-cert ssh docker lxd libvirt wheel admin redis postgres nginx"""
+)
+SYSTEM_USERS = words(
+    """root daemon bin sys sync games man lp mail news uucp proxy www-data backup list irc
+    gnats nobody messagebus sshd redis postgres mysql nginx ntp dnsmasq tss uuidd avahi
+    polkitd statd tcpdump syslog rabbitmq"""
+)
+SYSTEM_ACCOUNT_PATTERN = re.compile(r"(systemd-|_|debian-).*")
+
+
+def system_service_problem(name: str) -> str | None:
+    if name in SYSTEM_SERVICE_NAMES or SYSTEM_SERVICE_PATTERN.fullmatch(name):
+        return (
+            f"{name!r} names a system service or directory ({name}.service, /run/{name}, "
+            f"/var/lib/{name}): flowerbed would overwrite them"
+        )
+    return None
+
+
+def privileged_group_problem(name: str) -> str | None:
+    if name in PRIVILEGED_GROUPS or SYSTEM_ACCOUNT_PATTERN.fullmatch(name):
+        return (
+            f"{name!r} is a system group with privileges of its own: Flower would run in it and "
+            "the proxy's users would be added to it"
+        )
+    return None
+
+
+def system_user_problem(name: str) -> str | None:
+    if name in SYSTEM_USERS or SYSTEM_ACCOUNT_PATTERN.fullmatch(name):
+        return f"{name!r} is root or a system account other software runs as"
+    return None
+
+
+# Directories flowerbed must never own (it makes its directories root:root 0755).
+SYSTEM_DIRECTORIES = words(
+    """/ /bin /boot /dev /etc /home /lib /lib64 /media /mnt /opt /proc /root /run /sbin /srv
+    /sys /tmp /usr /var /usr/bin /usr/lib /usr/lib64 /usr/local /usr/local/bin /usr/local/lib
+    /usr/local/sbin /usr/local/share /usr/local/libexec /usr/libexec /usr/sbin /usr/share
+    /usr/src /usr/include /var/lib /var/log /var/cache /var/spool /var/mail /var/www /var/opt
+    /var/backups /var/local /var/tmp /etc/nginx /etc/systemd /etc/systemd/system /etc/ssh
+    /etc/apt /etc/ssl /etc/letsencrypt /etc/default /etc/cron.d /etc/sudoers.d /etc/pam.d
+    /etc/security /etc/network /etc/init.d /etc/profile.d /etc/pip /etc/nftables.d"""
+)
+VOLATILE_TREES = ("/tmp/", "/var/tmp/", "/dev/", "/proc/", "/sys/", "/run/")
+
+
+def system_directory_problem(path: str) -> str | None:
+    if path in SYSTEM_DIRECTORIES:
+        return f"{path} is a system directory (flowerbed makes its directories root:root 0755)"
+    if path.startswith(VOLATILE_TREES):
+        return f"{path} is in a temporary, world-writable or virtual file system"
+    return None
+
+
+# --- nginx ------------------------------------------------------------------------------------
+
+# Directives that decide who gets in, where requests go, or what is served: flowerbed's own.
+NGINX_OWNED_DIRECTIVES = re.compile(
+    r"(location|if|limit_except|server|server_name|listen|include|auth_\w+|satisfy|allow|deny|"
+    r"proxy_\w+|\w+_pass|root|alias|return|rewrite|error_page|try_files|internal|ssl_\w+|"
+    r"\w+_by_lua\w*|perl\w*|js_\w+|set|map|geo|real_ip_\w+|set_real_ip_from|add_header|"
+    r"more_\w+_headers|sub_filter\w*|autoindex|index)"
+)
+
+
+def nginx_snippet_problem(snippet: str) -> str | None:
+    match = re.fullmatch(r"\s*([a-z_][a-z0-9_]*)(\s+[^{};#]*)?;\s*", snippet)
+    if not match:
+        return "is not one simple nginx directive ending in ';' (no blocks, comments or ';' inside)"
+    if NGINX_OWNED_DIRECTIVES.fullmatch(match.group(1)):
+        return (
+            f"{match.group(1)!r} changes who gets in, where requests go or what is served, which "
+            "flowerbed's site decides"
+        )
+    return None
+
+
+# --- Flower's --auth (flower/utils/authentication.py in 2.2; views/auth.py in 2.1) -----------
+
+EMAIL = re.compile(r"[A-Za-z0-9!#$%&'+/=?^_`{}~.-]+@(?!-)[a-z0-9-]+(\.[a-z0-9-]+)+")
+
+
+def flower_auth_problem(pattern: str) -> str | None:
+    """Flower does not read a regexp: `a@x|b@y` is a list of exact addresses; otherwise `.*`
+    (once, before the '@') matches any local part and everything else is literal. `*` without
+    the dot matches only a literal '*'; a '*' after the '@' or beside a '|' makes Flower exit."""
+    if "|" in pattern:
+        if "*" in pattern:
+            return "mixes a list ('|') with a wildcard, which Flower refuses at start"
+        bad = [a for a in pattern.split("|") if not EMAIL.fullmatch(a)]
+        return f"{bad[0]!r} in the list is not an e-mail address" if bad else None
+    local, at, domain = pattern.rpartition("@")
+    if not at or not EMAIL.fullmatch(f"x@{domain}"):
+        return "does not end in '@' and a lower-case domain like 'example.com'"
+    if pattern.count("*") > 1 or (pattern.count("*") and ".*" not in local):
+        return (
+            "Flower's wildcard is one '.*' before the '@' (a bare '*' only matches a literal "
+            "'*', and regexps are not read)"
+        )
+    if not EMAIL.fullmatch(local.replace(".*", "x", 1) + "@" + domain):
+        return "has characters that are neither part of an e-mail address nor Flower's '.*'"
+    return None
+
+
+# --- secrets ----------------------------------------------------------------------------------
+
+# The sample values of .env.example and other classics: a copied example is not a secret.
+SAMPLE_SECRETS = words(
+    """change-me change-me-too changeme a-long-random-string password passw0rd secret admin
+    flower letmein 123456 12345678 123456789 1234567890 qwerty test example"""
+)
+MIN_PASSWORD_LENGTH = 12
+MIN_COOKIE_SECRET_LENGTH = 32
+
+
+def sample_secret(value: str) -> bool:
+    return value.lower() in SAMPLE_SECRETS or "change-me" in value.lower()
+
+
+def weak_password_problem(password: str, user: str = "") -> str | None:
+    if sample_secret(password) or (user and password.lower() == user.lower()):
+        return "is a sample or guessable value"
+    if len(password) < MIN_PASSWORD_LENGTH:
+        return f"is shorter than {MIN_PASSWORD_LENGTH} characters"
+    if password != password.strip():
+        return "starts or ends with whitespace (a copy-paste slip?)"
+    return None
+
+
+def weak_cookie_secret_problem(secret: str) -> str | None:
+    if sample_secret(secret):
+        return "is the sample value from .env.example"
+    if len(secret) < MIN_COOKIE_SECRET_LENGTH or len(set(secret)) < 10:
+        return (
+            f"is shorter than {MIN_COOKIE_SECRET_LENGTH} characters or too repetitive: whoever "
+            "guesses it can forge a login"
+        )
+    return None
+
+
+def broker_url_problem(url: str, schemes: tuple[str, ...]) -> tuple[str, str] | None:
+    """(problem, fix) for a broker URL, parsed the way kombu parses it; never quotes it."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or scheme not in schemes:
+        named = (
+            f" (scheme {scheme!r})" if sep and re.fullmatch(r"[a-z][a-z0-9+.-]*", scheme) else ""
+        )
+        return (
+            f"is not a broker URL the lock supports{named}",
+            f"use one of {schemes}, e.g. redis://:PASSWORD@host:6379/0",
+        )
+    urls = url.split(";") if scheme == "sentinel" else [url]  # kombu: sentinels joined by ';'
+    for one in urls:
+        userinfo = one.partition("://")[2].rpartition("@")[0]
+        if re.search(r"[/#?]", userinfo):
+            return (
+                "has an unencoded '/', '#' or '?' in its user name or password, so the host and "
+                "password cannot be told apart",
+                "percent-encode them in the password: '/' -> %2F, '#' -> %23, '?' -> %3F",
+            )
+        try:
+            parts = urlsplit(one)
+            port = parts.port
+        except ValueError:
+            port, parts = -1, None
+        if parts is None or port == -1:
+            return "has a port that is not a number from 1 to 65535", "e.g. redis://host:6379/0"
+        if not parts.hostname:
+            return "names no host", "e.g. redis://:PASSWORD@broker.example.com:6379/0"
+        if scheme in ("redis", "rediss") and not re.fullmatch(r"/?\d*", parts.path):
+            return "has a path that is not a Redis database number", "end it in /0 (or /1 ...)"
+    return None

@@ -1,0 +1,40 @@
+"""One place for "the defaults plus these values": every unit test builds its settings here.
+
+settings_with(flower_max_tasks=5000)            # Settings, or SettingsError(s) raised
+error_for(flower_max_tasks=0)                   # the message of the error(s) it raises
+"""
+
+from __future__ import annotations
+
+import runpy
+from pathlib import Path
+
+import pytest
+
+from flowerbed.settings import Settings, SettingsError, load_settings
+
+REPO = Path(__file__).resolve().parent.parent
+
+# Keys whose defaults are deliberately invalid: every operator must choose them.
+OPERATOR_CHOICES = {"allowed_sources": ["203.0.113.0/24"], "admin_sources": ["198.51.100.7/32"]}
+
+
+def defaults() -> dict:
+    values = runpy.run_path(str(REPO / "group_data" / "all.py"))
+    return {key: value for key, value in values.items() if not key.startswith("__")}
+
+
+def valid_data(**overrides) -> dict:
+    """group_data/all.py with the operator's required choices, then `overrides`."""
+    return {**defaults(), **OPERATOR_CHOICES, **overrides}
+
+
+def settings_with(**overrides) -> Settings:
+    return load_settings(valid_data(**overrides))
+
+
+def error_for(**overrides) -> str:
+    """The message of what load_settings raises for these values (every problem, one a line)."""
+    with pytest.raises(SettingsError) as caught:
+        settings_with(**overrides)
+    return str(caught.value)
