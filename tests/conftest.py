@@ -79,22 +79,44 @@ def lab() -> Lab:
 _fresh_names = itertools.count(1)
 
 
+class FreshHosts:
+    """The one way tests get a clean host: `boot()` makes one, `remove_all()` removes them."""
+
+    def __init__(self, lab: Lab):
+        self.lab = lab
+        self.made: list[str] = []
+
+    def __call__(self, distro: str = "bookworm", prefix: str = "f") -> dict:
+        name = f"{prefix}{os.getpid() % 1000}x{next(_fresh_names)}"
+        self.made.append(name)  # before host-up: a half-booted host is removed too
+        lab_cli("host-up", name, "--distro", distro)
+        self.lab.state = Lab.load().state
+        return self.lab.host(name)
+
+    def remove_all(self) -> None:
+        while self.made:
+            lab_cli("host-down", self.made.pop())
+        self.lab.state = Lab.load().state
+
+
 @pytest.fixture
 def fresh_host(lab: Lab):
     """A factory for new, clean hosts; each is removed when the test ends."""
-    made: list[str] = []
+    hosts = FreshHosts(lab)
+    try:
+        yield hosts
+    finally:
+        hosts.remove_all()
 
-    def boot(distro: str = "bookworm", prefix: str = "f") -> dict:
-        name = f"{prefix}{os.getpid() % 1000}x{next(_fresh_names)}"
-        lab_cli("host-up", name, "--distro", distro)
-        made.append(name)
-        lab.state = Lab.load().state
-        return lab.host(name)
 
-    yield boot
-    for name in made:
-        lab_cli("host-down", name)
-    lab.state = Lab.load().state
+@pytest.fixture(scope="module")
+def module_hosts(lab: Lab):
+    """`fresh_host` for a module's shared hosts: removed when the module's tests end."""
+    hosts = FreshHosts(lab)
+    try:
+        yield hosts
+    finally:
+        hosts.remove_all()
 
 
 def pytest_collection_modifyitems(items):

@@ -11,7 +11,6 @@ Needs: apt `chromium`, pip `playwright` (never `playwright install`: Debian's bu
 
 from __future__ import annotations
 
-import os
 import shutil
 import time
 from pathlib import Path
@@ -38,17 +37,14 @@ TIMEOUT_MS = 20_000
 
 @pytest.fixture(scope="module")
 def sync_api():
-    """Playwright's sync API, or a skip outside CI (in CI a missing browser is a failure)."""
+    """Playwright's sync API; a missing browser is a failure (`make test` installs both)."""
     missing = [] if Path(CHROMIUM).is_file() else [f"{CHROMIUM} (apt chromium)"]
     try:
         from playwright import sync_api as api
     except ImportError:
-        api, missing = None, [*missing, "playwright (pip)"]
+        api, missing = None, [*missing, "playwright (pip, requirements.lock)"]
     if missing:
-        message = f"browser test needs {', '.join(missing)}"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
+        pytest.fail(f"browser test needs {', '.join(missing)}: run `make test` (or `make setup`)")
     return api
 
 
