@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from pyinfra.api import Host, Inventory
@@ -34,15 +34,17 @@ class Checked:
 _checked: dict[str, Checked] = {}
 
 
-def host_problems(host: Host) -> tuple[Checked | None, list[SettingsError]]:
+def host_problems(
+    host: Host, environ: Mapping[str, str] = os.environ
+) -> tuple[Checked | None, list[SettingsError]]:
     """One host's data, then the secrets it names: all problems, the checked inputs if none."""
     settings, problems = validate(host.data.dict())
     incomplete = bool(problems.errors)
     inputs = {}
     with problems.check(incomplete):
-        inputs["secrets"] = load_flower_secrets(settings.flower, os.environ)
+        inputs["secrets"] = load_flower_secrets(settings.flower, environ)
     with problems.check(incomplete):
-        inputs["edge"] = edge_inputs(settings, host.name, os.environ)
+        inputs["edge"] = edge_inputs(settings, host.name, environ)
     if problems.errors:
         return None, problems.errors
     return Checked(settings, **inputs), []
@@ -52,12 +54,14 @@ def check_host(host: Host) -> Checked:
     return check_hosts([host])[host.name]
 
 
-def check_hosts(hosts: Iterable[Host]) -> dict[str, Checked]:
+def check_hosts(
+    hosts: Iterable[Host], environ: Mapping[str, str] = os.environ
+) -> dict[str, Checked]:
     """Every host's Checked, or InvalidDeploy listing every problem of every host."""
     results: dict[str, Checked] = {}
     found: dict[str, list[str]] = {}  # message -> hosts, in the order found
     for host in hosts:
-        checked, errors = host_problems(host)
+        checked, errors = host_problems(host, environ)
         if checked:
             results[host.name] = checked
         for error in errors:

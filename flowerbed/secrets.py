@@ -90,7 +90,7 @@ def read_secret(key: str, env_name: str, environ: Mapping[str, str]) -> Secret:
     if sample_secret(value):
         raise SettingsError(
             key,
-            f"${env_name} still holds a sample value from .env.example (like CHANGE-ME)",
+            f"${env_name} still holds a sample value (from .env.example or a well-known one)",
             f"set {env_name} to a real secret, e.g. from `openssl rand -base64 32`",
         )
     return Secret(f"${env_name}", value)

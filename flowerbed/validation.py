@@ -40,6 +40,7 @@ class Problems:
 
     def __init__(self) -> None:
         self.errors: list[SettingsError] = []
+        self.skipped = False
 
     @contextmanager
     def check(self, incomplete: bool = False) -> Iterator[None]:
@@ -52,10 +53,19 @@ class Problems:
         except AttributeError:
             if not incomplete:
                 raise
+            self.skipped = True
 
     def raise_any(self) -> None:
+        """Raise what was found; if nothing was but a check was skipped, say so to the caller
+        (Incomplete: its own caller skips what needed this result)."""
         if self.errors:
             raise SettingsErrors(self.errors)
+        if self.skipped:
+            raise Incomplete("a check was skipped: an input it needs failed its own check")
+
+
+class Incomplete(AttributeError):
+    """Nothing wrong here, but an input this needed already failed (and was reported)."""
 
 
 # --- values that reach hosts' files ----------------------------------------------------------
@@ -213,8 +223,8 @@ def nginx_snippet_problem(snippet: str) -> str | None:
         return "is not one simple nginx directive ending in ';' (no blocks, comments or ';' inside)"
     if NGINX_OWNED_DIRECTIVES.fullmatch(match.group(1)):
         return (
-            f"{match.group(1)!r} changes who gets in, where requests go or what is served, which "
-            "flowerbed's site decides"
+            f"uses {match.group(1)!r}, which decides who gets in, where requests go or what is "
+            "served: flowerbed's site decides that"
         )
     return None
 
@@ -237,10 +247,7 @@ def flower_auth_problem(pattern: str) -> str | None:
     if not at or not EMAIL.fullmatch(f"x@{domain}"):
         return "does not end in '@' and a lower-case domain like 'example.com'"
     if pattern.count("*") > 1 or (pattern.count("*") and ".*" not in local):
-        return (
-            "Flower's wildcard is one '.*' before the '@' (a bare '*' only matches a literal "
-            "'*', and regexps are not read)"
-        )
+        return "has a '*' that Flower matches literally: its one wildcard is '.*' before the '@'"
     if not EMAIL.fullmatch(local.replace(".*", "x", 1) + "@" + domain):
         return "has characters that are neither part of an e-mail address nor Flower's '.*'"
     return None

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import re
+import shutil
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -115,11 +118,16 @@ def test_version_without_a_lock():
 
 
 def test_every_lock_is_fully_hash_pinned():
-    for lock in (REPO / "locks").glob("flower-*.txt"):
-        requirements = [line for line in lock.read_text().splitlines() if line[:1].isalpha()]
-        assert any(line.startswith("packaging==") for line in requirements), lock
-        for line in requirements:
-            assert "==" in line and line.rstrip().endswith("\\"), f"{lock.name}: {line}"
+    locks = list((REPO / "locks").glob("flower-*.txt"))
+    assert locks, "no lock files"
+    for lock in locks:
+        # one requirement per entry: "name==version [; marker] \ --hash=sha256:<64 hex> ..."
+        entries = re.split(r"\n(?=[A-Za-z])", lock.read_text().split("\n", 2)[2])
+        assert any(entry.startswith("packaging==") for entry in entries), lock
+        for entry in entries:
+            assert re.match(r"[A-Za-z0-9._-]+==[^ ;\\]+", entry), f"{lock.name}: {entry}"
+            hashes = re.findall(r"--hash=sha256:([0-9a-f]*)", entry)
+            assert hashes and all(len(h) == 64 for h in hashes), f"{lock.name}: {entry}"
 
 
 def test_app_and_source_go_together():
@@ -248,9 +256,17 @@ def test_env_file_quotes_values_for_systemd():
 # --- venvs ----------------------------------------------------------------------------------
 
 
-def test_app_archive_is_reproducible():
-    demo = REPO / "lab" / "demo_app"
-    assert source_archive(demo) == source_archive(demo)
+def test_app_archive_is_reproducible(tmp_path):
+    """Same files, other times and owners (another checkout, another machine): same bytes."""
+    first, second = tmp_path / "first", tmp_path / "second"
+    shutil.copytree(REPO / "lab" / "demo_app", first)
+    shutil.copytree(REPO / "lab" / "demo_app", second)
+    for path in second.rglob("*"):
+        os.utime(path, (1_000_000_000, 1_000_000_000))
+        os.chown(path, 4711, 4711)
+    assert source_archive(first) == source_archive(second)
+    next(p for p in sorted(second.rglob("*.py"))).write_text("# changed\n")
+    assert source_archive(first) != source_archive(second), "content still counts"
 
 
 def test_venv_key_follows_lock_and_app():
