@@ -882,7 +882,8 @@ def cmd_down() -> None:
     with concurrent.futures.ThreadPoolExecutor(max_workers=8) as pool:
         list(pool.map(stop_host, sorted(names)))
     remove_foreign_hosts()
-    for service in ("oidc", "producer", "worker", "redis", "pebble", "dns", "tinyproxy"):
+    on_demand = ("prometheus", "blackbox", "rabbitmq-worker", "rabbitmq", "oidc")
+    for service in (*on_demand, "producer", "worker", "redis", "pebble", "dns", "tinyproxy"):
         stop(service)
     for name in NAMESPACES:
         remove_namespace(name)
