@@ -11,7 +11,7 @@ MACHINE_PACKAGES := make debootstrap systemd-container tinyproxy pebble redis-se
 	curl openssh-client iproute2 gpg nftables bind9-dnsutils chromium shellcheck \
 	prometheus prometheus-blackbox-exporter rabbitmq-server nodejs
 
-.PHONY: setup machine-packages lab-up lab-down lab-status demo test test-unit lint format
+.PHONY: setup machine-packages lab-up lab-down lab-status demo test test-unit lint format bench
 
 setup: $(VENV)/.installed
 
@@ -47,6 +47,12 @@ test: setup machine-packages
 
 test-unit: setup
 	$(VENV)/bin/pytest -m "not lab" $(PYTEST_ARGS)
+
+# Every script in benchmarks/ against the running lab, except lab_times.py (it tears the lab
+# down: run it alone).
+BENCHMARKS ?= $(filter-out benchmarks/lab_times.py,$(wildcard benchmarks/*.py))
+bench: setup lab-up
+	@for script in $(BENCHMARKS); do echo "== $$script"; $(PY) $$script || exit 1; done
 
 lint: setup
 	$(VENV)/bin/ruff check .

@@ -31,7 +31,13 @@ HTPASSWD = "/etc/nginx/flowerbed.htpasswd"
 HTPASSWD_GROUP = "www-data"  # nginx's workers read it at every request
 USER_NAME = re.compile(r"[A-Za-z0-9._@-]{1,64}")
 BCRYPT_MAX_BYTES = 72  # bcrypt ignores (newer versions refuse) anything longer
-BCRYPT_ROUNDS = 12
+# bcrypt's cost: nginx checks the password of EVERY request (basic auth has no session), in its
+# event loop, so a UI polling every few seconds pays one check per poll, and a check blocks the
+# worker meanwhile. Measured on the lab's cores (benchmarks/login_latency.py): cost 10 = ~60 ms
+# a check, 12 = ~250 ms (and 4x the CPU a guess costs). 10 is OWASP's floor for bcrypt; guessing
+# online is throttled per source (nginx_login_failures_*), and a leaked file faces long random
+# passwords. A changed cost re-hashes every login at the next deploy.
+BCRYPT_ROUNDS = 10
 
 
 @dataclass(frozen=True)
@@ -84,9 +90,15 @@ def htpasswd_lines(logins: tuple[Login, ...], current: Mapping[str, str]) -> str
 
 def _hash(login: Login, current: str | None) -> str:
     password = login.password.encode()
-    if current and _matches(password, current):
+    if current and bcrypt_cost(current) == BCRYPT_ROUNDS and _matches(password, current):
         return current
     return bcrypt.hashpw(password, bcrypt.gensalt(BCRYPT_ROUNDS)).decode()
+
+
+def bcrypt_cost(hashed: str) -> int | None:
+    """The cost in a `$2b$10$...` hash; None for anything else."""
+    parts = hashed.split("$")
+    return int(parts[2]) if len(parts) == 4 and parts[2].isdigit() else None
 
 
 def _matches(password: bytes, hashed: str) -> bool:

@@ -14,6 +14,7 @@ a file, the certificate or the logins changed.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from io import StringIO
 
@@ -36,6 +37,9 @@ HTTP_SITE = f"{CONF_DIR}/flowerbed-http.conf"
 HTTPS_SITE = f"{CONF_DIR}/flowerbed.conf"
 DEFAULT_SITE = "/etc/nginx/sites-enabled/default"
 LOOPBACK = ("127.0.0.1", "::1")
+# Where the dashboard's server counts failed logins: a loopback address of its own, so nginx
+# gives requests to it (and only those) to the counting server, on the port 80 listener.
+LOGIN_FAILURES_LISTEN = "127.0.0.80:80"
 
 
 @dataclass(frozen=True)
@@ -63,6 +67,15 @@ def site_names(settings: Settings, host_name: str) -> tuple[str, ...]:
     return (fqdn, *settings.site.server_aliases)
 
 
+def origin_patterns(names: tuple[str, ...]) -> tuple[str, ...]:
+    """Regexps for the dashboard's own origins (`https://name`; `*.x` is one label under x)."""
+    return tuple(
+        "https://"
+        + (r"[a-z0-9-]+\." + re.escape(name[2:]) if name.startswith("*.") else re.escape(name))
+        for name in names
+    )
+
+
 def http_site_text(site: Dashboard) -> str:
     return render("nginx-http.conf.j2", site=site, webroot=WEBROOT)
 
@@ -76,6 +89,8 @@ def https_site_text(site: Dashboard, settings: Settings) -> str:
         htpasswd=HTPASSWD,
         monitoring_sources=settings.firewall.monitoring_sources,
         local_sources=LOOPBACK,
+        origins=origin_patterns(site.names),
+        failures_listen=LOGIN_FAILURES_LISTEN,
     )
 
 

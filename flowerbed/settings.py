@@ -868,6 +868,16 @@ class Nginx:
         string_list(nginx_directive()),
         "extra directives for the HTTPS server block",
     )
+    login_failures_per_minute: int = setting(
+        integer(minimum=1, maximum=6000), "failed logins per minute a source may make (then 429)"
+    )
+    login_failures_burst: int = setting(
+        integer(maximum=10000), "failed logins a source may make at once"
+    )
+    requests_per_second: int = setting(
+        integer(minimum=1, maximum=10000), "requests a source may make per second (caps bcrypt)"
+    )
+    requests_burst: int = setting(integer(maximum=100000), "requests a source may make at once")
 
     prefix = "nginx_"
 

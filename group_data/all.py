@@ -88,6 +88,13 @@ nginx_hsts_max_age = 63072000  # Strict-Transport-Security max-age, seconds (0 =
 nginx_hsts_include_subdomains = False  # HSTS for every subdomain of the names too
 nginx_proxy_read_timeout = 60  # seconds nginx waits for Flower (above flower_inspect_timeout)
 nginx_server_snippets = []  # extra directives for the HTTPS server, e.g. ["access_log off;"]
+# Logins are throttled per source address: past the burst, a source's next failed login (basic
+# auth) gets 429 instead of 401 until its budget refills; every request also counts against a
+# generous per-source limit checked before the password, so a flood cannot buy bcrypt CPU.
+nginx_login_failures_per_minute = 10  # failed logins per minute a source may make ...
+nginx_login_failures_burst = 5  # ... after this many at once; then 429 Too Many Requests
+nginx_requests_per_second = 5  # requests per second one source may make (UI polling: ~1) ...
+nginx_requests_burst = 50  # ... after this many at once (a page load); then 429
 tls_acme_directory = "letsencrypt"  # "letsencrypt", "letsencrypt-staging" or a directory URL
 tls_acme_ca_bundle = ""  # local CA bundle a private ACME directory's HTTPS needs ('' = system)
 tls_email = ""  # ACME account e-mail (expiry and policy notices; '' = register without)

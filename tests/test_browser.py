@@ -11,12 +11,15 @@ Needs: apt `chromium`, pip `playwright` (never `playwright install`: Debian's bu
 
 from __future__ import annotations
 
+import os
 import shutil
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
-from conftest import Lab
+from conftest import LAB_HOSTS, Lab, lab_cli
 from deploy_helpers import run_deploy
 
 pytestmark = pytest.mark.lab
@@ -99,7 +102,10 @@ def screenshot(page, tmp_path: Path, step: str) -> Path:
 def start_long_task(page, site: str) -> str:
     """A task that runs for minutes, sent through Flower's API as the logged-in user."""
     response = page.request.post(
-        f"{site}/api/task/send-task/{LONG_TASK}", data={"args": [300]}, timeout=TIMEOUT_MS
+        f"{site}/api/task/send-task/{LONG_TASK}",
+        data={"args": [300]},
+        headers={"Origin": site},  # nginx lets only the dashboard's own origin control Flower
+        timeout=TIMEOUT_MS,
     )
     assert response.ok, f"{response.status} {response.text()}"
     return response.json()["task-id"]
@@ -150,3 +156,122 @@ def test_a_user_logs_in_sees_workers_revokes_a_task_and_sees_the_queues(
     assert response.status == 200
     page.get_by_text("celery", exact=True).first.wait_for()
     screenshot(page, tmp_path, "6-broker")
+
+
+# --- CSRF: a page elsewhere cannot drive the dashboard; the dashboard's own buttons can --------
+
+HOSTILE_PAGE = """<!doctype html>
+<title>cute cats</title>
+<iframe name="revoke"></iframe><iframe name="shrink"></iframe><iframe name="shutdown"></iframe>
+<form method="POST" target="revoke" action="{site}/api/task/revoke/{task}">
+  <input name="terminate" value="true"></form>
+<form method="POST" target="shrink" action="{site}/api/worker/pool/shrink/{worker}">
+  <input name="n" value="1"></form>
+<form method="POST" target="shutdown" action="{site}/api/worker/shutdown/{worker}"></form>
+<script>for (const form of document.forms) form.submit();</script>
+"""
+
+
+@pytest.fixture
+def elsewhere(lab: Lab, tmp_path: Path):
+    """A web server in lab-allowed on another origin: (its URL, the directory it serves)."""
+    served = tmp_path / "elsewhere"
+    served.mkdir()
+    port = 18000 + os.getpid() % 1000
+    address = lab.state["namespaces"][NAMESPACE]
+    server = subprocess.Popen(
+        ["ip", "netns", "exec", NAMESPACE, sys.executable, "-m", "http.server",
+         "--bind", address, "--directory", str(served), str(port)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        yield f"http://{address}:{port}", served
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+
+
+def api(page, site: str, path: str):
+    response = page.request.get(f"{site}{path}", timeout=TIMEOUT_MS)
+    assert response.ok, f"{path}: {response.status} {response.text()}"
+    return response.json()
+
+
+def pool_processes(page, site: str) -> int:
+    """How many processes the lab worker's pool has now (asked from the worker, via Flower)."""
+    workers = api(page, site, f"/api/workers?refresh=1&workername={WORKER}")
+    return len(workers[WORKER]["stats"]["pool"]["processes"])
+
+
+def wait_for_pool(page, site: str, processes: int, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while (now := pool_processes(page, site)) != processes:
+        assert time.monotonic() < deadline, f"the pool has {now} processes, not {processes}"
+        time.sleep(1)
+
+
+def worker_online(page, site: str) -> bool:
+    return api(page, site, f"/api/workers?status=1&workername={WORKER}").get(WORKER) is True
+
+
+def control(page, site: str, path: str, form: dict) -> None:
+    """A control request as the dashboard's own page sends it (for clean-up)."""
+    page.request.post(f"{site}{path}", form=form, headers={"Origin": site}, timeout=TIMEOUT_MS)
+
+
+def test_a_page_elsewhere_cannot_drive_the_dashboard_but_its_own_buttons_can(
+    sync_api, page, site: str, elsewhere, lab: Lab, tmp_path: Path
+):
+    """The logged-in user visits a hostile page: its forms revoke, shrink, shut down: nothing."""
+    page.goto(f"{site}/workers")
+    task_id = start_long_task(page, site)
+    processes = pool_processes(page, site)
+    try:
+        wait_until_started(page, site, task_id)
+        hostile_page_changes_nothing(page, site, elsewhere, task_id, processes, tmp_path)
+        # The same from the dashboard's own pages works (not shutdown: the lab's worker is
+        # shared): grow the pool and shrink it back, then revoke the task.
+        page.goto(f"{site}/worker/{WORKER}")
+        page.fill("#pool-size", "1")
+        page.click("#worker-pool-grow")
+        page.get_by_text(f"Growing '{WORKER}' worker's pool by 1").wait_for()
+        wait_for_pool(page, site, processes + 1)
+        page.click("#worker-pool-shrink")
+        page.get_by_text(f"Shrinking '{WORKER}' worker's pool by 1").wait_for()
+        wait_for_pool(page, site, processes)
+        screenshot(page, tmp_path, "2-pool-grown-and-shrunk")
+        page.goto(f"{site}/task/{task_id}")
+        page.click("#task-terminate")
+        sync_api.expect(page.locator("#task-terminate")).to_be_disabled()
+        deadline = time.monotonic() + 60
+        while api(page, site, f"/api/task/info/{task_id}")["state"] != "REVOKED":
+            assert time.monotonic() < deadline, "the dashboard's own revoke did not revoke"
+            time.sleep(2)
+    finally:  # the lab's worker is shared: put it back as it was
+        if not worker_online(page, site):
+            lab_cli("up", "--hosts", str(LAB_HOSTS))  # restarts the lab's worker
+        control(page, site, f"/api/task/revoke/{task_id}", {"terminate": "true"})
+        missing = processes - pool_processes(page, site)
+        if missing:
+            grow_or_shrink = "grow" if missing > 0 else "shrink"
+            path = f"/api/worker/pool/{grow_or_shrink}/{WORKER}"
+            control(page, site, path, {"n": str(abs(missing))})
+
+
+def hostile_page_changes_nothing(page, site, elsewhere, task_id, processes, tmp_path) -> None:
+    url, served = elsewhere
+    (served / "index.html").write_text(HOSTILE_PAGE.format(site=site, task=task_id, worker=WORKER))
+    answers = []
+    page.on("response", lambda r: answers.append(r) if r.url.startswith(site) else None)
+    page.goto(f"{url}/index.html")
+    deadline = time.monotonic() + 30
+    while len(answers) < 3:
+        assert time.monotonic() < deadline, f"the hostile forms were not all sent: {answers}"
+        page.wait_for_timeout(500)
+    screenshot(page, tmp_path, "1-hostile-page")
+    assert sorted(a.request.method for a in answers) == ["POST"] * 3
+    assert [a.status for a in answers] == [403] * 3, [(a.url, a.status) for a in answers]
+    page.wait_for_timeout(3000)  # what Flower would have done, it would have done by now
+    assert api(page, site, f"/api/task/info/{task_id}")["state"] == "STARTED"
+    assert pool_processes(page, site) == processes
+    assert worker_online(page, site)

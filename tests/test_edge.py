@@ -12,6 +12,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 
 import pytest
 from conftest import Lab, lab_cli
@@ -55,10 +56,17 @@ def fqdn(lab: Lab, name: str) -> str:
 
 
 def curl(
-    lab: Lab, url: str, *, auth: tuple[str, str] | None = None, namespace: str | None = None
+    lab: Lab,
+    url: str,
+    *,
+    auth: tuple[str, str] | None = None,
+    namespace: str | None = None,
+    method: str = "GET",
+    headers: dict[str, str] | None = None,
 ) -> tuple[int, dict[str, str], str]:
     """(status, headers, body) of one request, verified against the lab's ACME root."""
     argv = ["curl", "-sS", "-m", "10", "--cacert", lab.state["acme"]["root"], "-D", "-", url]
+    argv += ["-X", method, *(f"-H{name}: {value}" for name, value in (headers or {}).items())]
     if auth:
         argv += ["-u", ":".join(auth)]  # a test-only password on the test machine
     run = lab.in_namespace(namespace, argv) if namespace else subprocess_run(argv)
@@ -133,13 +141,56 @@ def test_https_verifies_and_every_path_needs_a_login(lab: Lab, edge):
     assert WORKER in workers(lab, edge[0])
 
 
-def test_flower_control_api_works_through_the_proxy(lab: Lab, edge):
-    """The UI's buttons POST to Flower's API: nginx's login must be enough (no 401/403)."""
-    task = "00000000-0000-4000-8000-f10e0bed0000"  # revoking an unknown task changes nothing
-    argv = ["curl", "-sS", "-m", "20", "--cacert", lab.state["acme"]["root"], "-X", "POST"]
-    argv += ["-u", ":".join(login(lab)), "-o", "/dev/null", "-w", "%{http_code}"]
-    url = f"https://{fqdn(lab, edge[0])}/api/task/revoke/{task}"
-    assert lab.in_namespace("lab-allowed", [*argv, url]).stdout == "200"
+UNKNOWN_TASK = "00000000-0000-4000-8000-f10e0bed0000"  # revoking it changes nothing
+
+
+def control(lab: Lab, name: str, headers: dict[str, str], prefix: str = "") -> tuple[int, str]:
+    """(status, body) of a logged-in revoke POST from lab-allowed with these headers."""
+    url = f"https://{fqdn(lab, name)}{prefix}/api/task/revoke/{UNKNOWN_TASK}"
+    status, _, body = curl(
+        lab, url, auth=login(lab), namespace="lab-allowed", method="POST", headers=headers
+    )
+    return status, body
+
+
+def refused_by_nginx(response: tuple[int, str]) -> bool:
+    status, body = response
+    return status == 403 and "<center>nginx</center>" in body
+
+
+def assert_only_the_dashboard_drives_flower(lab: Lab, name: str, prefix: str = "") -> None:
+    """Control requests from anywhere but the dashboard's own pages never reach Flower."""
+    own = f"https://{fqdn(lab, name)}"
+    for hostile in (
+        {"Origin": "https://evil.example"},
+        {"Sec-Fetch-Site": "cross-site"},
+        {"Origin": own, "Sec-Fetch-Site": "cross-site"},
+        {"Sec-Fetch-Site": "same-site"},
+        {"Origin": "null"},
+        {"Origin": f"{own}.evil.example"},
+        {"Referer": f"https://evil.example/{fqdn(lab, name)}/"},
+        {},  # no Origin, Sec-Fetch-Site or Referer: not a page of the dashboard either
+    ):
+        assert refused_by_nginx(control(lab, name, hostile, prefix)), hostile
+    for own_page in (
+        {"Origin": own},
+        {"Origin": own, "Sec-Fetch-Site": "same-origin"},
+        {"Sec-Fetch-Site": "same-origin"},
+        {"Referer": f"{own}{prefix}/tasks"},
+    ):
+        status, body = control(lab, name, own_page, prefix)
+        assert status == 200 and "Revoked" in body, own_page  # Flower's own answer
+    for method in ("GET", "OPTIONS"):
+        _, headers, _ = curl(
+            lab, f"{own}{prefix}/api/workers", auth=login(lab), namespace="lab-allowed",
+            method=method, headers={"Origin": "https://evil.example"},
+        )  # fmt: skip
+        assert not any(key.startswith("access-control-") for key in headers), headers
+
+
+def test_only_the_dashboards_own_pages_drive_flower(lab: Lab, edge):
+    """CSRF: a page elsewhere cannot make the admin's browser revoke, resize or shut down."""
+    assert_only_the_dashboard_drives_flower(lab, edge[0])
 
 
 def test_http_redirects_to_https(lab: Lab, edge):
@@ -290,6 +341,7 @@ def test_subpath_mode(lab: Lab, edge):
         assert status == 200 and "/flower/static/" in body
         assert curl(lab, f"{site}/flower/metrics", namespace="lab-allowed")[0] == 401
         assert curl(lab, f"{site}/flower/metrics")[0] == 200
+        assert_only_the_dashboard_drives_flower(lab, name, prefix="/flower")
     finally:
         deploy([name])
 
@@ -331,6 +383,70 @@ def test_dns01_through_the_lab_hook(lab: Lab, edge):
         assert WORKER in workers(lab, name)
     finally:
         deploy([name])
+
+
+# --- throttles (on the second host: its failed-login budget is spent here) -------------------
+
+
+def burst(lab: Lab, url: str, logins: list[str]) -> subprocess.Popen:
+    """One curl in lab-allowed trying each login in turn; prints each status on a line."""
+    options = {"cacert": lab.state["acme"]["root"], "max-time": "10", "output": "/dev/null"}
+    options["write-out"] = "%{http_code}\\n"
+    common = "".join(f'{key} = "{value}"\n' for key, value in options.items())
+    config = "next\n".join(f'{common}url = "{url}"\nuser = "{login}"\n' for login in logins)
+    argv = ["ip", "netns", "exec", "lab-allowed", "curl", "-sS", "-K", "-"]
+    process = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    process.stdin.write(config)
+    process.stdin.close()
+    return process
+
+
+def wait_for_budget(lab: Lab, url: str, user: str, timeout: float = 90) -> None:
+    """Until lab-allowed's failed logins get 401 again (the budget refilled)."""
+    deadline = time.monotonic() + timeout
+    while curl(lab, url, auth=(user, "wrong"), namespace="lab-allowed")[0] == 429:
+        assert time.monotonic() < deadline, "the failed-login budget never refilled"
+        time.sleep(6)
+
+
+def test_password_guessing_is_throttled_per_source(lab: Lab, edge):
+    """50 wrong passwords from lab-allowed: mostly 429; the lab machine's login gets straight in."""
+    url = f"https://{fqdn(lab, edge[1])}/api/workers"
+    user, _ = login(lab)
+    guesses = burst(lab, url, [f"{user}:guess-{n}" for n in range(50)])
+    try:
+        statuses = [int(guesses.stdout.readline()) for _ in range(15)]
+        assert 429 in statuses, statuses
+        started = time.monotonic()
+        during = curl(lab, url, auth=login(lab))  # another source, mid-burst
+        seconds = time.monotonic() - started
+        statuses += [int(line) for line in guesses.stdout]
+    finally:
+        guesses.kill()
+        guesses.wait()
+    assert during[0] == 200 and WORKER in json.loads(during[2])
+    refused = statuses.count(429)
+    print(f"50 wrong passwords: {refused} got 429, {statuses.count(401)} got 401; "
+          f"a good login from another source meanwhile: {seconds:.2f} s")  # fmt: skip
+    assert len(statuses) == 50 and set(statuses) == {401, 429}, statuses
+    assert refused >= 40, statuses
+    wait_for_budget(lab, url, user)
+
+
+def test_a_request_flood_is_capped_before_any_password_is_checked(lab: Lab, edge):
+    """Every request from a source counts (bcrypt is CPU): past the burst, a flood gets 429."""
+    url = f"https://{fqdn(lab, edge[1])}/api/workers"
+    argv = ["curl", "-sS", "-m", "30", "--cacert", lab.state["acme"]["root"], "-Z"]
+    argv += ["--parallel-max", "20", "-o", "/dev/null", "-w", "%{http_code}\n"]
+    flood = lab.in_namespace("lab-allowed", [*argv, *[url] * 100], timeout=60)
+    statuses = [int(line) for line in flood.stdout.split()]
+    print(f"100 requests at once: {statuses.count(429)} got 429")
+    assert len(statuses) == 100 and set(statuses) == {401, 429}, flood.stderr
+    assert statuses.count(429) >= 30, "the default burst is 50 (nginx_requests_burst)"
+    deadline = time.monotonic() + 60
+    while curl(lab, url, namespace="lab-allowed")[0] == 429:  # refills at 5/s
+        assert time.monotonic() < deadline
+        time.sleep(2)
 
 
 def test_debian_13_host(lab: Lab, fresh_host):

@@ -23,6 +23,7 @@ from test_browser import (
     screenshot,
     sync_api,
 )
+from test_edge import curl as edge_curl
 
 from flowerbed.settings import OKTA
 
@@ -167,6 +168,18 @@ def test_an_unauthenticated_api_call_is_refused(lab: Lab, site: str):
         assert WORKER not in body
         if status == 302:
             assert "/login" in location, f"{path} sends the browser to the login"
+
+
+def test_control_from_another_origin_is_refused_by_nginx(lab: Lab, site: str):
+    """CSRF holds in OAuth mode too: nginx refuses before Flower sees the request."""
+    url = f"{site}/api/task/revoke/00000000-0000-4000-8000-f10e0bed0000"
+    post = {"namespace": "lab-allowed", "method": "POST"}
+    for hostile in ({"Origin": "https://evil.example"}, {"Sec-Fetch-Site": "cross-site"}, {}):
+        status, headers, body = edge_curl(lab, url, headers=hostile, **post)
+        assert status == 403 and "<center>nginx</center>" in body, hostile
+        assert not any(key.startswith("access-control-") for key in headers)
+    status, _, body = edge_curl(lab, url, headers={"Origin": site}, **post)
+    assert status in (401, 403) and "<center>nginx</center>" not in body, "Flower's own answer"
 
 
 def curl_status(lab: Lab, url: str) -> tuple[int, str, str]:
