@@ -104,3 +104,16 @@ tls_dns_credentials_env = ""  # holds the path of the plugin's credentials .ini 
 tls_dns_hook = ""  # DNS-01 via a local script run as `HOOK auth|cleanup` (certbot's manual hooks)
 auth_mode = "basic"  # "basic": logins at nginx (bcrypt); "oauth": Flower's OAuth (flower_auth)
 auth_users_env = "FLOWERBED_DASHBOARD_USERS"  # holds user:password[,user:password...]
+
+# --- The operator's runs: verify.py and rotate.py (flowerbed/probe.py, verify.py, rotate.py) ---
+# They check each dashboard over HTTPS from the operator's machine, with a login from .env.
+verify_ca_bundle = ""  # CA bundle those HTTPS checks trust ('' = the system's trust store)
+verify_summary_file = ""  # verify.py also writes a JSON summary here, for cron/CI ('' = none)
+verify_cert_min_days = 14  # certbot renews at 30 days left: fewer than this means it is failing
+verify_exposure_max = 1.5  # highest `systemd-analyze security` score Flower's unit may have
+verify_min_workers_online = 1  # fewer online workers than this is a problem
+verify_max_workers_offline = 0  # more offline workers (Flower still lists) is a problem
+verify_max_failed_tasks = 100  # more tasks than this failed in the last hour is a problem
+verify_max_task_seconds = 1800  # a task STARTED longer ago than this counts as stuck
+verify_max_queue_length = 1000  # more messages waiting in one queue is a problem
+verify_expected_tasks = []  # task names some online worker must have registered (e.g. in -A mode)

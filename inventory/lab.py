@@ -5,19 +5,20 @@
 
 Groups: `lab` (every host, after this file's name), `bookworm` and `trixie` (by distro).
 The lab's secrets (the broker URL with its password, the dashboard login) come from
-.lab/lab.env, loaded here the way an operator's .env is loaded: they never enter host data.
+.lab/lab.env, used the way an operator's .env is ($FLOWERBED_ENV_FILE): they never enter host data.
 """
 
 import json
+import os
 from pathlib import Path
-
-from dotenv import load_dotenv
 
 _lab_state_file = Path(__file__).resolve().parent.parent / ".lab" / "state.json"
 if not _lab_state_file.exists():
     raise SystemExit(f"inventory/lab.py: {_lab_state_file} is missing: run `make lab-up` first")
 _lab = json.loads(_lab_state_file.read_text())
-load_dotenv(_lab["secrets_file"])  # an operator's own environment still wins
+# the lab's secrets file plays the operator's .env: the deploy loads it (what is already in the
+# environment wins), and rotate.py writes rotated passwords back into it
+os.environ.setdefault("FLOWERBED_ENV_FILE", _lab["secrets_file"])
 
 _lab_data = {
     "ssh_user": "root",
@@ -35,6 +36,10 @@ _lab_data = {
     "allowed_sources": _lab["allowed_sources"],
     "admin_sources": [f"{_lab['bridge']['address']}/32"],
     "monitoring_sources": [f"{_lab['bridge']['address']}/32"],
+    # verify.py and rotate.py check the dashboards over HTTPS from here: trust the lab's CA
+    "verify_ca_bundle": _lab["acme"]["root"],
+    # the demo producer makes about 300 tasks an hour fail on purpose
+    "verify_max_failed_tasks": 1000,
 }
 
 

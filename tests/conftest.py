@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from dotenv import dotenv_values
 
 REPO = Path(__file__).resolve().parent.parent
 LAB_CLI = ["python3", str(REPO / "lab" / "lab.py")]
@@ -48,8 +49,8 @@ class Lab:
 
     @property
     def secrets(self) -> dict[str, str]:
-        lines = Path(self.state["secrets_file"]).read_text().splitlines()
-        return dict(line.split("=", 1) for line in lines if "=" in line and line[0] != "#")
+        # read as the deploy reads it (rotate.py may write quoted values)
+        return {k: v or "" for k, v in dotenv_values(self.state["secrets_file"]).items()}
 
     def ssh(
         self, name: str, command: str | list[str], timeout: float = 120, check: bool = False

@@ -1,0 +1,51 @@
+"""Rotate a password on every host of the inventory, with no downtime.
+
+    pyinfra inventory/prod.py rotate.py -y                                  # every dashboard login
+    pyinfra inventory/prod.py rotate.py -y --data rotate_users='["alice"]' --limit web1
+    FLOWERBED_NEW_BROKER_URL=redis://:NEW@broker:6379/0 \\
+        pyinfra inventory/prod.py rotate.py -y --data rotate=broker         # the broker password
+
+The new value goes into the env file the secret came from (.env or $FLOWERBED_ENV_FILE), with the
+old one kept as <VARIABLE>_PREVIOUS until every targeted host confirmed the new one; running
+rotate.py again finishes a rotation that stopped half-way. See flowerbed/rotate.py.
+"""
+
+from pyinfra import host, inventory
+
+from flowerbed.auth import HTPASSWD, htpasswd_file
+from flowerbed.preflight import checked
+from flowerbed.probe import operator_checks
+from flowerbed.rotate import (
+    broker_rolled,
+    logins_confirmed,
+    new_value_recorded,
+    prepared_rotation,
+    rotation_finished,
+)
+from flowerbed.verify import healthcheck_argv
+
+rotation = prepared_rotation(host, inventory, checked)
+this_host = checked(host, inventory)
+settings = this_host.settings
+
+new_value_recorded(
+    name="Record the new value in the env file (the old one kept)", rotation=rotation
+)
+if rotation.kind == "logins":
+    htpasswd_file(name="Dashboard logins (bcrypt)", path=HTPASSWD, logins=this_host.edge.logins)
+    logins_confirmed(
+        name="Over HTTPS: the new passwords get in, the old ones are refused",
+        rotation=rotation,
+        fqdn=this_host.edge.site.fqdn,
+        base=this_host.edge.site.base,
+        ca_bundle=operator_checks(host.data.dict()).ca_bundle,
+    )
+else:
+    broker_rolled(
+        name="Flower on the new broker URL, one host at a time",
+        settings=settings,
+        flower_secrets=this_host.secrets,
+        healthcheck=tuple(healthcheck_argv(settings.flower, settings.options)),
+        _serial=True,
+    )
+rotation_finished(name="Rotation report", rotation=rotation)
