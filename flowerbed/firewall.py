@@ -17,7 +17,10 @@ A changed ruleset goes through the host-side script files/flowerbed-firewall:
  2. the live table is saved, a timer is armed that restores it after firewall_rollback_seconds,
     and the new ruleset is loaded.
  3. the operator's machine opens a NEW SSH connection (same address, port, user and key) and
-    confirms through it: the timer is disarmed and the ruleset becomes the boot ruleset.
+    confirms through it, naming the ruleset by its digest: the timer is disarmed and the
+    ruleset becomes the boot ruleset. A ruleset that another run has loaded since is never
+    confirmed by this one (its host fails; the other run confirms its own or its timer undoes it).
+The script gets every path from here (STATE_DIR, BOOT_RULESET): one place for each.
  4. no new connection: the old ruleset is restored at once over the run's existing connection
     (established traffic stays allowed), or by the timer if that is gone too; the host fails.
 Unchanged (same digest in the live table's comment and the same boot file): nothing runs.
@@ -54,8 +57,7 @@ SCRIPT_DIR = "/usr/local/libexec/flowerbed"
 SCRIPT = f"{SCRIPT_DIR}/flowerbed-firewall"
 BOOT_DIR = "/etc/flowerbed"
 BOOT_RULESET = f"{BOOT_DIR}/firewall.nft"
-STATE_DIR = "/var/lib/flowerbed/firewall"
-PENDING_RULESET = f"{STATE_DIR}/pending.nft"
+STATE_DIR = "/var/lib/flowerbed/firewall"  # the switch script's state; passed to it
 UNIT = "flowerbed-firewall.service"
 UNIT_FILE = f"/etc/systemd/system/{UNIT}"
 NFTABLES_DROP_IN_DIR = "/etc/systemd/system/nftables.service.d"
@@ -168,28 +170,38 @@ class LoadedRulesetDigest(FactBase):
 
 
 def script(*arguments: str) -> StringCommand:
-    return command(SCRIPT, *arguments)
+    """The switch script, told where its state and the boot ruleset live."""
+    return command(SCRIPT, STATE_DIR, BOOT_RULESET, *arguments)
+
+
+def pending_ruleset(digest: str) -> str:
+    """Where a ruleset waits to be applied: named by its digest, so overlapping runs never
+    overwrite each other's."""
+    return f"{STATE_DIR}/pending-{digest}.nft"
 
 
 class ConfirmOverNewConnection(PyinfraCommand):
     """Confirms the new ruleset over a NEW SSH connection, or rolls it back and fails the host."""
 
-    def __init__(self, rollback_seconds: int):
+    def __init__(self, digest: str, rollback_seconds: int):
         super().__init__()
+        self.digest = digest
         self.rollback_seconds = rollback_seconds
 
     def __repr__(self) -> str:
-        return f"ConfirmOverNewConnection(rollback after {self.rollback_seconds}s)"
+        return f"ConfirmOverNewConnection({self.digest}, rollback after {self.rollback_seconds}s)"
 
     def execute(self, state, host, connector_arguments) -> bool:
         if not isinstance(host.connector, SSHConnector):
             host.log(f"not an SSH host ({type(host.connector).__name__}): confirming directly")
-            return host.run_shell_command(script("confirm"), **connector_arguments)[0]
+            return host.run_shell_command(script("confirm", self.digest), **connector_arguments)[0]
         fresh = new_ssh_connection(state, host)
         if fresh is None:
             return roll_back_now(host, connector_arguments, self.rollback_seconds)
         try:
-            confirmed, output = fresh.run_shell_command(script("confirm"), **connector_arguments)
+            confirmed, output = fresh.run_shell_command(
+                script("confirm", self.digest), **connector_arguments
+            )
         finally:
             fresh.client.close()
         if not confirmed:
@@ -251,9 +263,9 @@ def guarded_ruleset(firewall: Firewall):
     if loaded == wanted.digest and on_disk == wanted.sha256:
         host.noop(f"nftables table {' '.join(TABLE)} is loaded and up to date")
         return
-    yield FileUploadCommand(StringIO(wanted.text), PENDING_RULESET)
-    yield script("apply", str(firewall.firewall_rollback_seconds))
-    yield ConfirmOverNewConnection(firewall.firewall_rollback_seconds)
+    yield FileUploadCommand(StringIO(wanted.text), pending_ruleset(wanted.digest))
+    yield script("apply", wanted.digest, str(firewall.firewall_rollback_seconds))
+    yield ConfirmOverNewConnection(wanted.digest, firewall.firewall_rollback_seconds)
 
 
 # --- the deploy -----------------------------------------------------------------------------

@@ -11,6 +11,7 @@ own, bare for the first of them, and run only the firewall (tests/deploys/firewa
 from __future__ import annotations
 
 import os
+import re
 import shlex
 import sys
 import time
@@ -25,7 +26,8 @@ DEPLOYED = "h1"
 FIREWALL_ONLY = "tests/deploys/firewall_only.py"
 SCRIPT = "/usr/local/libexec/flowerbed/flowerbed-firewall"
 BOOT_RULESET = "/etc/flowerbed/firewall.nft"
-PENDING_RULESET = "/var/lib/flowerbed/firewall/pending.nft"
+STATE_DIR = "/var/lib/flowerbed/firewall"
+SWITCH = [SCRIPT, STATE_DIR, BOOT_RULESET]  # the script is told where its state lives
 FLOWER_PORT = 5555  # Flower's default TCP port: flowerbed uses a unix socket, a stray one is caught
 LOCKED_OUT = {"admin_sources": ["10.77.0.99/32"]}  # not the lab machine: would cut the operator off
 
@@ -192,8 +194,10 @@ def test_timer_restores_the_ruleset_when_the_operator_is_gone(lab: Lab, guarded:
     locking = before.replace("10.77.0.1 ", "10.77.0.99 ")
     assert locking != before
     replace_table = f"table inet flowerbed\ndelete table inet flowerbed\n{locking}"
-    lab.ssh(guarded, f"printf %s {shlex.quote(replace_table)} > {PENDING_RULESET}", check=True)
-    lab.ssh(guarded, [SCRIPT, "apply", "8"], check=True)
+    digest = re.search(r"flowerbed sha256:([0-9a-f]+)", before)[1]
+    pending = f"{STATE_DIR}/pending-{digest}.nft"
+    lab.ssh(guarded, f"printf %s {shlex.quote(replace_table)} > {pending}", check=True)
+    lab.ssh(guarded, [*SWITCH, "apply", digest, "8"], check=True)
     assert lab.ssh(guarded, ["true"], timeout=20).returncode != 0, "new connections are cut off"
     deadline = time.monotonic() + 30
     while lab.ssh(guarded, ["true"], timeout=20).returncode != 0:
@@ -204,8 +208,9 @@ def test_timer_restores_the_ruleset_when_the_operator_is_gone(lab: Lab, guarded:
 
 def test_ruleset_failing_nft_check_is_never_loaded(lab: Lab, guarded: str):
     before = table(lab, guarded)
-    lab.ssh(guarded, f"echo 'table inet flowerbed {{ broken' > {PENDING_RULESET}", check=True)
-    result = lab.ssh(guarded, [SCRIPT, "apply", "60"])
+    broken = 'table inet flowerbed { comment "flowerbed sha256:0badc0de"; broken'
+    lab.ssh(guarded, f"echo {shlex.quote(broken)} > {STATE_DIR}/pending-0badc0de.nft", check=True)
+    result = lab.ssh(guarded, [*SWITCH, "apply", "0badc0de", "60"])
     assert result.returncode == 3 and "fails nft -c" in result.stderr
     assert table(lab, guarded) == before
     timers = lab.ssh(guarded, ["systemctl", "is-active", "flowerbed-firewall-rollback.timer"])
