@@ -2,39 +2,30 @@
 
 from __future__ import annotations
 
-import runpy
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import bcrypt
 import pytest
+import settings_helpers
+from settings_helpers import REPO
 
 from flowerbed.auth import htpasswd_lines, parse_htpasswd
 from flowerbed.edge import dashboard_logins, dashboard_site, edge_inputs
 from flowerbed.nginx import http_site_text, https_site_text
-from flowerbed.settings import LETS_ENCRYPT, SettingsError, load_settings
+from flowerbed.settings import LETS_ENCRYPT, SettingsError
 from flowerbed.tls import CertificateRequest, certbot_argv, parse_lineage
 
-REPO = Path(__file__).resolve().parent.parent
 HOOK = "lab/dns01-hook.sh"
 ENVIRON = {"FLOWERBED_DASHBOARD_USERS": "admin:s3cret-pw-4711"}
-HOST_DATA = {
-    "fqdn": "flower.example.com",
-    "allowed_sources": ["203.0.113.0/24"],
-    "admin_sources": ["198.51.100.7/32"],
-}
+SITE = {"fqdn": "flower.example.com"}
 
 
 def settings_with(**overrides):
-    values = runpy.run_path(str(REPO / "group_data" / "all.py"))
-    data = {key: value for key, value in values.items() if not key.startswith("__")}
-    return load_settings({**data, **HOST_DATA, **overrides})
+    return settings_helpers.settings_with(**{**SITE, **overrides})
 
 
 def error_for(**overrides) -> str:
-    with pytest.raises(SettingsError) as caught:
-        settings_with(**overrides)
-    return str(caught.value)
+    return settings_helpers.error_for(**{**SITE, **overrides})
 
 
 def logins_from(value: str):

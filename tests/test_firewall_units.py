@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import os
-import runpy
 import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
+from settings_helpers import defaults, error_for, settings_with
 
 from flowerbed.firewall import (
     DIGEST_PREFIX,
@@ -17,31 +17,14 @@ from flowerbed.firewall import (
     merged,
     ruleset,
 )
-from flowerbed.settings import Firewall, SettingsError, load_settings
+from flowerbed.settings import Firewall
 
-REPO = Path(__file__).resolve().parent.parent
-OPERATOR = {"allowed_sources": ["203.0.113.0/24"], "admin_sources": ["198.51.100.7/32"]}
 PRIVATE_ACME = {"tls_acme_directory": "https://acme.internal.example/dir", "acme_sources": ["::/0"]}
 DNS_01 = {"tls_challenge": "dns-01", "tls_dns_plugin": "cloudflare"}
 
 
-def defaults() -> dict:
-    values = runpy.run_path(str(REPO / "group_data" / "all.py"))
-    return {key: value for key, value in values.items() if not key.startswith("__")}
-
-
-def data(**overrides) -> dict:
-    return {**defaults(), **OPERATOR, **overrides}
-
-
 def firewall_with(**overrides) -> Firewall:
-    return load_settings(data(**overrides)).firewall
-
-
-def error_for(**overrides) -> str:
-    with pytest.raises(SettingsError) as caught:
-        firewall_with(**overrides)
-    return str(caught.value)
+    return settings_with(**overrides).firewall
 
 
 # --- validation -----------------------------------------------------------------------------
