@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from test_settings import error_for, settings_with
+from settings_helpers import error_for, settings_with
 
 from flowerbed.flower import unit_text
 from flowerbed.settings import GITHUB, GITLAB, OKTA

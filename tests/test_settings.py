@@ -23,7 +23,6 @@ REPO = Path(__file__).resolve().parent.parent
 BROKER = "redis://:s3cret-pw@10.0.0.5:6379/0"
 ENVIRON = {"FLOWERBED_BROKER_URL": BROKER}
 COOKIE_SECRET = "k9Xv2PqL7sWm4TzR8yNc3BfH6dJg1QaE"  # 32 random characters
-__all__ = ["error_for", "settings_with"]  # shared with other test modules
 
 
 # --- the data model -------------------------------------------------------------------------
