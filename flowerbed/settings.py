@@ -518,8 +518,7 @@ def validate(data: Mapping[str, Any]) -> tuple[Settings, Problems]:
     settings (where a key failed, its section lacks that attribute)."""
     problems = Problems()
     checks = known_keys()
-    for error in unknown_keys(data, checks):
-        problems.errors.append(error)
+    problems.errors.extend(unknown_keys(data, checks))
     settings = Settings(
         **{attr: _section(section, data, checks, problems) for attr, section in SECTIONS.items()}
     )

@@ -49,7 +49,7 @@ class Problems:
         try:
             yield
         except SettingsError as error:
-            self.errors.append(error)
+            self.errors.extend(getattr(error, "errors", [error]))  # SettingsErrors: each one
         except AttributeError:
             if not incomplete:
                 raise

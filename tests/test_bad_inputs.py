@@ -531,7 +531,14 @@ def test_every_problem_of_every_host_at_once():
     assert "pw-proxy-9" not in message
 
 
-def test_a_bad_value_and_a_bad_secret_are_reported_together():
-    host = fake_host("h1", valid_data(**SITE, flower_max_tasks=0))
-    _, errors = host_problems(host, {**ENVIRON, "FLOWERBED_DASHBOARD_USERS": "admin:x"})
-    assert [error.key for error in errors] == ["flower_max_tasks", "auth_users_env"]
+def test_bad_values_and_bad_secrets_are_reported_together_one_each():
+    host = fake_host("h1", valid_data(**SITE, **OAUTH, flower_max_tasks=0, flower_user="root"))
+    bad_secrets = {"FLOWERBED_BROKER_URL": "redis://:CHANGE-ME@h/0", "COOKIE_SECRET": "short"}
+    _, errors = host_problems(host, {**ENVIRON, **bad_secrets})
+    assert [error.key for error in errors] == [
+        "flower_max_tasks",
+        "flower_user",
+        "flower_broker_url_env",
+        "flower_cookie_secret_env",
+    ]
+    assert all("\n" not in str(error) for error in errors), "one problem, one line"
