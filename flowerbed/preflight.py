@@ -39,12 +39,14 @@ def host_problems(
 ) -> tuple[Checked | None, list[SettingsError]]:
     """One host's data, then the secrets it names: all problems, the checked inputs if none."""
     settings, problems = validate(host.data.dict())
-    incomplete = bool(problems.errors)
+    data_errors = len(problems.errors)
     inputs = {}
-    with problems.check(incomplete):
+    with problems.check(incomplete=data_errors > 0):
         inputs["secrets"] = load_flower_secrets(settings.flower, environ)
-    with problems.check(incomplete):
+    with problems.check(incomplete=data_errors > 0):
         inputs["edge"] = edge_inputs(settings, host.name, environ)
+    for error in problems.errors[data_errors:]:
+        error.source = "the variable's value, from the environment or .env"
     if problems.errors:
         return None, problems.errors
     return Checked(settings, **inputs), []
@@ -65,7 +67,9 @@ def check_hosts(
         if checked:
             results[host.name] = checked
         for error in errors:
-            found.setdefault(f"{error}{_source(host, error.key)}", []).append(host.name)
+            source = getattr(error, "source", "") or _source(host, error.key)
+            message = f"{error} ({source})" if source else str(error)
+            found.setdefault(message, []).append(host.name)
     if found:
         raise InvalidDeploy(report(found))
     return results
@@ -87,14 +91,14 @@ def _source(host: Host, key: str) -> str:
     if inventory is None or not base:
         return ""
     if base in inventory.get_override_data():
-        return " (set by --data)"
+        return "set by --data"
     if base in inventory.get_host_data(host.name):
-        return f" (set in the inventory for host {host.name})"
+        return f"set in the inventory for host {host.name}"
     for group in reversed(list(host.groups)):
         if base in inventory.get_group_data(group):
-            return f" (set for group {group!r}: group_data/{group}.py or the inventory)"
+            return f"set for group {group!r}: group_data/{group}.py or the inventory"
     if base in inventory.get_data():
-        return " (set in group_data/all.py)"
+        return "set in group_data/all.py"
     return ""
 
 

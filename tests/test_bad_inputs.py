@@ -531,6 +531,15 @@ def test_every_problem_of_every_host_at_once():
     assert "pw-proxy-9" not in message
 
 
+def test_a_secrets_problem_points_at_the_environment_not_the_data():
+    inventory = Inventory(([("h1", SITE)], valid_data()))
+    with pytest.raises(InvalidDeploy) as caught:
+        check_hosts(list(inventory), {**ENVIRON, "FLOWERBED_DASHBOARD_USERS": "admin:x"})
+    (line,) = str(caught.value).splitlines()[1:]
+    assert line.startswith("host h1: auth_users_env: the password of 'admin'")
+    assert line.endswith("(the variable's value, from the environment or .env)")
+
+
 def test_bad_values_and_bad_secrets_are_reported_together_one_each():
     host = fake_host("h1", valid_data(**SITE, **OAUTH, flower_max_tasks=0, flower_user="root"))
     bad_secrets = {"FLOWERBED_BROKER_URL": "redis://:CHANGE-ME@h/0", "COOKIE_SECRET": "short"}
