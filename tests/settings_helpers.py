@@ -17,6 +17,19 @@ REPO = Path(__file__).resolve().parent.parent
 
 # Keys whose defaults are deliberately invalid: every operator must choose them.
 OPERATOR_CHOICES = {"allowed_sources": ["203.0.113.0/24"], "admin_sources": ["198.51.100.7/32"]}
+# Flower doing the login (auth_mode "oauth"): the only mode where Flower itself authenticates;
+# its secrets are in the variables OAUTH_SECRET and COOKIE_SECRET.
+OAUTH = {
+    "auth_mode": "oauth",
+    "flower_unauthenticated_api": False,
+    "flower_auth": ".*@example.com",
+    "flower_auth_provider": "flower.views.auth.GithubLoginHandler",
+    "flower_oauth2_key": "client-id",
+    "flower_oauth2_redirect_uri": "https://flower.example.com/login",
+    "flower_oauth2_secret_env": "OAUTH_SECRET",
+    "flower_cookie_secret_env": "COOKIE_SECRET",
+    "flower_healthcheck_min_workers": 0,
+}
 
 
 def defaults() -> dict:

@@ -14,7 +14,7 @@ from types import SimpleNamespace
 
 import pytest
 from pyinfra.api import Inventory
-from settings_helpers import REPO, valid_data
+from settings_helpers import OAUTH, REPO, valid_data
 
 from flowerbed.preflight import InvalidDeploy, check_hosts, host_problems
 from flowerbed.secrets import read_secret
@@ -27,17 +27,6 @@ ENVIRON = {
     "COOKIE_SECRET": "k9Xv2PqL7sWm4TzR8yNc3BfH6dJg1QaE",
 }
 SITE = {"fqdn": "flower.example.com"}
-OAUTH = {
-    "auth_mode": "oauth",
-    "flower_unauthenticated_api": False,
-    "flower_auth": ".*@example.com",
-    "flower_auth_provider": "flower.views.auth.GithubLoginHandler",
-    "flower_oauth2_key": "client-id",
-    "flower_oauth2_redirect_uri": "https://flower.example.com/login",
-    "flower_oauth2_secret_env": "OAUTH_SECRET",
-    "flower_cookie_secret_env": "COOKIE_SECRET",
-    "flower_healthcheck_min_workers": 0,
-}
 APP = {"flower_app": "proj.celery:app"}
 ONE_LINE = "one line"
 CREDENTIALS = "without user:password@"

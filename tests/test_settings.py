@@ -9,7 +9,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-from settings_helpers import defaults, error_for, settings_with, valid_data
+from settings_helpers import OAUTH, defaults, error_for, settings_with, valid_data
 
 from flowerbed.flower import config_text, env_text, exec_start, required_packages, unit_text
 from flowerbed.packages import pip_conf
@@ -137,20 +137,6 @@ def test_app_and_source_go_together():
 
 def test_state_saving_needs_persistence():
     assert "flower_persistent" in error_for(flower_persistent=False, flower_state_save_interval=5)
-
-
-# Flower doing the login (auth_mode "oauth"): the only mode where Flower itself authenticates
-OAUTH = {
-    "auth_mode": "oauth",
-    "flower_unauthenticated_api": False,
-    "flower_auth": ".*@example.com",
-    "flower_auth_provider": "flower.views.auth.GithubLoginHandler",
-    "flower_oauth2_key": "client-id",
-    "flower_oauth2_redirect_uri": "https://flower.example.com/login",
-    "flower_oauth2_secret_env": "OAUTH_SECRET",
-    "flower_cookie_secret_env": "COOKIE_SECRET",
-    "flower_healthcheck_min_workers": 0,
-}
 
 
 def test_oauth_needs_its_settings_and_secrets():
