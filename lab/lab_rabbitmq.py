@@ -1,0 +1,194 @@
+#!/usr/bin/env python3
+"""The lab's RabbitMQ: Debian's rabbitmq-server with the management plugin, run as a lab
+process on the bridge (not Debian's service), with a user and password, and a second demo
+worker (demo@rabbitmq) consuming from it. Started on demand, not by `lab.py up`:
+
+    python3 lab/lab_rabbitmq.py up      # idempotent; prints the management API's address
+    python3 lab/lab_rabbitmq.py down
+
+AMQP on 10.77.0.1:5672, the management API on http://10.77.0.1:15672/api/. The URLs with
+the password are in .lab/lab.env (FLOWERBED_RABBITMQ_URL, FLOWERBED_RABBITMQ_API); the
+addresses and the data that points a lab host at it are in .lab/state.json ("rabbitmq"):
+
+    pyinfra inventory/lab.py deploy.py --limit h2 \
+        --data flower_broker_url_env=FLOWERBED_RABBITMQ_URL \
+        --data flower_broker_api_env=FLOWERBED_RABBITMQ_API
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import secrets
+import shutil
+import subprocess
+import sys
+import urllib.request
+from pathlib import Path
+
+import lab
+
+HOME = lab.LAB / "rabbitmq"
+AMQP_PORT = 5672
+MANAGEMENT_PORT = 15672
+EPMD_PORT = 4369
+USER = "flowerbed"
+NODENAME = "flowerbed-lab@localhost"
+WORKER = "demo@rabbitmq"
+URL_ENV = "FLOWERBED_RABBITMQ_URL"
+API_ENV = "FLOWERBED_RABBITMQ_API"
+SBIN = Path("/usr/lib/rabbitmq/bin")
+
+
+def rabbitmq_secrets() -> dict[str, str]:
+    """The broker URL and the management API URL, made once, kept in .lab/lab.env (0600)."""
+    values = lab.lab_secrets()
+    if URL_ENV not in values or API_ENV not in values:
+        password = secrets.token_urlsafe(24)
+        values[URL_ENV] = f"amqp://{USER}:{password}@{lab.GATEWAY}:{AMQP_PORT}//"
+        values[API_ENV] = f"http://{USER}:{password}@{lab.GATEWAY}:{MANAGEMENT_PORT}/api/"
+        with open(lab.SECRETS, "a") as env:
+            env.write(f"{URL_ENV}={values[URL_ENV]}\n{API_ENV}={values[API_ENV]}\n")
+    return values
+
+
+def password(values: dict[str, str]) -> str:
+    return values[URL_ENV].split("//", 1)[1].split("@", 1)[0].split(":", 1)[1]
+
+
+def environment() -> dict[str, str]:
+    """RabbitMQ's own files, all under .lab/rabbitmq; its node listens on loopback only."""
+    return {
+        "HOME": str(HOME),  # the Erlang cookie rabbitmqctl shares with the node
+        "RABBITMQ_CONF_ENV_FILE": str(HOME / "rabbitmq-env.conf"),
+        "RABBITMQ_CONFIG_FILE": str(HOME / "rabbitmq.conf"),
+        "RABBITMQ_ENABLED_PLUGINS_FILE": str(HOME / "enabled_plugins"),
+        "RABBITMQ_MNESIA_BASE": str(HOME / "mnesia"),
+        "RABBITMQ_LOG_BASE": str(HOME / "log"),
+        "RABBITMQ_LOGS": "-",
+        "RABBITMQ_NODENAME": NODENAME,
+        "RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS": "-kernel inet_dist_use_interface {127,0,0,1}",
+        "ERL_EPMD_ADDRESS": "127.0.0.1",
+    }
+
+
+def write_config(values: dict[str, str]) -> None:
+    HOME.mkdir(mode=0o700, parents=True, exist_ok=True)
+    (HOME / "rabbitmq-env.conf").write_text("")
+    (HOME / "enabled_plugins").write_text("[rabbitmq_management].\n")
+    conf = HOME / "rabbitmq.conf"
+    conf.touch(mode=0o600)
+    # The default user is made on the first boot (an empty database): no guest account.
+    conf.write_text(
+        f"listeners.tcp.default = {lab.GATEWAY}:{AMQP_PORT}\n"
+        f"management.tcp.ip = {lab.GATEWAY}\n"
+        f"management.tcp.port = {MANAGEMENT_PORT}\n"
+        f"default_user = {USER}\n"
+        f"default_pass = {password(values)}\n"
+        "default_vhost = /\n"
+        "default_user_tags.administrator = true\n"
+        "default_permissions.configure = .*\n"
+        "default_permissions.read = .*\n"
+        "default_permissions.write = .*\n"
+        "collect_statistics_interval = 1000\n"  # queue counts in the API within a second
+    )
+
+
+def management_ready(values: dict[str, str]) -> bool:
+    request = urllib.request.Request(f"http://{lab.GATEWAY}:{MANAGEMENT_PORT}/api/overview")
+    token = f"{USER}:{password(values)}".encode()
+    request.add_header("Authorization", "Basic " + __import__("base64").b64encode(token).decode())
+    try:
+        with urllib.request.urlopen(request, timeout=2) as response:
+            return response.status == 200
+    except OSError:
+        return False
+
+
+def stop_debian_service() -> None:
+    """Debian starts its rabbitmq-server on install where it can; the lab runs its own."""
+    if lab.port_open("127.0.0.1", AMQP_PORT) or lab.port_open(lab.GATEWAY, AMQP_PORT):
+        subprocess.run(["service", "rabbitmq-server", "stop"], capture_output=True)
+
+
+def ensure_rabbitmq() -> dict:
+    """RabbitMQ and its demo worker running; returns what .lab/state.json records."""
+    if not shutil.which("epmd") or not (SBIN / "rabbitmq-server").exists():
+        raise lab.LabError("RabbitMQ is missing: `make machine-packages` installs rabbitmq-server")
+    with lab.lab_lock():
+        values = rabbitmq_secrets()
+    if not lab.pid_alive("rabbitmq"):
+        stop_debian_service()
+        lab.stop("rabbitmq-epmd")
+        shutil.rmtree(HOME, ignore_errors=True)  # a fresh node: the default user is made anew
+        write_config(values)
+        env = environment()
+        if not lab.port_open("127.0.0.1", EPMD_PORT):
+            # on loopback, up before the node (which would start one on every address)
+            lab.spawn("rabbitmq-epmd", ["epmd", "-address", "127.0.0.1"], env=env)
+            lab.wait_for(lambda: lab.port_open("127.0.0.1", EPMD_PORT), 10, what="epmd")
+        lab.spawn("rabbitmq", [str(SBIN / "rabbitmq-server")], env=env)
+    lab.wait_for(lambda: management_ready(values), 90, what="RabbitMQ's management API")
+    ensure_worker(values)
+    info = {
+        "address": f"{lab.GATEWAY}:{AMQP_PORT}",
+        "management": f"http://{lab.GATEWAY}:{MANAGEMENT_PORT}/api/",
+        "user": USER,
+        "url_env": URL_ENV,
+        "api_env": API_ENV,
+        "worker": WORKER,
+        "deploy_data": {"flower_broker_url_env": URL_ENV, "flower_broker_api_env": API_ENV},
+    }
+    with lab.lab_lock():
+        state = lab.load_state()
+        state["rabbitmq"] = info
+        lab.save_state(state)
+    return info
+
+
+def ensure_worker(values: dict[str, str]) -> None:
+    if lab.pid_alive("rabbitmq-worker"):
+        return
+    celery = lab.REPO / ".venv" / "bin" / "celery"
+    env = {"CELERY_BROKER_URL": values[URL_ENV], "PYTHONPATH": str(lab.REPO / "lab" / "demo_app")}
+    argv = [str(celery), "-A", "flowerbed_demo.app", "worker", "-E", "--loglevel=INFO"]
+    lab.spawn("rabbitmq-worker", [*argv, "--concurrency=1", f"--hostname={WORKER}"], env=env)
+
+
+def stop_rabbitmq() -> None:
+    lab.stop("rabbitmq-worker")
+    pid = lab.pid_alive("rabbitmq")
+    if pid:
+        subprocess.run(
+            [str(SBIN / "rabbitmqctl"), "stop"],
+            env={**os.environ, **environment()},
+            capture_output=True,
+            timeout=60,
+        )
+    lab.stop("rabbitmq", timeout=30)
+    lab.stop("rabbitmq-epmd")
+    with lab.lab_lock():
+        state = lab.load_state()
+        if state.pop("rabbitmq", None) is not None:
+            lab.save_state(state)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("up", help="start RabbitMQ and its demo worker (idempotent)")
+    sub.add_parser("down", help="stop them")
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "up":
+            print(ensure_rabbitmq()["management"])
+        else:
+            stop_rabbitmq()
+    except lab.LabError as error:
+        print(f"lab: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
