@@ -437,8 +437,8 @@ def test_a_request_flood_is_capped_before_any_password_is_checked(lab: Lab, edge
     """Every request from a source counts (bcrypt is CPU): past the burst, a flood gets 429."""
     url = f"https://{fqdn(lab, edge[1])}/api/workers"
     argv = ["curl", "-sS", "-m", "30", "--cacert", lab.state["acme"]["root"], "-Z"]
-    argv += ["--parallel-max", "20", "-o", "/dev/null", "-w", "%{http_code}\n"]
-    flood = lab.in_namespace("lab-allowed", [*argv, *[url] * 100], timeout=60)
+    argv += ["--parallel-max", "20", "-w", "%{http_code}\n"]
+    flood = lab.in_namespace("lab-allowed", [*argv, *["-o", "/dev/null", url] * 100], timeout=60)
     statuses = [int(line) for line in flood.stdout.split()]
     print(f"100 requests at once: {statuses.count(429)} got 429")
     assert len(statuses) == 100 and set(statuses) == {401, 429}, flood.stderr
