@@ -66,6 +66,8 @@ def _report_unhealthy(state, host, report: dict) -> bool:
         fg="red",
         log_func=logger.error,
     )
+    # already redacted on the host (files/flower-healthcheck): the fact's output is printed at
+    # -vvv before it gets here, so masking it here would be too late
     for line in report.get("journal", []):
         host.log(f"  journal: {line}", log_func=logger.error)
     return False
