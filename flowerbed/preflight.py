@@ -109,5 +109,6 @@ def checked(host: Host, inventory: Inventory) -> Checked:
             load_operator_env()
         except SettingsError as error:
             raise InvalidDeploy(str(error)) from None
-        _checked.update(check_hosts(inventory.get_active_hosts()))
+        active = inventory.get_active_hosts()
+        _checked.update(check_hosts([h for h in inventory if h in active]))  # inventory order
     return _checked[host.name]
