@@ -6,6 +6,13 @@
 Groups: `lab` (every host, after this file's name), `bookworm` and `trixie` (by distro).
 The lab's secrets (the broker URL with its password, the dashboard login) come from
 .lab/lab.env, used the way an operator's .env is ($FLOWERBED_ENV_FILE): they never enter host data.
+
+Hosts use the lab's Redis. To point one at the lab's RabbitMQ (`python3 lab/lab_rabbitmq.py up`;
+addresses in .lab/state.json under "rabbitmq", its URLs in .lab/lab.env), name its variables:
+
+    pyinfra inventory/lab.py deploy.py --limit h2 \
+        --data flower_broker_url_env=FLOWERBED_RABBITMQ_URL \
+        --data flower_broker_api_env=FLOWERBED_RABBITMQ_API
 """
 
 import json
