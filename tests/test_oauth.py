@@ -20,8 +20,11 @@ from test_browser import (
     TIMEOUT_MS,
     WORKER,
     chromium_in_namespace,
+    elsewhere,
+    pool_processes,
     screenshot,
     sync_api,
+    worker_online,
 )
 from test_edge import curl as edge_curl
 
@@ -29,7 +32,7 @@ from flowerbed.settings import OKTA
 
 pytestmark = pytest.mark.lab
 
-FIXTURES = (chromium_in_namespace, sync_api)  # test_browser.py's fixtures, used here too
+FIXTURES = (chromium_in_namespace, elsewhere, sync_api)  # test_browser.py's, used here too
 ENV_FILE = "/etc/flower/flower.env"
 
 
@@ -182,6 +185,51 @@ def test_control_from_another_origin_is_refused_by_nginx(lab: Lab, site: str):
     assert status in (401, 403) and "<center>nginx</center>" not in body, "Flower's own answer"
 
 
+CROSS_SITE_FORM = """<!doctype html>
+<title>cute cats</title>
+<form method="POST" action="{target}">{fields}</form>
+<script>document.forms[0].submit();</script>
+"""
+CROSS_SITE_POSTS = {  # what a hostile page would have the signed-in browser do
+    "revoke": ("/api/task/revoke/00000000-0000-4000-8000-f10e0bed0001", "terminate=true"),
+    "shrink": ("/api/worker/pool/shrink/{worker}", "n=1"),
+    "shutdown": ("/api/worker/shutdown/{worker}", ""),
+}
+
+
+def test_a_cross_site_form_post_is_refused_in_the_signed_in_browser(
+    lab: Lab, oidc: dict, site: str, browser, elsewhere, tmp_path: Path
+):
+    """alice, signed in, visits pages elsewhere whose forms revoke, shrink, shut down."""
+    page = browser.pages[0]
+    alice = oidc["users"]["allowed"]
+    sign_in(page, site, alice, password(lab, alice), tmp_path, "1-alice")
+    processes = pool_processes(page, site)
+    url, served = elsewhere
+    try:
+        for name, (path, form) in CROSS_SITE_POSTS.items():
+            target = site + path.format(worker=WORKER)
+            fields = "".join(
+                f'<input name="{key}" value="{value}">'
+                for key, _, value in (field.partition("=") for field in form.split("&") if field)
+            )
+            html = CROSS_SITE_FORM.format(target=target, fields=fields)
+            (served / f"{name}.html").write_text(html)
+            with page.expect_response(lambda r, target=target: r.url == target) as answer:
+                page.goto(f"{url}/{name}.html")
+            page.wait_for_load_state()
+            screenshot(page, tmp_path, f"2-cross-site-{name}")
+            assert answer.value.request.method == "POST"
+            assert answer.value.status == 403, name
+            assert "<center>nginx</center>" in page.content(), f"{name}: nginx refused it"
+        page.wait_for_timeout(3000)  # what Flower would have done, it would have done by now
+        assert pool_processes(page, site) == processes
+    finally:  # the lab's worker is shared: a shutdown that got through is undone
+        if not worker_online(page, site):
+            lab_cli("up", "--hosts", str(len(lab.base_hosts)))
+    assert worker_online(page, site), "the hostile page shut the lab's worker down"
+
+
 def curl_status(lab: Lab, url: str) -> tuple[int, str, str]:
     """(status, Location, body) from lab-allowed, with the site's certificate verified."""
     marker = "\n--flowerbed-status--"
@@ -208,9 +256,14 @@ def test_the_session_survives_a_flower_restart(
     lab.ssh(oauth_host, ["systemctl", "restart", "flower.service"], check=True)
     wait_healthy(lab, oauth_host)
     assert main_pid(lab, oauth_host) != before, "Flower really restarted"
-    response = api_workers(browser, site)
-    assert response.status == 200, "the pinned cookie secret keeps the session"
-    assert WORKER in response.json()
+    deadline = time.monotonic() + 60
+    while True:  # a restarted Flower lists the worker once it has heard from it
+        response = api_workers(browser, site)
+        assert response.status == 200, "the pinned cookie secret keeps the session"
+        if WORKER in response.json():
+            break
+        assert time.monotonic() < deadline, "Flower never listed the lab's worker again"
+        time.sleep(2)
 
 
 def main_pid(lab: Lab, host: str) -> str:
