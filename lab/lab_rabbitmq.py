@@ -1,13 +1,14 @@
 #!/usr/bin/env python3
 """The lab's RabbitMQ: Debian's rabbitmq-server with the management plugin, run as a lab
-process on the bridge (not Debian's service), with a user and password, and a second demo
-worker (demo@rabbitmq) consuming from it. Started on demand, not by `lab.py up`:
+process on the bridge (not Debian's service), with two users (Celery's, and a read-only one
+for the management API), and a second demo worker (demo@rabbitmq) consuming from it.
+Started on demand, not by `lab.py up`:
 
     python3 lab/lab_rabbitmq.py up      # idempotent; prints the management API's address
     python3 lab/lab_rabbitmq.py down
 
 AMQP on 10.77.0.1:5672, the management API on http://10.77.0.1:15672/api/. The URLs with
-the password are in .lab/lab.env (FLOWERBED_RABBITMQ_URL, FLOWERBED_RABBITMQ_API); the
+the passwords are in .lab/lab.env (FLOWERBED_RABBITMQ_URL, FLOWERBED_RABBITMQ_API); the
 addresses and the data that points a lab host at it are in .lab/state.json ("rabbitmq"):
 
     pyinfra inventory/lab.py deploy.py --limit h2 \
@@ -18,11 +19,15 @@ addresses and the data that points a lab host at it are in .lab/state.json ("rab
 from __future__ import annotations
 
 import argparse
+import base64
+import hashlib
+import json
 import os
 import secrets
 import shutil
 import subprocess
 import sys
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -32,7 +37,8 @@ HOME = lab.LAB / "rabbitmq"
 AMQP_PORT = 5672
 MANAGEMENT_PORT = 15672
 EPMD_PORT = 4369
-USER = "flowerbed"
+USER = "flowerbed"  # Celery's AMQP user
+MONITOR = "flowerbed-monitor"  # the management API's read-only user (broker_api)
 NODENAME = "flowerbed-lab@localhost"
 WORKER = "demo@rabbitmq"
 URL_ENV = "FLOWERBED_RABBITMQ_URL"
@@ -41,19 +47,27 @@ SBIN = Path("/usr/lib/rabbitmq/bin")
 
 
 def rabbitmq_secrets() -> dict[str, str]:
-    """The broker URL and the management API URL, made once, kept in .lab/lab.env (0600)."""
+    """The broker URL and the management API URL (two users, two passwords), made once and
+    kept in .lab/lab.env (0600)."""
     values = lab.lab_secrets()
     if URL_ENV not in values or API_ENV not in values:
-        password = secrets.token_urlsafe(24)
-        values[URL_ENV] = f"amqp://{USER}:{password}@{lab.GATEWAY}:{AMQP_PORT}//"
-        values[API_ENV] = f"http://{USER}:{password}@{lab.GATEWAY}:{MANAGEMENT_PORT}/api/"
+        amqp, api = secrets.token_urlsafe(24), secrets.token_urlsafe(24)
+        values[URL_ENV] = f"amqp://{USER}:{amqp}@{lab.GATEWAY}:{AMQP_PORT}//"
+        values[API_ENV] = f"http://{MONITOR}:{api}@{lab.GATEWAY}:{MANAGEMENT_PORT}/api/"
         with open(lab.SECRETS, "a") as env:
             env.write(f"{URL_ENV}={values[URL_ENV]}\n{API_ENV}={values[API_ENV]}\n")
     return values
 
 
-def password(values: dict[str, str]) -> str:
-    return values[URL_ENV].split("//", 1)[1].split("@", 1)[0].split(":", 1)[1]
+def credentials(url: str) -> tuple[str, str]:
+    parts = urllib.parse.urlsplit(url)
+    return parts.username or "", parts.password or ""
+
+
+def password_hash(password: str) -> str:
+    """RabbitMQ's rabbit_password_hashing_sha256: base64(salt + sha256(salt + password))."""
+    salt = os.urandom(4)
+    return base64.b64encode(salt + hashlib.sha256(salt + password.encode()).digest()).decode()
 
 
 def environment() -> dict[str, str]:
@@ -72,32 +86,47 @@ def environment() -> dict[str, str]:
     }
 
 
+def definitions(values: dict[str, str]) -> dict:
+    """Two users: Celery's (AMQP only, no management access) and a read-only monitoring user
+    for the management API, so Flower's Broker page works only through broker_api."""
+    users = []
+    for url, tags in ((values[URL_ENV], []), (values[API_ENV], ["monitoring"])):
+        name, secret = credentials(url)
+        algorithm = "rabbit_password_hashing_sha256"
+        users.append(
+            {"name": name, "password_hash": password_hash(secret), "hashing_algorithm": algorithm,
+             "tags": tags}
+        )  # fmt: skip
+    return {
+        "users": users,
+        "vhosts": [{"name": "/"}],
+        "permissions": [
+            {"user": USER, "vhost": "/", "configure": ".*", "write": ".*", "read": ".*"},
+            {"user": MONITOR, "vhost": "/", "configure": "", "write": "", "read": ".*"},
+        ],
+    }
+
+
 def write_config(values: dict[str, str]) -> None:
     HOME.mkdir(mode=0o700, parents=True, exist_ok=True)
     (HOME / "rabbitmq-env.conf").write_text("")
     (HOME / "enabled_plugins").write_text("[rabbitmq_management].\n")
-    conf = HOME / "rabbitmq.conf"
-    conf.touch(mode=0o600)
-    # The default user is made on the first boot (an empty database): no guest account.
-    conf.write_text(
+    defs = HOME / "definitions.json"
+    defs.touch(mode=0o600)
+    defs.write_text(json.dumps(definitions(values)))
+    (HOME / "rabbitmq.conf").write_text(
         f"listeners.tcp.default = {lab.GATEWAY}:{AMQP_PORT}\n"
         f"management.tcp.ip = {lab.GATEWAY}\n"
         f"management.tcp.port = {MANAGEMENT_PORT}\n"
-        f"default_user = {USER}\n"
-        f"default_pass = {password(values)}\n"
-        "default_vhost = /\n"
-        "default_user_tags.administrator = true\n"
-        "default_permissions.configure = .*\n"
-        "default_permissions.read = .*\n"
-        "default_permissions.write = .*\n"
+        f"load_definitions = {defs}\n"  # its users instead of a default (guest) user
         "collect_statistics_interval = 1000\n"  # queue counts in the API within a second
     )
 
 
 def management_ready(values: dict[str, str]) -> bool:
-    request = urllib.request.Request(f"http://{lab.GATEWAY}:{MANAGEMENT_PORT}/api/overview")
-    token = f"{USER}:{password(values)}".encode()
-    request.add_header("Authorization", "Basic " + __import__("base64").b64encode(token).decode())
+    url = f"http://{lab.GATEWAY}:{MANAGEMENT_PORT}/api/overview"
+    token = base64.b64encode(":".join(credentials(values[API_ENV])).encode()).decode()
+    request = urllib.request.Request(url, headers={"Authorization": f"Basic {token}"})
     try:
         with urllib.request.urlopen(request, timeout=2) as response:
             return response.status == 200
@@ -134,6 +163,7 @@ def ensure_rabbitmq() -> dict:
         "address": f"{lab.GATEWAY}:{AMQP_PORT}",
         "management": f"http://{lab.GATEWAY}:{MANAGEMENT_PORT}/api/",
         "user": USER,
+        "api_user": MONITOR,
         "url_env": URL_ENV,
         "api_env": API_ENV,
         "worker": WORKER,
