@@ -52,15 +52,18 @@ class DeployResult:
         return self.report["results"]["failed_hosts"]
 
     def changed_hosts(self, operation: str) -> list[str]:
-        """Hosts where an operation whose name contains `operation` made a change."""
-        return sorted(
-            {
-                host
-                for op in self.report["results"]["operations"]
-                if operation in op["name"]
-                for host in op["success"]
-            }
-        )
+        """Hosts where an operation whose name contains `operation` made a change.
+
+        No operation by that name is an error, never `[]`: a renamed or skipped operation
+        would otherwise pass every "nothing changed" check."""
+        operations = self.report["results"]["operations"]
+        matching = [op for op in operations if operation in op["name"]]
+        if not matching:
+            names = "\n  ".join(sorted({op["name"] for op in operations}))
+            raise AssertionError(
+                f"no operation named like {operation!r} ran; they were:\n  {names}"
+            )
+        return sorted({host for op in matching for host in op["success"]})
 
     def explain(self) -> str:
         return f"$ {' '.join(self.args)}\nexit {self.returncode}\n{self.stderr[-6000:]}"
