@@ -307,16 +307,19 @@ def _confirm_logins(state, host, rotation: Rotation, fqdn: str, base: str, ca_bu
     confirmed = all(verdict == "new" for verdict in verdicts.values())
     _progress["confirmed"][host.name] = (confirmed, verdicts)
     for user, verdict in verdicts.items():
-        text = {
-            "new": "accepts the new password and refuses the old one",
-            "old": "still accepts only the OLD password",
-        }.get(verdict, verdict)
+        text = VERDICTS.get(verdict, verdict)
         host.log_styled(
             f"login {user}: {text}",
             fg="green" if verdict == "new" else "red",
             log_func=logger.info if verdict == "new" else logger.error,
         )
     return True
+
+
+VERDICTS = {
+    "new": "accepts the new password and refuses the old one",
+    "old": "still accepts only the OLD password",
+}
 
 
 def accepted(new_status: int, old_status: int, error: str) -> str:
@@ -353,13 +356,9 @@ def report(rotation: Rotation) -> None:
     for name in rotation.targets:
         ok, verdicts = confirmed.get(name, (False, {}))
         if rotation.kind == "logins":
-            detail = "; ".join(f"{user}: {verdict}" for user, verdict in verdicts.items())
+            detail = "; ".join(f"{user}: {VERDICTS.get(v, v)}" for user, v in verdicts.items())
         else:
-            detail = (
-                "healthy on the new URL"
-                if ok
-                else ("stopped here: " + verdicts.get("problem", "not reached"))
-            )
+            detail = "healthy on the new URL" if ok else verdicts.get("problem", "not reached")
         line = f"    {name}: {'confirmed' if ok else 'NOT confirmed'}" + (
             f" ({detail})" if detail else ""
         )
@@ -383,7 +382,8 @@ def report(rotation: Rotation) -> None:
 def broker_rolled(settings: Settings, flower_secrets: FlowerSecrets, healthcheck: tuple[str, ...]):
     """Flower restarted on the new broker URL and healthy (seeing workers) before the next host.
 
-    Run with _serial=True: after a host fails, the rest are left untouched.
+    Run with _serial=True: after a host fails, the rest are left untouched. The operation
+    itself never fails (so the report runs), the report fails every host not rolled.
     """
     flower = settings.flower
     if _progress["stopped_at"]:
@@ -407,7 +407,7 @@ def _stopped(state, host, where: str) -> bool:
         False,
         {"problem": f"not rolled: the roll stopped at {where}"},
     )
-    return False
+    return True  # the report fails this host: it must run
 
 
 def _healthy_or_stop(state, host, healthcheck: tuple[str, ...]) -> bool:
@@ -425,7 +425,7 @@ def _healthy_or_stop(state, host, healthcheck: tuple[str, ...]) -> bool:
         return True
     problem = report_.get("problem", "the health check did not run")
     _progress["stopped_at"] = host.name
-    _progress["confirmed"][host.name] = (False, {"problem": problem})
+    _progress["confirmed"][host.name] = (False, {"problem": f"the roll stopped here: {problem}"})
     host.log_styled(
         f"Flower is unhealthy on the new broker URL: {problem}; the roll stops here",
         fg="red",
@@ -433,4 +433,4 @@ def _healthy_or_stop(state, host, healthcheck: tuple[str, ...]) -> bool:
     )
     for line in report_.get("journal", []):
         host.log(f"  journal: {line}", log_func=logger.error)
-    return False
+    return True  # the report (after the roll) fails this host

@@ -1,0 +1,382 @@
+"""rotate.py on real lab hosts: dashboard logins and the broker password, with no downtime.
+
+Three hosts of its own, deployed once for the module with the lab's secrets. Every rotation
+runs against a copy of .lab/lab.env (FLOWERBED_ENV_FILE), so the lab's own file is never
+touched; each test deploys the hosts back to the lab's secrets in a `finally`.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import stat
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import pytest
+from conftest import REPO, Lab, lab_cli
+from deploy_helpers import ANSI, PYINFRA, assert_no_secret, data_args, run_deploy
+from dotenv import dotenv_values
+
+sys.path.insert(0, str(REPO))
+from flowerbed.probe import https_get  # noqa: E402
+
+pytestmark = pytest.mark.lab
+
+USERS = "FLOWERBED_DASHBOARD_USERS"
+BROKER = "FLOWERBED_BROKER_URL"
+CONFIRMED = re.compile(r"\[(\S+)\]\s+login (\S+): accepts the new password")
+WORKER = "demo@labmachine"
+
+
+@pytest.fixture(scope="module")
+def fleet(lab: Lab) -> list[str]:
+    names = [f"rt{os.getpid() % 1000}{x}" for x in "abc"]
+    for name in names:
+        lab_cli("host-up", name)
+    lab.state = Lab.load().state
+    try:
+        deployed = run_deploy(names)
+        assert deployed.ok, deployed.explain()
+        yield names
+    finally:
+        for name in names:
+            lab_cli("host-down", name)
+        lab.state = Lab.load().state
+
+
+@pytest.fixture
+def env_file(lab: Lab, tmp_path: Path, fleet: list[str]) -> Path:
+    """A copy of the lab's secrets for rotate.py to write to; the hosts go back to the lab's."""
+    copy = tmp_path / "lab.env"
+    shutil.copy(lab.state["secrets_file"], copy)
+    copy.chmod(0o600)
+    yield copy
+    restored = run_deploy(fleet)
+    assert restored.ok, restored.explain()
+
+
+def rotate_args(names: list[str], data: dict | None = None) -> list[str]:
+    limits = [arg for name in names for arg in ("--limit", name)]
+    return [PYINFRA, "inventory/lab.py", "rotate.py", "-y", *limits, *data_args(data)]
+
+
+def rotate(names: list[str], env_file: Path, data: dict | None = None, env: dict | None = None):
+    return run_deploy(
+        names,
+        data,
+        flags=("-y",),
+        deploy_file="rotate.py",
+        env={"FLOWERBED_ENV_FILE": str(env_file), **(env or {})},
+    )
+
+
+def logins(value: str) -> dict[str, str]:
+    return dict(entry.split(":", 1) for entry in value.split(","))
+
+
+def status(lab: Lab, name: str, login: tuple[str, str] | None, path: str = "api/workers") -> int:
+    fqdn = lab.host(name)["fqdn"]
+    return https_get(fqdn, f"/{path}", ca_bundle=lab.state["acme"]["root"], login=login).status
+
+
+def main_pids(lab: Lab, name: str) -> str:
+    return lab.ssh(name, "systemctl show -p MainPID --value flower nginx", check=True).stdout
+
+
+class Poller:
+    """Clients polling every host while a rotation runs: the dashboard's API with the password
+    each client holds, and /healthcheck as the monitoring system (no login)."""
+
+    def __init__(self, lab: Lab, names: list[str], user: str, password: str):
+        self.lab, self.names, self.user = lab, names, user
+        self.password = dict.fromkeys(names, password)
+        self.switched: set[str] = set()
+        self.results: list[tuple[str, str, str, int, str]] = []  # (host, path, which, status, err)
+        self.stop = threading.Event()
+        self.threads = [
+            threading.Thread(target=self.poll, args=(name, path), daemon=True)
+            for name in names
+            for path in ("api/workers", "healthcheck")
+        ]
+
+    def poll(self, name: str, path: str) -> None:
+        fqdn = self.lab.host(name)["fqdn"]
+        ca = self.lab.state["acme"]["root"]
+        while not self.stop.is_set():
+            which = "new" if name in self.switched else "old"
+            login = (self.user, self.password[name]) if path != "healthcheck" else None
+            answer = https_get(fqdn, f"/{path}", ca_bundle=ca, login=login, timeout=10, patience=1)
+            self.results.append((name, path, which, answer.status, answer.error))
+            time.sleep(0.5)  # a dashboard polls about once a second; nginx limits 5/s a source
+
+    def switch(self, name: str, password: str) -> None:
+        self.password[name] = password
+        self.switched.add(name)
+
+    def __enter__(self):
+        for thread in self.threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        for thread in self.threads:
+            thread.join(30)
+
+
+def test_rotating_every_login_on_three_hosts_has_no_downtime(lab: Lab, fleet, env_file: Path):
+    user, old = next(iter(logins(lab.secrets[USERS]).items()))
+    pids = {name: main_pids(lab, name) for name in fleet}
+    env = {**os.environ, "PYINFRA_PROGRESS": "off", "FLOWERBED_ENV_FILE": str(env_file)}
+    log = []
+    with Poller(lab, fleet, user, old) as poller:
+        time.sleep(3)
+        started = time.monotonic()
+        run = subprocess.Popen(
+            rotate_args(fleet), cwd=REPO, env=env, text=True,
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+        for line in run.stdout:
+            log.append(line)
+            confirmed = CONFIRMED.search(ANSI.sub("", line))
+            if confirmed:  # the report says the host accepts the new password: switch to it
+                new = logins(dotenv_values(env_file)[USERS])[user]
+                poller.switch(confirmed.group(1), new)
+        run.wait(300)
+        seconds = time.monotonic() - started
+        time.sleep(3)
+    output = "".join(log)
+    assert run.returncode == 0, output
+    assert poller.switched == set(fleet), output
+
+    values = dotenv_values(env_file)
+    new = logins(values[USERS])[user]
+    assert new != old and len(new) >= 32
+    assert f"{USERS}_PREVIOUS" not in values, "every host confirmed: the old value is gone"
+    assert stat.S_IMODE(env_file.stat().st_mode) == 0o600
+    assert_no_secret_in(output, [old, new])
+
+    results = poller.results
+    failed = [r for r in results if r[3] == 0 or r[3] >= 500]
+    # refused logins (401, or 429 once a source's failed logins are throttled): old password only
+    wrong_401 = [r for r in results if r[3] in (401, 429) and r[2] != "old"]
+    api = [r for r in results if r[1] == "api/workers"]
+    print(
+        f"\nrotation of {len(fleet)} hosts: {seconds:.1f} s; {len(results)} requests "
+        f"({len(api)} to /api/workers), {len(failed)} failed (5xx/refused/timeout), "
+        f"{sum(r[3] in (401, 429) for r in results)} refused with the old password"
+    )
+    assert not failed, failed[:10]
+    assert not wrong_401, "only the old password is ever refused"
+    assert all(r[3] == 200 for r in results if r[1] == "healthcheck"), "monitoring never fails"
+    for name in fleet:
+        assert any(r[0] == name and r[2] == "new" and r[3] == 200 for r in api), name
+        assert status(lab, name, (user, old)) == 401
+        assert status(lab, name, (user, new)) == 200
+        assert main_pids(lab, name) == pids[name], "neither Flower nor nginx was restarted"
+
+
+def assert_no_secret_in(text: str, secrets: list[str]) -> None:
+    for secret in secrets:
+        assert secret not in text, "a password is in rotate.py's output"
+
+
+def test_a_host_that_cannot_confirm_keeps_the_previous_value_and_a_rerun_finishes(
+    lab: Lab, fleet, env_file: Path
+):
+    user, old = next(iter(logins(lab.secrets[USERS]).items()))
+    down = fleet[2]
+    lab.ssh(down, "systemctl stop nginx", check=True)
+    try:
+        first = rotate(fleet, env_file)
+        assert not first.ok
+        values = dotenv_values(env_file)
+        new = logins(values[USERS])[user]
+        assert logins(values[f"{USERS}_PREVIOUS"])[user] == old, "the old value is kept"
+        assert re.search(rf"{down}: NOT confirmed", first.log), first.log
+        assert re.search(rf"{fleet[0]}: confirmed", first.log), first.log
+        assert "run rotate.py again to finish" in first.log
+        assert_no_secret(first, [old, new])
+    finally:
+        lab.ssh(down, "systemctl start nginx", check=True)
+    again = rotate(fleet, env_file)
+    assert again.ok, again.explain()
+    values = dotenv_values(env_file)
+    assert logins(values[USERS])[user] == new, "a rerun finishes the rotation it found"
+    assert f"{USERS}_PREVIOUS" not in values
+    for name in fleet:
+        assert status(lab, name, (user, new)) == 200
+        assert status(lab, name, (user, old)) == 401
+
+
+def test_rotate_users_and_limit_pick_logins_and_hosts(lab: Lab, fleet, env_file: Path):
+    user, password = next(iter(logins(lab.secrets[USERS]).items()))
+    two = f"{user}:{password},bob:bobs-Old-pass1"
+    env_file.write_text(env_file.read_text().replace(lab.secrets[USERS], two))
+    target, other = fleet[0], fleet[1]
+    both = run_deploy([target, other], env={"FLOWERBED_ENV_FILE": str(env_file)})
+    assert both.ok, both.explain()
+    htpasswd = lab.ssh(other, "sha256sum /etc/nginx/flowerbed.htpasswd", check=True).stdout
+    result = rotate(
+        [target],
+        env_file,
+        data={"rotate_users": ["bob"]},
+        env={"FLOWERBED_NEW_DASHBOARD_USERS": "bob:Given-by-the-operator1"},
+    )
+    assert result.ok, result.explain()
+    assert logins(dotenv_values(env_file)[USERS]) == {
+        user: password,
+        "bob": "Given-by-the-operator1",
+    }
+    assert status(lab, target, ("bob", "Given-by-the-operator1")) == 200
+    assert status(lab, target, ("bob", "bobs-Old-pass1")) == 401
+    assert status(lab, target, (user, password)) == 200, "the other login is untouched"
+    assert status(lab, other, ("bob", "bobs-Old-pass1")) == 200, "--limit: other hosts untouched"
+    assert lab.ssh(other, "sha256sum /etc/nginx/flowerbed.htpasswd").stdout == htpasswd
+
+
+def test_bad_rotation_input_is_refused_before_any_host_changes(lab: Lab, fleet, env_file: Path):
+    before = env_file.read_text()
+    cases = [
+        ({"rotate_users": ["nobody"]}, {}, "rotate_users"),
+        ({"rotate": "everything"}, {}, "rotate:"),
+        ({"rotate": "broker"}, {}, "FLOWERBED_NEW_BROKER_URL: is unset"),
+        ({}, {USERS: "admin:from-the-shell"}, "is set in the environment"),
+    ]
+    for data, env, message in cases:
+        result = rotate(fleet[:1], env_file, data=data, env=env)
+        assert not result.ok and message in result.log, result.log
+        assert "Starting operation" not in result.log
+    assert env_file.read_text() == before
+
+
+# --- the broker password --------------------------------------------------------------------
+
+
+def redis_cli(lab: Lab, password: str, *args: str) -> str:
+    host, port = lab.state["broker"]["address"].split(":")
+    run = subprocess.run(
+        ["redis-cli", "-h", host, "-p", port, "--no-auth-warning", "-a", password, *args],
+        capture_output=True, text=True, timeout=10,
+    )  # fmt: skip
+    assert run.returncode == 0 and "ERR" not in run.stdout, run.stdout + run.stderr
+    return run.stdout
+
+
+def sees_worker(lab: Lab, name: str, login: tuple[str, str]) -> bool:
+    """Flower on this host reaches the broker: the lab worker answers its refresh now."""
+    asked = time.time()
+    answer = https_get(
+        lab.host(name)["fqdn"], "/api/workers?refresh=1", ca_bundle=lab.state["acme"]["root"],
+        login=login,
+    )  # fmt: skip
+    if answer.status != 200:
+        return False
+    return answer.json().get(WORKER, {}).get("timestamp", 0) >= asked - 1
+
+
+def blind_windows(samples: list[tuple[float, str, bool]], name: str) -> list[tuple[float, float]]:
+    """(start, end) of each stretch where a host's Flower did not see the worker."""
+    windows, start = [], None
+    for at, host, ok in sorted(samples):
+        if host != name:
+            continue
+        if not ok and start is None:
+            start = at
+        elif ok and start is not None:
+            windows.append((start, at))
+            start = None
+    return windows + ([(start, float("inf"))] if start is not None else [])
+
+
+def test_broker_password_rolls_host_by_host_through_a_two_password_window(
+    lab: Lab, fleet, env_file: Path
+):
+    old_url = lab.secrets[BROKER]
+    old = urlsplit(old_url).password
+    new = "rotated-broker-Pass-1"
+    new_url = old_url.replace(f":{old}@", f":{new}@")
+    login = next(iter(logins(lab.secrets[USERS]).items()))
+    pids = {name: main_pids(lab, name).split()[0] for name in fleet}
+    redis_cli(lab, old, "ACL", "SETUSER", "default", f">{new}")  # the broker accepts both
+    try:
+        samples: list[tuple[float, str, bool]] = []
+        stop = threading.Event()
+
+        def watch(name: str):
+            while not stop.is_set():
+                samples.append((time.monotonic(), name, sees_worker(lab, name, login)))
+                time.sleep(0.1)
+
+        watchers = [threading.Thread(target=watch, args=(n,), daemon=True) for n in fleet]
+        for watcher in watchers:
+            watcher.start()
+        try:
+            result = rotate(
+                fleet,
+                env_file,
+                data={"rotate": "broker"},
+                env={"FLOWERBED_NEW_BROKER_URL": new_url},
+            )
+        finally:
+            stop.set()
+            for watcher in watchers:
+                watcher.join(30)
+        assert result.ok, result.explain()
+        assert_no_secret(result, [old, new])
+        assert dotenv_values(env_file)[BROKER] == new_url
+        assert f"{BROKER}_PREVIOUS" not in dotenv_values(env_file)
+        windows = [(w, n) for n in fleet for w in blind_windows(samples, n)]
+        overlapping = [
+            (a, b)
+            for a in windows
+            for b in windows
+            if a[1] < b[1] and a[0][0] < b[0][1] and b[0][0] < a[0][1]
+        ]
+        assert not overlapping, "Flower sees the workers on every host but the one restarting"
+        assert all(sum(host == n for _, host, _ in samples) >= 3 for n in fleet), samples
+        restarts = [
+            lab.ssh(n, "systemctl show -p MainPID --value flower").stdout.split()[0] for n in fleet
+        ]
+        assert all(restarts[i] != pids[name] for i, name in enumerate(fleet)), "each host restarted"
+        healthy = re.findall(r"\[(\S+)\]\s+Flower is healthy on the new broker URL", result.log)
+        assert sorted(healthy) == sorted(fleet), result.log
+        # the old password leaves the broker: Flower, on the new one, still sees the workers
+        redis_cli(lab, new, "ACL", "SETUSER", "default", f"<{old}")
+        time.sleep(3)
+        assert all(sees_worker(lab, name, login) for name in fleet)
+    finally:
+        redis_cli(lab, new, "ACL", "SETUSER", "default", f">{old}")
+        redis_cli(lab, old, "ACL", "SETUSER", "default", f"<{new}")
+
+
+def test_a_host_failing_its_health_check_stops_the_broker_roll(lab: Lab, fleet, env_file: Path):
+    old_url = lab.secrets[BROKER]
+    wrong = old_url.replace(f":{urlsplit(old_url).password}@", ":not-the-broker-password@")
+    result = rotate(
+        fleet,
+        env_file,
+        data={"rotate": "broker", "flower_healthcheck_timeout": 15},
+        env={"FLOWERBED_NEW_BROKER_URL": wrong},
+    )
+    assert not result.ok
+    assert_no_secret(result, [urlsplit(old_url).password, "not-the-broker-password"])
+    failed = re.findall(r"\[(\S+)\]\s+Flower is unhealthy on the new broker URL", result.log)
+    assert len(failed) == 1, result.log  # pyinfra picks the order; the first host rolled fails
+    first, rest = failed[0], [name for name in fleet if name != failed[0]]
+    for name in rest:
+        assert re.search(rf"\[{name}\]\s+the roll stopped at {first}", result.log), result.log
+        env = lab.ssh(name, "cat /etc/flower/flower.env", check=True).stdout
+        assert "not-the-broker-password" not in env, "hosts after the failing one are untouched"
+    assert re.search(rf"{first}: NOT confirmed \(the roll stopped here: ", result.log), result.log
+    for name in rest:
+        assert re.search(
+            rf"{name}: NOT confirmed \(not rolled: the roll stopped at {first}", result.log
+        )
+    assert dotenv_values(env_file)[f"{BROKER}_PREVIOUS"] == old_url, "the old URL is kept"
