@@ -83,6 +83,7 @@ def test_a_run_cannot_confirm_a_newer_runs_ruleset(lab: Lab, guarded: str):
     assert refused.returncode == 5, refused.stderr
     assert f"refusing to confirm ruleset {older}" in refused.stderr
     assert f"waiting for confirmation is {newer}" in refused.stderr
+    assert "Fix: run the deploy again" in refused.stderr
     assert live_digest(lab, guarded) == newer, "the newer ruleset stays pending, unconfirmed"
     assert boot_file(lab, guarded) == boot_before, "nothing became the boot ruleset"
 
