@@ -1,17 +1,27 @@
-"""Report every host's health, changing nothing.
+"""Check every layer of every host, changing nothing, and print the fleet's health.
 
     pyinfra inventory/prod.py verify.py -y
+    pyinfra inventory/prod.py verify.py -y --data verify_summary_file=/var/lib/flowerbed/verify.json
 
-Per host: Flower answers on its socket and sees the broker's workers; nginx runs a
-configuration that passes `nginx -t` and serves /healthcheck over HTTPS with a certificate
-valid for 14 more days; flowerbed's firewall table is loaded and current. A host with a
-problem is reported failed, with what is wrong (and Flower's journal when Flower is).
+Per host, each layer is checked even when another fails: Flower's unit and its socket, nginx
+(running, `nginx -t`), HTTPS from this machine with a login and the certificate's days left, the
+firewall table, the unit's sandbox score; and through Flower's API: workers online and offline,
+tasks failed in the last hour, tasks STARTED for too long, queue lengths, registered tasks.
+Thresholds are the verify_* knobs in group_data/all.py. The fleet's table goes to stdout (to
+stderr with --json), a JSON summary to verify_summary_file; the exit status is non-zero when
+anything is wrong.
 """
 
 from pyinfra import host, inventory
 
-from flowerbed.preflight import checked
+from flowerbed.preflight import InvalidDeploy, checked
+from flowerbed.probe import operator_checks
+from flowerbed.settings import SettingsError
 from flowerbed.verify import verify_host
 
 this_host = checked(host, inventory)
-verify_host(this_host.settings, this_host.edge.site)
+try:
+    checks = operator_checks(host.data.dict())
+except SettingsError as error:
+    raise InvalidDeploy(f"host {host.name}: {error}") from error
+verify_host(this_host.settings, this_host.edge, checks)

@@ -7,9 +7,17 @@ for Flower to come up (flower_healthcheck_timeout).
 
 from __future__ import annotations
 
+import atexit
 import json
+import os
+import re
 import shlex
+import sys
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pyinfra import host, logger, state
 from pyinfra.api import FactBase, FunctionCommand, StringCommand, deploy, operation
@@ -17,9 +25,12 @@ from pyinfra.operations import files
 
 from .firewall import LoadedRulesetDigest, ruleset
 from .nginx import Dashboard
+from .probe import OperatorChecks, https_get
 from .settings import Flower, FlowerOptions, Settings
 from .shell import command
-from .tls import LIVE_DIR
+
+if TYPE_CHECKING:
+    from .edge import EdgeInputs
 
 HEALTHCHECK_SCRIPT = Path(__file__).resolve().parent.parent / "files" / "flower-healthcheck"
 HEALTHCHECK_PATH = "/usr/local/libexec/flowerbed/flower-healthcheck"
@@ -89,96 +100,423 @@ def verify_flower(settings: Settings) -> None:
     )
 
 
-# --- the verify run (verify.py): every layer's health, changing nothing ---------------------
-
-CERT_WARN_DAYS = 14  # certbot renews at 30 days left: under 14 means renewal is failing
-
-
-class EdgeHealth(FactBase):
-    """nginx's and the certificate's state, one `key=value` line each."""
-
-    def command(self, fqdn: str, base: str, cert: str) -> StringCommand:
-        checks = [
-            ("nginx", ["systemctl", "is-active", "--quiet", "nginx"]),
-            ("nginx_config", ["nginx", "-t", "-q"]),
-            ("certificate", ["openssl", "x509", "-noout", "-in", cert,
-                             "-checkend", str(CERT_WARN_DAYS * 86400)]),
-            ("https", ["curl", "-sf", "-o", "/dev/null", "--max-time", "10", "-k",
-                       "--resolve", f"{fqdn}:443:127.0.0.1", f"https://{fqdn}{base}healthcheck"]),
-        ]  # fmt: skip
-        lines = [
-            f"{shlex.join(argv)} >/dev/null 2>&1 && echo {key}=ok || echo {key}=failed"
-            for key, argv in checks
-        ]
-        return StringCommand("; ".join(lines))
-
-    def process(self, output: list[str]) -> dict[str, bool]:
-        return {k: v == "ok" for k, _, v in (line.partition("=") for line in output)}
-
-
-EDGE_PROBLEMS = {
-    "nginx": "nginx is not running",
-    "nginx_config": "nginx's configuration fails `nginx -t`",
-    "certificate": f"the certificate is missing or expires within {CERT_WARN_DAYS} days "
-    "(is certbot.timer renewing?)",
-    "https": "https://<fqdn>/healthcheck does not answer on the host",
-}
-
-
-@operation(is_idempotent=True)
-def edge_healthy(fqdn: str, base: str, cert: str):
-    """nginx runs a valid configuration and serves a certificate that is not about to expire."""
-    if not state.is_executing:
-        host.noop("the edge's health is checked when the run executes")
-        return
-    report = host.get_fact(EdgeHealth, fqdn=fqdn, base=base, cert=cert)
-    problems = [text for key, text in EDGE_PROBLEMS.items() if not report.get(key)]
-    if not problems:
-        healthy(f"nginx serves https://{fqdn}{base} with a certificate valid for 14+ days")
-        return
-    yield FunctionCommand(_report_problems, ("edge", problems), {})
-
-
-@operation(is_idempotent=True)
-def firewall_loaded(digest: str):
-    """flowerbed's nftables table is loaded and is the one the settings describe."""
-    if not state.is_executing:
-        host.noop("the firewall is checked when the run executes")
-        return
-    loaded = host.get_fact(LoadedRulesetDigest)
-    if loaded == digest:
-        healthy("the firewall table is loaded and up to date")
-        return
-    problem = "no flowerbed table is loaded" if loaded is None else "a different table is loaded"
-    yield FunctionCommand(_report_problems, ("firewall", [f"{problem}: run the deploy"]), {})
-
-
 def healthy(message: str) -> None:
     """Nothing to change: say what was found, shown without -v (a verify run reports it)."""
     host.noop(message)
     host.log_styled(message, fg="green", log_func=logger.info)
 
 
-def _report_problems(state, host, layer: str, problems: list[str]) -> bool:
+# --- the verify run (verify.py): every layer of every host, changing nothing ------------------
+#
+# pyinfra stops a host at its first failing operation, so the checks never fail: they gather
+# facts on the host and answers over HTTPS from the operator's machine, and record a verdict per
+# layer. The last operation prints the fleet's table (stdout; stderr with --json), writes the
+# JSON summary (verify_summary_file), and only then fails each host that has a problem.
+
+
+@dataclass
+class Verdict:
+    ok: bool
+    value: object = None  # what was found (a score, a count, days left), for the table/JSON
+    problem: str = ""
+
+
+@dataclass
+class HostReport:
+    layers: dict[str, Verdict] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return all(verdict.ok for verdict in self.layers.values())
+
+    @property
+    def problems(self) -> list[str]:
+        return [f"{layer}: {v.problem}" for layer, v in self.layers.items() if not v.ok]
+
+
+LAYERS = (
+    "unit", "socket", "nginx", "nginx_config", "https", "certificate", "firewall", "sandbox",
+    "workers", "failed_tasks", "stuck_tasks", "queues", "registered",
+)  # fmt: skip
+_fleet: dict[str, HostReport] = {}
+_reported: list[bool] = []
+
+
+def layer(name: str, ok: bool, value: object = None, problem: str = "") -> None:
+    _fleet.setdefault(host.name, HostReport()).layers[name] = Verdict(ok, value, problem)
+
+
+class UnitState(FactBase):
+    """`systemctl is-active` and `is-enabled` of a unit, and its sandbox exposure score."""
+
+    def command(self, unit: str) -> StringCommand:
+        return StringCommand(
+            f"echo active=$({shlex.join(['systemctl', 'is-active', unit])});"
+            f" echo enabled=$({shlex.join(['systemctl', 'is-enabled', unit])} 2>/dev/null);"
+            f" {shlex.join(['systemd-analyze', 'security', '--no-pager', unit])} 2>/dev/null"
+            " | tail -n 1"
+        )
+
+    def process(self, output: list[str]) -> dict:
+        values = dict(line.split("=", 1) for line in output if "=" in line[:8])
+        score = re.search(r"exposure level for \S+: ([0-9.]+)", "\n".join(output))
+        values["exposure"] = float(score.group(1)) if score else None
+        values["enabled"] = values.get("enabled") or "not-found"
+        return values
+
+
+class InstalledFlowerHealth(FlowerHealth):
+    """FlowerHealth that also answers on a host the deploy never reached (no script yet)."""
+
+    def command(self, argv: tuple[str, ...]) -> StringCommand:
+        missing = json.dumps({"ok": False, "problem": "no health check script: run the deploy"})
+        return StringCommand(
+            f"if [ -x {shlex.quote(argv[0])} ]; then {shlex.join(argv)};"
+            f" else echo {shlex.quote(missing)}; fi"
+        )
+
+
+class EdgeHealth(FactBase):
+    """nginx's state on the host, one `key=ok|failed` line each."""
+
+    def command(self) -> StringCommand:
+        checks = [
+            ("nginx", ["systemctl", "is-active", "--quiet", "nginx"]),
+            ("nginx_config", ["nginx", "-t", "-q"]),
+        ]
+        return StringCommand(
+            "; ".join(
+                f"{shlex.join(argv)} >/dev/null 2>&1 && echo {key}=ok || echo {key}=failed"
+                for key, argv in checks
+            )
+        )
+
+    def process(self, output: list[str]) -> dict[str, bool]:
+        return {k: v == "ok" for k, _, v in (line.partition("=") for line in output)}
+
+
+def _fact(fact, **kwargs):
+    """A fact, or None when its command could not run (a host never deployed)."""
+    try:
+        return host.get_fact(fact, **kwargs)
+    except Exception as error:  # pyinfra raises its own errors for failed fact commands
+        logger.debug(f"{host.name}: {fact.__name__} failed: {error}")
+        return None
+
+
+@operation(is_idempotent=True)
+def host_layers_checked(settings: Settings, checks: OperatorChecks):
+    """On the host: the unit, Flower's socket, nginx, the firewall table, the sandbox score."""
+    if not state.is_executing:
+        host.noop("each layer is checked when the run executes")
+        return
+    flower = settings.flower
+    unit = _fact(UnitState, unit=flower.unit_name) or {}
+    running = unit.get("active") == "active"
+    layer(
+        "unit",
+        running and unit.get("enabled") == "enabled",
+        f"{unit.get('active', '?')}/{unit.get('enabled', '?')}",
+        f"{flower.unit_name} is {unit.get('active', 'unknown')}, {unit.get('enabled', 'unknown')}",
+    )
+    argv = healthcheck_argv(flower, settings.options)
+    argv = [a for a in argv if not a.startswith(("--timeout=", "--min-workers="))]
+    health = _fact(InstalledFlowerHealth, argv=(*argv, "--timeout=1", "--min-workers=0")) or {}
+    layer(
+        "socket",
+        bool(health.get("ok")),
+        "ok" if health.get("ok") else "failed",
+        "Flower does not answer /healthcheck on its socket: "
+        + health.get("problem", "no report (deployed?)"),
+    )
+    edge = _fact(EdgeHealth) or {}
+    layer("nginx", bool(edge.get("nginx")), problem="nginx is not running")
+    layer(
+        "nginx_config",
+        bool(edge.get("nginx_config")),
+        problem="nginx's configuration fails `nginx -t`",
+    )
+    loaded, digest = _fact(LoadedRulesetDigest), ruleset(settings.firewall).digest
+    problem = "no flowerbed table is loaded" if loaded is None else "a different table is loaded"
+    layer(
+        "firewall",
+        loaded == digest,
+        "current" if loaded == digest else "missing" if loaded is None else "stale",
+        f"{problem}: run the deploy",
+    )
+    exposure = unit.get("exposure")
+    layer(
+        "sandbox",
+        exposure is not None and exposure <= checks.exposure_max,
+        exposure,
+        f"exposure score {exposure} is above {checks.exposure_max}"
+        if exposure is not None
+        else "no score from systemd-analyze security",
+    )
+    host.noop("the host's layers were checked")
+    yield from ()  # nothing to change: the op only records verdicts
+
+
+@operation(is_idempotent=True)
+def dashboard_checked(site: Dashboard, login: tuple[str, str] | None, checks: OperatorChecks):
+    """From the operator's machine, through nginx with a login: HTTPS, the certificate, and
+    Flower's API: workers, failed and stuck tasks, queues, registered tasks."""
+    if not state.is_executing:
+        host.noop("the dashboard is checked over HTTPS when the run executes")
+        return
+    for name, verdict in dashboard_verdicts(site, login, checks).items():
+        layer(name, verdict.ok, verdict.value, verdict.problem)
+    host.noop("the dashboard was checked over HTTPS")
+    yield from ()
+
+
+def dashboard_verdicts(
+    site: Dashboard, login: tuple[str, str] | None, checks: OperatorChecks, now: float | None = None
+) -> dict[str, Verdict]:
+    now = now or time.time()
+
+    def get(path: str):
+        return https_get(site.fqdn, site.base + path, ca_bundle=checks.ca_bundle, login=login)
+
+    verdicts = {}
+    health = get("healthcheck")
+    verdicts["https"] = Verdict(
+        health.status == 200, health.status or health.error,
+        f"https://{site.fqdn}{site.base}healthcheck answered "
+        + (str(health.status) if health.status else health.error),
+    )  # fmt: skip
+    days = health.cert_days_left
+    verdicts["certificate"] = Verdict(
+        days is not None and days >= checks.cert_min_days,
+        None if days is None else int(days),
+        "no verified certificate" if days is None else
+        f"expires in {days:.0f} days, under {checks.cert_min_days} (is certbot.timer renewing?)",
+    )  # fmt: skip
+    api_layers = ("workers", "failed_tasks", "stuck_tasks", "queues", "registered")
+    if login is None:
+        for name in api_layers:
+            verdicts[name] = Verdict(True, "n/a", "")  # OAuth: no login the run could use
+        return verdicts
+    if health.status != 200:  # nginx or Flower is down: the API cannot tell anything
+        for name in api_layers:
+            verdicts[name] = Verdict(False, "?", "unknown: the dashboard does not answer")
+        if not checks.expected_tasks:
+            verdicts["registered"] = Verdict(True, "n/a")
+        return verdicts
+    verdicts.update(api_verdicts(get, checks, now))
+    return verdicts
+
+
+def api_verdicts(get, checks: OperatorChecks, now: float) -> dict[str, Verdict]:
+    unreachable = {}
+    answers = {
+        "workers": get("api/workers?status=true"),
+        "failed": get(
+            f"api/tasks?state=FAILURE&sort_by=-received&limit={checks.max_failed_tasks + 1}"
+        ),  # fmt: skip
+        "started": get("api/tasks?state=STARTED"),
+        "queues": get("api/queues/length"),
+    }
+    for key, answer in answers.items():
+        if answer.status != 200:
+            unreachable[key] = f"Flower's API answered {answer.status or answer.error}"
+    verdicts = {}
+
+    if "workers" in unreachable:
+        verdicts["workers"] = Verdict(False, None, unreachable["workers"])
+    else:
+        alive = answers["workers"].json()
+        online = sorted(name for name, up in alive.items() if up)
+        offline = sorted(name for name, up in alive.items() if not up)
+        problems = []
+        if len(online) < checks.min_workers_online:
+            problems.append(
+                f"{len(online)} worker(s) online, expected at least {checks.min_workers_online}"
+            )
+        if len(offline) > checks.max_workers_offline:
+            problems.append(f"offline: {', '.join(offline)}")
+        verdicts["workers"] = Verdict(
+            not problems, f"{len(online)}/{len(offline)}", "; ".join(problems)
+        )
+        if checks.expected_tasks:
+            verdicts["registered"] = registered_verdict(get, online, checks.expected_tasks)
+
+    if "failed" in unreachable:
+        verdicts["failed_tasks"] = Verdict(False, None, unreachable["failed"])
+    else:
+        tasks = answers["failed"].json().values()
+        recent = [t for t in tasks if (t.get("failed") or t.get("timestamp") or 0) >= now - 3600]
+        count = len(recent)
+        shown = f"{count}+" if count > checks.max_failed_tasks else count
+        verdicts["failed_tasks"] = Verdict(
+            count <= checks.max_failed_tasks, shown,
+            f"{shown} tasks failed in the last hour, more than {checks.max_failed_tasks}",
+        )  # fmt: skip
+
+    if "started" in unreachable:
+        verdicts["stuck_tasks"] = Verdict(False, None, unreachable["started"])
+    else:
+        started = {uuid: t.get("started") or now for uuid, t in answers["started"].json().items()}
+        stuck = sorted(
+            (at, uuid) for uuid, at in started.items() if now - at > checks.max_task_seconds
+        )
+        verdicts["stuck_tasks"] = Verdict(
+            not stuck,
+            len(stuck),
+            f"{len(stuck)} task(s) STARTED more than {checks.max_task_seconds} s ago (oldest "
+            "first): " + ", ".join(f"{uuid} ({now - at:.0f} s)" for at, uuid in stuck[:5]),
+        )
+
+    if "queues" in unreachable:
+        verdicts["queues"] = Verdict(False, None, unreachable["queues"])
+    else:
+        queues = {
+            q["name"]: q.get("messages", 0)
+            for q in answers["queues"].json().get("active_queues", [])
+        }
+        long = {name: n for name, n in queues.items() if n > checks.max_queue_length}
+        verdicts["queues"] = Verdict(
+            not long, max(queues.values(), default=0),
+            ", ".join(f"{name} holds {n} messages" for name, n in long.items())
+            + f" (more than {checks.max_queue_length})",
+        )  # fmt: skip
+    verdicts.setdefault("registered", Verdict(True, "n/a"))
+    return verdicts
+
+
+def registered_verdict(get, online: list[str], expected: tuple[str, ...]) -> Verdict:
+    answer = get("api/workers?refresh=1")
+    if answer.status != 200:
+        return Verdict(False, None, f"Flower's API answered {answer.status or answer.error}")
+    workers = answer.json()
+    registered = {task for name in online for task in workers.get(name, {}).get("registered", [])}
+    missing = [task for task in expected if task not in registered]
+    return Verdict(
+        not missing, f"{len(expected) - len(missing)}/{len(expected)}",
+        f"no online worker registered {', '.join(missing)}",
+    )  # fmt: skip
+
+
+@operation(is_idempotent=True)
+def fleet_verdict(checks: OperatorChecks):
+    """The fleet's table and JSON summary (once), then this host's verdict."""
+    if not state.is_executing:
+        host.noop("the verdict is given when the run executes")
+        return
+    if not _reported:
+        _reported.append(True)
+        names = [h.name for h in state.inventory if h in state.activated_hosts]
+        print_fleet(names, checks)
+    report = _fleet.get(host.name, HostReport())
+    if report.ok:
+        host.noop("every layer is healthy")
+        host.log_styled("every layer is healthy", fg="green", log_func=logger.info)
+        return
+    yield FunctionCommand(_report_problems, (report.problems,), {})
+
+
+def _report_problems(state, host, problems: list[str]) -> bool:
     for problem in problems:
-        host.log_styled(f"{layer}: {problem}", fg="red", log_func=logger.error)
+        host.log_styled(problem, fg="red", log_func=logger.error)
     return False
 
 
+UNCHECKED = "not checked: the host failed before its checks (unreachable?)"
+COLUMNS = (
+    ("host", None), ("unit", "unit"), ("socket", "socket"), ("nginx", "nginx"),
+    ("nginx -t", "nginx_config"), ("https", "https"), ("cert days", "certificate"),
+    ("firewall", "firewall"), ("sandbox", "sandbox"), ("workers on/off", "workers"),
+    ("failed 1h", "failed_tasks"), ("stuck", "stuck_tasks"), ("max queue", "queues"),
+    ("registered", "registered"), ("verdict", None),
+)  # fmt: skip
+
+
+def fleet_summary(names: list[str]) -> dict:
+    hosts = {}
+    for name in names:
+        report = _fleet.get(name)
+        if report is None:
+            hosts[name] = {"ok": False, "problems": [UNCHECKED], "layers": {}}
+            continue
+        hosts[name] = {
+            "ok": report.ok,
+            "problems": report.problems,
+            "layers": {
+                k: {"ok": v.ok, "value": v.value, "problem": "" if v.ok else v.problem}
+                for k, v in report.layers.items()
+            },
+        }
+    return {
+        "ok": all(h["ok"] for h in hosts.values()),
+        "checked_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "hosts": hosts,
+    }
+
+
+def fleet_table(summary: dict) -> str:
+    rows = [[title for title, _ in COLUMNS]]
+    for name, report in summary["hosts"].items():
+        row = [name]
+        for _, key in COLUMNS[1:-1]:
+            verdict = report["layers"].get(key)
+            if verdict is None:
+                row.append("-")
+                continue
+            value = verdict["value"]
+            if verdict["ok"]:
+                shown = "ok" if value in (None, "ok", 200, "current") else value
+            else:
+                shown = value if value is not None and len(str(value)) <= 16 else "FAIL"
+            row.append(f"{shown}{'' if verdict['ok'] else ' !'}")
+        row.append("OK" if report["ok"] else "PROBLEM")
+        rows.append([str(cell) for cell in row])
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = [
+        "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
+        for row in rows
+    ]
+    for name, report in summary["hosts"].items():
+        lines += [f"{name}: {problem}" for problem in report["problems"]]
+    return "\n".join(lines) + "\n"
+
+
+def print_fleet(names: list[str], checks: OperatorChecks) -> None:
+    summary = fleet_summary(names)
+    table = fleet_table(summary)
+    out = sys.stderr if "--json" in sys.argv else sys.stdout  # --json owns stdout
+    out.write("\n" + table)
+    out.flush()
+    if checks.summary_file:
+        path = Path(checks.summary_file)
+        staging = path.with_name(f".{path.name}.tmp")
+        staging.write_text(json.dumps(summary, indent=2, default=str) + "\n")
+        os.replace(staging, path)
+
+
+def _report_if_never_reached() -> None:
+    """Every host failed before the verdict (e.g. none could be reached): report anyway."""
+    if not _reported and _checks:
+        _reported.append(True)
+        print_fleet([h.name for h in state.inventory if h in state.activated_hosts], _checks[0])
+
+
+_checks: list[OperatorChecks] = []
+
+
 @deploy("Verify host")
-def verify_host(settings: Settings, site: Dashboard) -> None:
-    """Every layer's health on this host, reported per host; a verify run changes nothing."""
-    flower_healthy(
-        name="Flower answers on its socket and sees the workers",
-        argv=tuple(healthcheck_argv(settings.flower, settings.options)),
+def verify_host(settings: Settings, inputs: EdgeInputs, checks: OperatorChecks) -> None:
+    """Every layer's health on this host; a verify run changes nothing."""
+    if not _checks:
+        _checks.append(checks)
+        atexit.register(_report_if_never_reached)
+    host_layers_checked(
+        name="On the host: unit, socket, nginx, firewall, sandbox", settings=settings, checks=checks
     )
-    edge_healthy(
-        name="nginx serves the dashboard with a valid certificate",
-        fqdn=site.fqdn,
-        base=site.base,
-        cert=f"{LIVE_DIR}/fullchain.pem",
+    login = (inputs.logins[0].user, inputs.logins[0].password) if inputs.logins else None
+    dashboard_checked(
+        name="Over HTTPS: certificate, login, Flower's API",
+        site=inputs.site,
+        login=login,
+        checks=checks,
     )
-    firewall_loaded(
-        name="The firewall table is loaded and current",
-        digest=ruleset(settings.firewall).digest,
-    )
+    fleet_verdict(name="Verdict", checks=checks)

@@ -105,6 +105,8 @@ def planned_changes(result: DeployResult, name: str) -> list[str]:
 def assert_unchanged(before: dict[str, str], after: dict[str, str]) -> None:
     for section in before:
         assert after[section] == before[section], f"the preview changed the host's {section}"
+    counts = ", ".join(f"{len(text.splitlines())} {name}" for name, text in before.items())
+    print(f"\nbefore == after: {counts} (lines compared)")
 
 
 def test_a_converged_host_previews_no_change_and_is_untouched(lab: Lab, host: str):

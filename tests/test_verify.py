@@ -1,46 +1,233 @@
-"""The verify run (verify.py): reports each host's health and changes nothing."""
+"""The verify run (verify.py): every layer of every host, reported, changing nothing.
+
+Two shared hosts (h1, h2), deployed as every lab test deploys them. Each test breaks one thing
+(a host's nginx, its firewall, the lab's worker, the tasks it runs), reads the fleet's table
+and JSON summary, and puts the thing back in a `finally`.
+"""
 
 from __future__ import annotations
 
+import json
+import os
 import re
+import signal
+import subprocess
+import time
+from pathlib import Path
 
 import pytest
-from conftest import Lab
-from deploy_helpers import run_deploy
+from conftest import REPO, Lab, lab_cli
+from deploy_helpers import DeployResult, run_deploy
 
 pytestmark = pytest.mark.lab
 
-HOST = "h1"
+HOSTS = ["h1", "h2"]
+WORKER = "demo@labmachine"
+LAYERS = {
+    "unit", "socket", "nginx", "nginx_config", "https", "certificate", "firewall", "sandbox",
+    "workers", "failed_tasks", "stuck_tasks", "queues", "registered",
+}  # fmt: skip
 
 
 @pytest.fixture(scope="module")
-def deployed(lab: Lab) -> str:
-    result = run_deploy([HOST])
+def fleet(lab: Lab) -> list[str]:
+    assert all(name in {h["name"] for h in lab.base_hosts} for name in HOSTS)
+    result = run_deploy(HOSTS)
     assert result.ok, result.explain()
-    return HOST
+    return HOSTS
 
 
-def verify(*names: str):
-    return run_deploy(list(names), deploy_file="verify.py")
+class Verified:
+    def __init__(self, result: DeployResult, summary: dict):
+        self.result, self.summary = result, summary
+
+    @property
+    def ok(self) -> bool:
+        return self.result.ok
+
+    def layer(self, name: str, layer: str) -> dict:
+        return self.summary["hosts"][name]["layers"][layer]
+
+    def failing(self, name: str) -> set[str]:
+        layers = self.summary["hosts"][name]["layers"]
+        return {key for key, verdict in layers.items() if not verdict["ok"]}
+
+    def row(self, name: str) -> str:
+        return next(line for line in self.result.stdout.splitlines() if line.startswith(name + " "))
 
 
-def test_a_healthy_host_verifies_with_no_change(deployed: str):
-    result = verify(deployed)
-    assert result.ok, result.explain()
-    assert result.totals["success"] == 0 and result.totals["error"] == 0
-    assert "nginx serves https://" in result.log
+def verify(names: list[str], tmp_path: Path, data: dict | None = None) -> Verified:
+    summary = tmp_path / "verify.json"
+    summary.unlink(missing_ok=True)
+    result = run_deploy(
+        names,
+        {"verify_summary_file": str(summary), **(data or {})},
+        flags=("-y",),
+        deploy_file="verify.py",
+    )
+    assert summary.exists(), result.explain()
+    verified = Verified(result, json.loads(summary.read_text()))
+    assert set(verified.summary["hosts"]) == set(names)
+    assert verified.summary["ok"] == result.ok, "the exit status follows the summary"
+    return verified
 
 
-def test_a_stopped_nginx_fails_only_its_host(lab: Lab, deployed: str, fresh_host):
-    never_deployed = fresh_host()["name"]
-    lab.ssh(deployed, "systemctl stop nginx", check=True)
+def test_a_healthy_fleet_reports_every_layer_and_changes_nothing(fleet, tmp_path: Path):
+    verified = verify(fleet, tmp_path)
+    assert verified.ok, verified.result.explain()
+    assert "Grand total" in verified.result.log and not re.search(
+        r"\] +Success", verified.result.log
+    )
+    for name in fleet:
+        assert set(verified.summary["hosts"][name]["layers"]) == LAYERS
+        assert verified.failing(name) == set()
+        assert verified.row(name).endswith("OK")
+        assert verified.layer(name, "workers")["value"].startswith(("1/", "2/"))
+        assert verified.layer(name, "sandbox")["value"] <= 1.5
+        assert verified.layer(name, "certificate")["value"] >= 14
+    assert verified.result.stdout.splitlines()[1].startswith("host ")
+
+
+def test_a_broken_firewall_and_certificate_are_reported_with_every_other_layer(
+    lab: Lab, fleet, tmp_path: Path
+):
+    broken = fleet[0]
+    lab.ssh(broken, "nft delete table inet flowerbed", check=True)
     try:
-        result = verify(deployed, never_deployed)
-        assert not result.ok
-        # (with every host failed pyinfra prints no --json report: read the log)
-        # pyinfra pads host prefixes to the longest name
-        assert re.search(rf"\[{deployed}\] +edge: nginx is not running", result.log), result.log
-        assert re.search(rf"\[{never_deployed}\] +Flower is unhealthy", result.log), result.log
+        # the lab's certificates last 5 years: expecting 10 makes this one "about to expire"
+        verified = verify(fleet, tmp_path, {"verify_cert_min_days": 3650})
+        assert not verified.ok
+        assert verified.failing(broken) == {"firewall", "certificate"}
+        assert "no flowerbed table is loaded" in verified.layer(broken, "firewall")["problem"]
+        assert "under 3650" in verified.layer(broken, "certificate")["problem"]
+        assert verified.layer(broken, "workers")["ok"], "layers after a failing one are checked"
+        assert verified.failing(fleet[1]) == {"certificate"}
+        assert verified.layer(fleet[1], "firewall")["ok"]
+        assert re.search(rf"\[{broken}\] +firewall: no flowerbed table", verified.result.log)
     finally:
-        lab.ssh(deployed, "systemctl start nginx", check=True)
-    assert verify(deployed).ok
+        restored = run_deploy([broken])
+        assert restored.ok, restored.explain()
+    assert verify(fleet, tmp_path).ok
+
+
+def test_a_stopped_nginx_fails_only_its_host_and_flowers_health_is_still_reported(
+    lab: Lab, fleet, tmp_path: Path
+):
+    stopped, other = fleet
+    lab.ssh(stopped, "systemctl stop nginx", check=True)
+    try:
+        verified = verify(fleet, tmp_path)
+        assert not verified.ok
+        assert {"nginx", "https"} <= verified.failing(stopped)
+        assert verified.layer(stopped, "socket")["ok"], "Flower's own health is still reported"
+        assert verified.layer(stopped, "unit")["ok"]
+        assert verified.layer(stopped, "firewall")["ok"]
+        assert verified.failing(other) == set(), "the other host is fine"
+        assert verified.row(other).endswith("OK") and verified.row(stopped).endswith("PROBLEM")
+        assert re.search(rf"\[{stopped}\] +nginx: nginx is not running", verified.result.log)
+    finally:
+        lab.ssh(stopped, "systemctl start nginx", check=True)
+    assert verify(fleet, tmp_path).ok
+
+
+def test_a_never_deployed_host_is_reported_beside_a_healthy_one(fleet, fresh_host, tmp_path):
+    never = fresh_host()["name"]
+    verified = verify([fleet[0], never], tmp_path)
+    assert not verified.ok
+    assert {"unit", "socket", "nginx", "https", "firewall"} <= verified.failing(never)
+    assert verified.failing(fleet[0]) == set()
+
+
+# --- the monitoring practices, through Flower's API -------------------------------------------
+
+
+def demo(code: str) -> str:
+    """Run Python with the lab's demo app on this machine (a client of the lab's broker)."""
+    secrets = Lab.load().secrets
+    env = {
+        **os.environ,
+        "CELERY_BROKER_URL": secrets["FLOWERBED_BROKER_URL"],
+        "PYTHONPATH": str(REPO / "lab" / "demo_app"),
+    }
+    run = subprocess.run(
+        [str(REPO / ".venv" / "bin" / "python"), "-c", code],
+        env=env, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    return run.stdout.strip()
+
+
+def worker_pid() -> int:
+    return int((REPO / ".lab" / "run" / "worker.pid").read_text())
+
+
+def wait_until(check, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_a_stopped_worker_is_reported_offline(lab: Lab, fleet, tmp_path: Path):
+    pid = worker_pid()
+    os.kill(pid, signal.SIGTERM)  # the lab's own worker, by its PID file
+    try:
+        wait_until(lambda: not Path(f"/proc/{pid}").exists(), 30, "the worker to stop")
+        verified = wait_until(
+            lambda: (v := verify(fleet, tmp_path)) and "workers" in v.failing(fleet[0]) and v,
+            60,
+            "Flower to see the worker go",
+        )
+        for name in fleet:
+            problem = verified.layer(name, "workers")["problem"]
+            assert "0 worker(s) online" in problem and f"offline: {WORKER}" in problem
+            assert verified.layer(name, "socket")["ok"]
+    finally:
+        lab_cli("up", "--hosts", str(len(lab.base_hosts)))  # starts the worker again
+    wait_until(lambda: verify(fleet, tmp_path).ok, 60, "the worker to be back")
+
+
+def test_failed_tasks_over_the_threshold(fleet, tmp_path: Path):
+    counted = verify(fleet, tmp_path)
+    before = {name: counted.layer(name, "failed_tasks")["value"] for name in fleet}
+    limit = max(before.values()) + 25
+    threshold = {"verify_max_failed_tasks": limit}
+    assert verify(fleet, tmp_path, threshold).ok
+    burst = limit - min(before.values()) + 25  # enough to put every host over the limit
+    demo(f"from flowerbed_demo.app import fail\nfor _ in range({burst}): fail.delay('verify test')")
+    verified = wait_until(
+        lambda: (
+            (v := verify(fleet, tmp_path, threshold))
+            and all("failed_tasks" in v.failing(n) for n in fleet)
+            and v
+        ),
+        90,
+        "the failures to reach Flower",
+    )
+    for name in fleet:
+        assert verified.failing(name) == {"failed_tasks"}
+        assert f"more than {limit}" in verified.layer(name, "failed_tasks")["problem"]
+
+
+def test_a_long_task_stuck_in_started(fleet, tmp_path: Path):
+    task = demo("from flowerbed_demo.app import sleep\nprint(sleep.delay(120).id)")
+    limit = {"verify_max_task_seconds": 20}
+    try:
+        # after 35 s it is the oldest STARTED task (the producer's own last at most 30 s)
+        time.sleep(35)
+        verified = wait_until(
+            lambda: (v := verify(fleet, tmp_path, limit)) and task in str(v.summary) and v,
+            60,
+            "the task to count as stuck",
+        )
+        for name in fleet:
+            assert "stuck_tasks" in verified.failing(name)
+            assert task in verified.layer(name, "stuck_tasks")["problem"]
+    finally:
+        demo(
+            "from flowerbed_demo.app import app\n"
+            f"app.control.revoke({task!r}, terminate=True)"
+        )  # fmt: skip
