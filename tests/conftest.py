@@ -41,8 +41,11 @@ class Lab:
 
     @property
     def base_hosts(self) -> list[dict]:
-        """h1..hN, shared by the whole session (fresh hosts have other names)."""
-        return [h for h in self.state["hosts"] if h["name"][1:].isdigit() and h["name"][0] == "h"]
+        """h1..hN, shared by the whole session (fresh hosts have other names); never empty, so
+        a loop over them always checks something."""
+        hosts = [h for h in self.state["hosts"] if h["name"][1:].isdigit() and h["name"][0] == "h"]
+        assert hosts, "the lab has no hosts h1..hN: run `make lab-up`"
+        return hosts
 
     def host(self, name: str) -> dict:
         return next(h for h in self.state["hosts"] if h["name"] == name)

@@ -10,14 +10,13 @@ own, bare for the first of them, and run only the firewall (tests/deploys/firewa
 
 from __future__ import annotations
 
-import os
 import re
 import shlex
 import sys
 import time
 
 import pytest
-from conftest import Lab, lab_cli, run
+from conftest import Lab, run
 from deploy_helpers import DeployResult, run_deploy
 
 pytestmark = pytest.mark.lab
@@ -40,7 +39,7 @@ try:
     print("open")
 except ConnectionRefusedError:
     print("refused")
-except OSError:
+except TimeoutError:  # only silence is a filter; any other error fails the probe
     print("filtered")
 """
 
@@ -61,7 +60,21 @@ def passes(state: str) -> bool:
 
 def table(lab: Lab, host: str) -> str:
     """flowerbed's live table, without counters ('' when none is loaded)."""
-    return lab.ssh(host, "nft -s list table inet flowerbed 2>/dev/null || true", check=True).stdout
+    listed = lab.ssh(host, ["nft", "-s", "list", "table", "inet", "flowerbed"])
+    if listed.returncode != 0 and "No such file or directory" in listed.stderr:
+        return ""
+    assert listed.returncode == 0, f"nft list failed on {host}: {listed.stderr}"
+    return listed.stdout
+
+
+def guarding(ruleset: str) -> str:
+    """A live flowerbed table, checked to be one (so comparing against it means something)."""
+    assert "policy drop" in ruleset and "flowerbed sha256:" in ruleset, ruleset
+    return ruleset
+
+
+def boot_id(lab: Lab, host: str) -> str:
+    return lab.ssh(host, ["cat", "/proc/sys/kernel/random/boot_id"], check=True).stdout.strip()
 
 
 def firewall_ops(result: DeployResult) -> list[dict]:
@@ -92,7 +105,7 @@ def stray_listener(lab: Lab, deployed: str):
             break
         time.sleep(0.1)
     yield FLOWER_PORT
-    lab.ssh(deployed, ["systemctl", "stop", unit])
+    lab.ssh(deployed, ["systemctl", "stop", unit], check=True)
 
 
 def test_https_only_from_allowed_sources(lab: Lab, deployed: str):
@@ -107,8 +120,11 @@ def test_http_is_open_for_acme_everywhere(lab: Lab, deployed: str):
 
 def test_ssh_only_from_admin_sources(lab: Lab, deployed: str):
     assert lab.ssh(deployed, ["true"]).returncode == 0, "the operator (lab machine) gets in"
+    assert passes(tcp(lab, None, deployed, 22))
     assert tcp(lab, "lab-allowed", deployed, 22) == "filtered"
+    assert passes(tcp(lab, "lab-allowed", deployed, 443)), "lab-allowed reaches the host"
     assert tcp(lab, "lab-denied", deployed, 22) == "filtered"
+    assert passes(tcp(lab, "lab-denied", deployed, 80)), "lab-denied reaches the host"
 
 
 def test_flowers_port_is_unreachable_even_if_something_listens(
@@ -119,7 +135,9 @@ def test_flowers_port_is_unreachable_even_if_something_listens(
         == 0
     )
     assert tcp(lab, "lab-allowed", deployed, stray_listener) == "filtered"
+    assert passes(tcp(lab, "lab-allowed", deployed, 443)), "lab-allowed reaches the host"
     assert tcp(lab, "lab-denied", deployed, stray_listener) == "filtered"
+    assert passes(tcp(lab, "lab-denied", deployed, 80)), "lab-denied reaches the host"
 
 
 def test_flowers_socket_is_no_network_address(lab: Lab, deployed: str):
@@ -144,14 +162,9 @@ def test_second_run_changes_no_firewall_operation(lab: Lab, deployed: str):
 
 
 @pytest.fixture(scope="module")
-def own_host(lab: Lab) -> str:
-    """A fresh host for this module; the first test sees it without flowerbed's firewall."""
-    name = f"fw{os.getpid() % 1000}"
-    lab_cli("host-up", name)
-    lab.state = Lab.load().state
-    yield name
-    lab_cli("host-down", name)
-    lab.state = Lab.load().state
+def own_host(module_hosts) -> str:
+    """A fresh host for this module's lockout tests."""
+    return module_hosts(prefix="fw")["name"]
 
 
 @pytest.fixture(scope="module")
@@ -168,16 +181,18 @@ def assert_rolled_back(result: DeployResult) -> None:
     assert "the previous ruleset is restored" in result.stderr
 
 
-def test_lockout_on_a_fresh_host_is_rolled_back(lab: Lab, own_host: str):
-    result = run_deploy(own_host, LOCKED_OUT, deploy_file=FIREWALL_ONLY)
+def test_lockout_on_a_fresh_host_is_rolled_back(lab: Lab, fresh_host):
+    name = fresh_host(prefix="fw")["name"]
+    assert table(lab, name) == "", "a fresh host has no flowerbed table"
+    result = run_deploy(name, LOCKED_OUT, deploy_file=FIREWALL_ONLY)
     assert_rolled_back(result)
-    assert lab.ssh(own_host, ["true"]).returncode == 0, "the operator still gets in"
-    assert table(lab, own_host) == "", "the host has its old (empty) ruleset"
-    assert lab.ssh(own_host, ["test", "-e", BOOT_RULESET]).returncode == 1, "nothing at boot"
+    assert lab.ssh(name, ["true"]).returncode == 0, "the operator still gets in"
+    assert table(lab, name) == "", "the host has its old (empty) ruleset"
+    assert lab.ssh(name, ["test", "-e", BOOT_RULESET]).returncode == 1, "nothing at boot"
 
 
 def test_lockout_keeps_the_previous_ruleset(lab: Lab, guarded: str):
-    before = table(lab, guarded)
+    before = guarding(table(lab, guarded))
     boot_before = lab.ssh(guarded, ["sha256sum", BOOT_RULESET], check=True).stdout
     result = run_deploy(guarded, LOCKED_OUT, deploy_file=FIREWALL_ONLY)
     assert_rolled_back(result)
@@ -190,7 +205,7 @@ def test_lockout_keeps_the_previous_ruleset(lab: Lab, guarded: str):
 
 def test_timer_restores_the_ruleset_when_the_operator_is_gone(lab: Lab, guarded: str):
     """pyinfra killed between apply and confirm: nobody confirms, the host undoes it alone."""
-    before = table(lab, guarded)
+    before = guarding(table(lab, guarded))
     locking = before.replace("10.77.0.1 ", "10.77.0.99 ")
     assert locking != before
     replace_table = f"table inet flowerbed\ndelete table inet flowerbed\n{locking}"
@@ -207,7 +222,7 @@ def test_timer_restores_the_ruleset_when_the_operator_is_gone(lab: Lab, guarded:
 
 
 def test_ruleset_failing_nft_check_is_never_loaded(lab: Lab, guarded: str):
-    before = table(lab, guarded)
+    before = guarding(table(lab, guarded))
     broken = 'table inet flowerbed { comment "flowerbed sha256:0badc0de"; broken'
     lab.ssh(guarded, f"echo {shlex.quote(broken)} > {STATE_DIR}/pending-0badc0de.nft", check=True)
     result = lab.ssh(guarded, [*SWITCH, "apply", "0badc0de", "60"])
@@ -217,19 +232,53 @@ def test_ruleset_failing_nft_check_is_never_loaded(lab: Lab, guarded: str):
     assert timers.stdout.strip() != "active", "no rollback timer left armed"
 
 
+def test_a_foreign_table_survives_apply_and_rollback(lab: Lab, guarded: str):
+    """flowerbed replaces only its own table: another tool's table stays, rules and all."""
+    before = guarding(table(lab, guarded))
+    foreign = (
+        "table inet someone_else {\n chain input {\n"
+        "  type filter hook input priority 10; policy accept;\n"
+        '  tcp dport 9999 counter accept comment "not flowerbed\'s"\n }\n}\n'
+    )
+    lab.ssh(guarded, f"nft -f - <<'EOF'\n{foreign}EOF", check=True)
+    listed = ["nft", "-s", "list", "table", "inet", "someone_else"]
+    theirs = lab.ssh(guarded, listed, check=True).stdout
+    assert "not flowerbed's" in theirs
+    try:
+        assert_rolled_back(run_deploy(guarded, LOCKED_OUT, deploy_file=FIREWALL_ONLY))
+        assert table(lab, guarded) == before
+        assert lab.ssh(guarded, listed, check=True).stdout == theirs, "rolled back: still there"
+        changed = run_deploy(
+            guarded, {"monitoring_sources": ["10.77.0.1/32", "10.77.0.98/32"]},
+            deploy_file=FIREWALL_ONLY,
+        )  # fmt: skip
+        assert changed.ok, changed.explain()
+        assert "10.77.0.98" in guarding(table(lab, guarded)), "a new ruleset was applied"
+        assert lab.ssh(guarded, listed, check=True).stdout == theirs, "applied: still there"
+    finally:
+        lab.ssh(guarded, ["nft", "delete", "table", "inet", "someone_else"], check=True)
+        restored = run_deploy(guarded, deploy_file=FIREWALL_ONLY)
+        assert restored.ok, restored.explain()
+    assert table(lab, guarded) == before
+
+
 def test_table_survives_nftables_restart_and_reboot(lab: Lab, guarded: str):
-    before = table(lab, guarded)
+    before = guarding(table(lab, guarded))
     lab.ssh(guarded, ["systemctl", "restart", "nftables.service"], check=True)
     assert table(lab, guarded) == before, "nftables.conf's `flush ruleset` was undone"
     assert "table inet filter" in lab.ssh(guarded, ["nft", "list", "tables"]).stdout
     # stopping nftables flushes everything: after the reboot only flowerbed's unit loads it
     lab.ssh(guarded, ["systemctl", "stop", "nftables.service"], check=True)
-    lab.ssh(guarded, "systemctl reboot || true")
+    assert table(lab, guarded) == "", "stopping nftables flushed flowerbed's table"
+    booted = boot_id(lab, guarded)
+    # the connection may end before ssh hears systemctl's exit status: the boot id decides
+    lab.ssh(guarded, ["systemctl", "reboot"])
     time.sleep(3)
     deadline = time.monotonic() + 60
     while lab.ssh(guarded, ["true"], timeout=10).returncode != 0:
         assert time.monotonic() < deadline, "the host did not come back after a reboot"
         time.sleep(1)
+    assert boot_id(lab, guarded) != booted, "the host really rebooted"
     assert table(lab, guarded) == before
 
 

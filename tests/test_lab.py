@@ -59,6 +59,13 @@ def test_hosts_reach_packages_only_through_the_proxy(lab: Lab):
         ],
     )
     assert proxied.stdout == "200", proxied.stderr
+    # ... and never without it: no route out (an address, so DNS plays no part), exit 7
+    direct = lab.ssh("h1", ["curl", "-sS", "-m", "10", "--noproxy", "*", "https://1.1.1.1/"])
+    assert direct.returncode == 7, f"h1 reached the internet directly: {direct.returncode}"
+    assert "unreachable" in direct.stderr.lower() or "connect" in direct.stderr.lower()
+    for name in ("pypi.org", "deb.debian.org"):
+        by_name = lab.ssh("h1", ["curl", "-sS", "-m", "10", "--noproxy", "*", f"https://{name}/"])
+        assert by_name.returncode != 0, f"h1 reached {name} without the proxy"
 
 
 def test_the_worker_answers_celery_inspect_ping_from_a_host(lab: Lab):
@@ -144,9 +151,24 @@ def test_a_filtered_port_is_reachable_only_from_lab_allowed(lab: Lab, fresh_host
 
 
 def test_second_lab_up_is_a_quick_no_op(lab: Lab):
+    assert lab.base_hosts, "the lab has hosts"
+    before = {host["name"]: boot_identity(lab, host["name"]) for host in lab.base_hosts}
     started = time.monotonic()
     lab_cli("up", "--hosts", str(len(lab.base_hosts)))
     assert time.monotonic() - started < 15  # generous: a no-op checks PIDs and ssh only
+    after = {host["name"]: boot_identity(lab, host["name"]) for host in lab.base_hosts}
+    assert after == before, "no host was rebuilt or rebooted"
+
+
+def boot_identity(lab: Lab, name: str) -> tuple[str, int]:
+    """(the host's boot id, its init's PID on this machine): both change when it is rebuilt."""
+    boot_id = lab.ssh(name, ["cat", "/proc/sys/kernel/random/boot_id"], check=True).stdout
+    nspawn = (REPO / ".lab" / "run" / f"nspawn-{name}.pid").read_text().strip()
+    children = Path(f"/proc/{nspawn}/task/{nspawn}/children").read_text().split()
+    assert len(children) == 1, f"nspawn {nspawn} runs one init: {children}"
+    init = int(children[0])
+    assert Path(f"/proc/{init}/comm").read_text().strip() == "systemd", "it is the host's init"
+    return boot_id.strip(), init
 
 
 def wait_until(check, timeout: float = 15) -> bool:
