@@ -57,6 +57,7 @@ SSH_KEY = LAB / "ssh" / "id_ed25519"
 BRIDGE = "fb-lab"
 NETWORK = ipaddress.ip_network("10.77.0.0/24")
 GATEWAY = "10.77.0.1"
+BRIDGE_MAC = "02:66:62:6c:61:62"  # locally administered
 DOMAIN = "flowerbed.test"
 NAMESPACES = {"lab-allowed": "10.77.0.200", "lab-denied": "10.77.0.250"}
 # Addresses the lab's inventory admits to HTTPS: the lab machine and lab-allowed's /27.
@@ -278,7 +279,9 @@ def customise_base(root: Path, distro: str) -> None:
 
 def ensure_bridge() -> None:
     if run(["ip", "link", "show", BRIDGE], check=False).returncode != 0:
-        run(["ip", "link", "add", BRIDGE, "type", "bridge"])
+        # A fixed MAC: by default a bridge takes its ports' lowest, so a host coming or going
+        # would change it and leave every host's ARP entry for the gateway stale (ssh times out).
+        run(["ip", "link", "add", BRIDGE, "address", BRIDGE_MAC, "type", "bridge"])
         run(["ip", "addr", "add", f"{GATEWAY}/{NETWORK.prefixlen}", "dev", BRIDGE])
     run(["ip", "link", "set", BRIDGE, "up"])
 
