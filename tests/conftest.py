@@ -47,6 +47,14 @@ class Lab:
         assert hosts, "the lab has no hosts h1..hN: run `make lab-up`"
         return hosts
 
+    @property
+    def dashboard_login(self) -> tuple[str, str]:
+        """(user, password): the lab's first dashboard login, the one every login test uses."""
+        first = self.secrets["FLOWERBED_DASHBOARD_USERS"].split(",")[0]
+        user, _, password = first.partition(":")
+        assert user and password, "FLOWERBED_DASHBOARD_USERS in .lab/lab.env is user:password"
+        return user, password
+
     def host(self, name: str) -> dict:
         return next(h for h in self.state["hosts"] if h["name"] == name)
 

@@ -101,7 +101,7 @@ def test_prometheus_scrapes_every_host_through_nginx(monitored: Lab):
 
 def test_a_prometheus_outside_monitoring_sources_gets_403(monitored: Lab, tmp_path: Path):
     """A Prometheus in lab-allowed (may log in to the dashboard, is no monitoring source)."""
-    user, _, password = monitored.secrets["FLOWERBED_DASHBOARD_USERS"].split(",")[0].partition(":")
+    user, password = monitored.dashboard_login
     secret = tmp_path / "password"
     secret.touch(mode=0o600)
     secret.write_text(password)

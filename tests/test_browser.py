@@ -64,7 +64,7 @@ def site(lab: Lab) -> str:
 
 @pytest.fixture(scope="module")
 def login(lab: Lab) -> dict[str, str]:
-    user, _, password = lab.secrets["FLOWERBED_DASHBOARD_USERS"].split(",")[0].partition(":")
+    user, password = lab.dashboard_login
     return {"username": user, "password": password}
 
 

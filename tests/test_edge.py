@@ -47,8 +47,7 @@ def edge(lab: Lab):
 
 
 def login(lab: Lab) -> tuple[str, str]:
-    user, _, password = lab.secrets["FLOWERBED_DASHBOARD_USERS"].split(",")[0].partition(":")
-    return user, password
+    return lab.dashboard_login
 
 
 def fqdn(lab: Lab, name: str) -> str:

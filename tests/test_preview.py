@@ -164,7 +164,7 @@ def test_a_drifted_host_previews_each_change_and_is_untouched(lab: Lab, host: st
 
 def test_a_changed_secret_previews_as_changed_never_with_its_value(lab: Lab, host: str):
     broker = lab.secrets["FLOWERBED_BROKER_URL"]
-    user, _, password = lab.secrets["FLOWERBED_DASHBOARD_USERS"].partition(":")
+    user, password = lab.dashboard_login
     new_password = "preview-N3w-pass:word"
     new_broker = broker.replace(urlsplit(broker).password, "preview-new-broker-pw")
     env = {

@@ -61,7 +61,7 @@ def rabbit_host(lab: Lab, rabbitmq: dict, rabbit_passwords: list[str]):
 
 
 def login(lab: Lab) -> str:
-    return lab.secrets["FLOWERBED_DASHBOARD_USERS"].split(",")[0]
+    return ":".join(lab.dashboard_login)
 
 
 def dashboard(lab: Lab, name: str, path: str) -> str:
