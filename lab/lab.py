@@ -777,7 +777,7 @@ def remove_foreign_hosts() -> None:
         root, options = Path(fields[1]), fields[3]
         if fields[0] != "overlay" or f"lowerdir={CACHE}/base-" not in options:
             continue
-        if root.parent.parent == HOSTS:
+        if root.parent.parent == HOSTS.resolve():  # .lab may be reached by a symlink
             continue
         name = root.parent.name
         log(f"removing {name}, left by a lab in {root.parent.parent.parent}")
