@@ -231,3 +231,15 @@ def test_a_long_task_stuck_in_started(fleet, tmp_path: Path):
             "from flowerbed_demo.app import app\n"
             f"app.control.revoke({task!r}, terminate=True)"
         )  # fmt: skip
+
+
+def test_expected_tasks_must_be_registered_by_an_online_worker(fleet, tmp_path: Path):
+    present = {"verify_expected_tasks": ["flowerbed_demo.add", "flowerbed_demo.fail"]}
+    verified = verify(fleet, tmp_path, present)
+    assert verified.ok, verified.result.explain()
+    assert verified.layer(fleet[0], "registered")["value"] == "2/2"
+    missing = {"verify_expected_tasks": ["flowerbed_demo.add", "billing.charge"]}
+    verified = verify(fleet, tmp_path, missing)
+    for name in fleet:
+        assert verified.failing(name) == {"registered"}
+        assert "billing.charge" in verified.layer(name, "registered")["problem"]
