@@ -11,21 +11,18 @@ every login with rotate.py against a copy of .lab/lab.env while one client per h
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))
 
 from conftest import Lab  # noqa: E402
-from deploy_helpers import ANSI, run_deploy  # noqa: E402
-from dotenv import dotenv_values  # noqa: E402
-from test_rotate import CONFIRMED, USERS, Poller, logins, rotate_args  # noqa: E402
+from deploy_helpers import run_deploy  # noqa: E402
+from test_rotate import rotate_while_polling  # noqa: E402
 
 LAB = ["python3", str(REPO / "lab" / "lab.py")]
 
@@ -51,27 +48,12 @@ def main() -> None:
 
 
 def measure(lab: Lab, names: list[str], env_file: Path) -> None:
-    user, old = next(iter(logins(lab.secrets[USERS]).items()))
-    env = {**os.environ, "PYINFRA_PROGRESS": "off", "FLOWERBED_ENV_FILE": str(env_file)}
-    with Poller(lab, names, user, old) as poller:
-        time.sleep(3)
-        started = time.monotonic()
-        run = subprocess.Popen(
-            rotate_args(names), cwd=REPO, env=env, text=True,
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-        )  # fmt: skip
-        for line in run.stdout:
-            confirmed = CONFIRMED.search(ANSI.sub("", line))
-            if confirmed:
-                poller.switch(confirmed.group(1), logins(dotenv_values(env_file)[USERS])[user])
-        run.wait(300)
-        seconds = time.monotonic() - started
-        time.sleep(3)
-    results = poller.results
+    rotation = rotate_while_polling(lab, names, env_file)
+    results = rotation.poller.results
     failed = [r for r in results if r[3] == 0 or r[3] >= 500]
     refused_new = [r for r in results if r[3] in (401, 429) and r[2] == "new"]
-    print(f"hosts: {len(names)}; rotate.py exit {run.returncode}")
-    print(f"rotation (rotate.py wall time): {seconds:.1f} s")
+    print(f"hosts: {len(names)}; rotate.py exit {rotation.returncode}")
+    print(f"rotation (rotate.py wall time): {rotation.seconds:.1f} s")
     print(f"requests: {len(results)} ({sum(r[1] == 'api/workers' for r in results)} /api/workers)")
     print(f"failed (5xx, refused, timeout): {len(failed)}")
     print(f"refused with the old password: {sum(r[3] in (401, 429) for r in results)}")

@@ -38,6 +38,7 @@ from .probe import https_get
 from .secrets import ENV_FILE_VARIABLE, FlowerSecrets, broker_url, secret_file
 from .settings import Settings, SettingsError
 from .shell import command
+from .verify import log_unhealthy
 
 ROTATE_KINDS = ("logins", "broker")
 NEW_LOGINS_VARIABLE = "FLOWERBED_NEW_DASHBOARD_USERS"
@@ -426,11 +427,7 @@ def _healthy_or_stop(state, host, healthcheck: tuple[str, ...]) -> bool:
     problem = report_.get("problem", "the health check did not run")
     _progress["stopped_at"] = host.name
     _progress["confirmed"][host.name] = (False, {"problem": f"the roll stopped here: {problem}"})
-    host.log_styled(
-        f"Flower is unhealthy on the new broker URL: {problem}; the roll stops here",
-        fg="red",
-        log_func=logger.error,
+    log_unhealthy(
+        host, f"Flower is unhealthy on the new broker URL: {problem}; the roll stops here", report_
     )
-    for line in report_.get("journal", []):
-        host.log(f"  journal: {line}", log_func=logger.error)
     return True  # the report (after the roll) fails this host

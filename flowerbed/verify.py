@@ -72,16 +72,18 @@ def flower_healthy(argv: tuple[str, ...]):
 
 
 def _report_unhealthy(state, host, report: dict) -> bool:
-    host.log_styled(
-        f"Flower is unhealthy: {report.get('problem', 'no report from the health check')}",
-        fg="red",
-        log_func=logger.error,
-    )
+    problem = report.get("problem", "no report from the health check")
+    log_unhealthy(host, f"Flower is unhealthy: {problem}", report)
+    return False
+
+
+def log_unhealthy(host, message: str, report: dict) -> None:
+    """Log a failed health check: the message, then the journal tail it brought back."""
+    host.log_styled(message, fg="red", log_func=logger.error)
     # already redacted on the host (files/flower-healthcheck): the fact's output is printed at
     # -vvv before it gets here, so masking it here would be too late
     for line in report.get("journal", []):
         host.log(f"  journal: {line}", log_func=logger.error)
-    return False
 
 
 @deploy("Verify Flower")

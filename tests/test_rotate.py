@@ -15,6 +15,7 @@ import subprocess
 import sys
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -130,29 +131,46 @@ class Poller:
             thread.join(30)
 
 
-def test_rotating_every_login_on_three_hosts_has_no_downtime(lab: Lab, fleet, env_file: Path):
+@dataclass
+class PolledRotation:
+    user: str
+    old: str
+    output: str
+    returncode: int
+    seconds: float
+    poller: Poller
+
+
+def rotate_while_polling(lab: Lab, names: list[str], env_file: Path) -> PolledRotation:
+    """Rotate every login on `names` while a client polls each host with the first login,
+    switching a host to the new password when the report says that host accepts it."""
     user, old = next(iter(logins(lab.secrets[USERS]).items()))
-    pids = {name: main_pids(lab, name) for name in fleet}
     env = {**os.environ, "PYINFRA_PROGRESS": "off", "FLOWERBED_ENV_FILE": str(env_file)}
     log = []
-    with Poller(lab, fleet, user, old) as poller:
+    with Poller(lab, names, user, old) as poller:
         time.sleep(3)
         started = time.monotonic()
         run = subprocess.Popen(
-            rotate_args(fleet), cwd=REPO, env=env, text=True,
+            rotate_args(names), cwd=REPO, env=env, text=True,
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
         )  # fmt: skip
         for line in run.stdout:
             log.append(line)
             confirmed = CONFIRMED.search(ANSI.sub("", line))
-            if confirmed:  # the report says the host accepts the new password: switch to it
-                new = logins(dotenv_values(env_file)[USERS])[user]
-                poller.switch(confirmed.group(1), new)
+            if confirmed:
+                poller.switch(confirmed.group(1), logins(dotenv_values(env_file)[USERS])[user])
         run.wait(300)
         seconds = time.monotonic() - started
         time.sleep(3)
-    output = "".join(log)
-    assert run.returncode == 0, output
+    return PolledRotation(user, old, "".join(log), run.returncode, seconds, poller)
+
+
+def test_rotating_every_login_on_three_hosts_has_no_downtime(lab: Lab, fleet, env_file: Path):
+    pids = {name: main_pids(lab, name) for name in fleet}
+    rotation = rotate_while_polling(lab, fleet, env_file)
+    user, old, poller, seconds = rotation.user, rotation.old, rotation.poller, rotation.seconds
+    output = rotation.output
+    assert rotation.returncode == 0, output
     assert poller.switched == set(fleet), output
 
     values = dotenv_values(env_file)
