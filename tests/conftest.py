@@ -2,6 +2,12 @@
 
 The lab (lab/lab.py) is brought up once (idempotent: a running lab is reused) and shared
 by every test; a test that must start clean asks `fresh_host` for a new host (~2 s).
+
+Which Debian the hosts run follows $DISTRO (`make test DISTRO=trixie|bookworm|mixed`):
+`trixie` or `bookworm` puts every host on it; `mixed` (make test's default) runs h1 and h3 on
+trixie and h2 on bookworm, and fresh hosts alternate, trixie first. Unset (a bare `pytest`),
+the shared hosts keep the distro they run and fresh hosts are bookworm. A test that names a
+distro (`fresh_host(distro="trixie")`) gets it whatever $DISTRO says.
 """
 
 from __future__ import annotations
@@ -20,6 +26,23 @@ from dotenv import dotenv_values
 REPO = Path(__file__).resolve().parent.parent
 LAB_CLI = ["python3", str(REPO / "lab" / "lab.py")]
 LAB_HOSTS = int(os.environ.get("HOSTS", "3"))
+DISTRO = os.environ.get("DISTRO", "")
+DISTROS = ("bookworm", "trixie")
+MIXED = ("trixie", "bookworm")  # h1, h2, h3, ... and fresh hosts in turn
+assert DISTRO in ("", "mixed", *DISTROS), f"DISTRO={DISTRO!r}: use bookworm, trixie or mixed"
+_fresh_distros = itertools.cycle(MIXED)
+
+
+def shared_host_distro(number: int) -> str:
+    """The distro of the shared host hN under $DISTRO=mixed or a single distro."""
+    return MIXED[(number - 1) % len(MIXED)] if DISTRO == "mixed" else DISTRO
+
+
+def fresh_distro() -> str:
+    """The distro of the next fresh host nobody asked a distro for."""
+    if DISTRO == "mixed":
+        return next(_fresh_distros)
+    return DISTRO or "bookworm"
 
 
 def run(args: list[str], timeout: float = 120, check: bool = False) -> subprocess.CompletedProcess:
@@ -79,12 +102,43 @@ class Lab:
 
 
 def lab_cli(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    """`lab.py ARGS`; without `--distro`, `host-up` gets $DISTRO's next one and `up` puts
+    h1..hN on $DISTRO's (see `lab_up`)."""
+    if args[:1] == ("host-up",) and "--distro" not in args:
+        args = (*args, "--distro", fresh_distro())
+    if args[:1] == ("up",) and "--distro" not in args:
+        count = int(args[args.index("--hosts") + 1]) if "--hosts" in args else LAB_HOSTS
+        return lab_up(count, timeout)
     return run([*LAB_CLI, *args], timeout=timeout, check=True)
+
+
+def lab_up(count: int, timeout: float = 600) -> subprocess.CompletedProcess:
+    """The lab with h1..h`count`, each on its distro (`shared_distros`)."""
+    distros = shared_distros(count)
+    if len(set(distros)) <= 1:
+        return lab_cli(
+            "up", "--hosts", str(count), "--distro", (distros or ["bookworm"])[0], timeout=timeout
+        )
+    done = lab_cli("up", "--hosts", "0", "--distro", distros[0], timeout=timeout)  # services
+    for number, distro in enumerate(distros, 1):
+        done = lab_cli("host-up", f"h{number}", "--distro", distro, timeout=timeout)
+    return done
+
+
+def shared_distros(count: int) -> list[str]:
+    """The distro of h1..hN: $DISTRO's, or with $DISTRO unset the one each runs (bookworm if
+    it does not exist yet), so a bare `pytest` never rebuilds the shared hosts."""
+    if DISTRO:
+        return [shared_host_distro(number) for number in range(1, count + 1)]
+    state = REPO / ".lab" / "state.json"
+    hosts = json.loads(state.read_text())["hosts"] if state.exists() else []
+    running = {h["name"]: h["distro"] for h in hosts}
+    return [running.get(f"h{number}", "bookworm") for number in range(1, count + 1)]
 
 
 @pytest.fixture(scope="session")
 def lab() -> Lab:
-    lab_cli("up", "--hosts", str(LAB_HOSTS))
+    lab_up(LAB_HOSTS)
     return Lab.load()
 
 
@@ -98,10 +152,10 @@ class FreshHosts:
         self.lab = lab
         self.made: list[str] = []
 
-    def __call__(self, distro: str = "bookworm", prefix: str = "f") -> dict:
+    def __call__(self, distro: str | None = None, prefix: str = "f") -> dict:
         name = f"{prefix}{os.getpid() % 1000}x{next(_fresh_names)}"
         self.made.append(name)  # before host-up: a half-booted host is removed too
-        lab_cli("host-up", name, "--distro", distro)
+        lab_cli("host-up", name, "--distro", distro or fresh_distro())
         self.lab.state = Lab.load().state
         return self.lab.host(name)
 
