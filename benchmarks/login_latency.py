@@ -63,7 +63,8 @@ def timings(host: dict, ca: str, path: str, auth: str | None, requests: int) -> 
         if response.status != 200:
             sys.exit(f"GET {path}: {response.status}")
         seconds.append(time.perf_counter() - started)
-        time.sleep(0.25)  # stay under the per-source request limit (nginx_requests_per_second)
+        # stay under the per-source request limit (flower_nginx_requests_per_second)
+        time.sleep(0.25)
     connection.close()
     return seconds[1:]
 

@@ -1,6 +1,7 @@
 """Dashboard logins: basic auth at nginx, with only bcrypt hashes on the hosts.
 
-The logins come from the operator's environment or .env, in the variable auth_users_env names:
+The logins come from the operator's environment or .env, in the variable that
+flower_auth_users_env names:
 
     FLOWERBED_DASHBOARD_USERS=alice:PASSWORD[,bob:PASSWORD...]
 
@@ -47,17 +48,19 @@ class Login:
 
 
 def dashboard_logins(auth: Auth, environ: Mapping[str, str]) -> tuple[Login, ...]:
-    """The logins auth_users_env names, validated; none when Flower does the login (OAuth)."""
+    """The logins flower_auth_users_env names, validated; none when Flower logs in (OAuth)."""
     if auth.mode != "basic":
         return ()
-    secret = read_secret("auth_users_env", auth.users_env, environ)
+    secret = read_secret("flower_auth_users_env", auth.users_env, environ)
     logins = tuple(
         parse_login(entry, f"entry {position} of ${auth.users_env}")
         for position, entry in enumerate(secret.value.split(","), start=1)
     )
     users = [login.user for login in logins]
     if len(set(users)) != len(users):
-        raise SettingsError("auth_users_env", f"${auth.users_env} names a user twice", "drop one")
+        raise SettingsError(
+            "flower_auth_users_env", f"${auth.users_env} names a user twice", "drop one"
+        )
     return logins
 
 
@@ -66,17 +69,19 @@ def parse_login(entry: str, where: str) -> Login:
     user, colon, password = entry.strip().partition(":")
     if not colon or not password:
         raise SettingsError(
-            "auth_users_env",
+            "flower_auth_users_env",
             f"{where} is not user:password",
             "separate logins with ',' (so a password cannot contain ',')",
         )
     if not USER_NAME.fullmatch(user):
         raise SettingsError(
-            "auth_users_env", f"{where} has an invalid user name", "use letters, digits, ._@-"
+            "flower_auth_users_env",
+            f"{where} has an invalid user name",
+            "use letters, digits, ._@-",
         )
     if len(password.encode()) > BCRYPT_MAX_BYTES:
         raise SettingsError(
-            "auth_users_env",
+            "flower_auth_users_env",
             f"{where} has a password longer than bcrypt's {BCRYPT_MAX_BYTES} bytes",
             "use a shorter password",
         )

@@ -50,7 +50,9 @@ def checked_logins(auth: Auth, environ: Mapping[str, str]) -> tuple[Login, ...]:
     problems = Problems()
     for login in logins:
         with problems.check():
-            check_password("auth_users_env", login.password, login.user, f"${auth.users_env}")
+            check_password(
+                "flower_auth_users_env", login.password, login.user, f"${auth.users_env}"
+            )
     problems.raise_any()
     return logins
 

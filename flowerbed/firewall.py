@@ -1,9 +1,9 @@
 """The firewall: flowerbed's own nftables table, changed so that it cannot lock the operator out.
 
 Allowed in (every other NEW inbound connection is dropped): loopback, established and related
-traffic, essential ICMP/ICMPv6 (errors, echo, neighbour discovery), SSH from admin_sources,
-HTTPS from allowed_sources and monitoring_sources, HTTP (ACME challenge and redirect) from
-acme_sources.
+traffic, essential ICMP/ICMPv6 (errors, echo, neighbour discovery), SSH from
+flower_admin_sources, HTTPS from flower_allowed_sources and flower_monitoring_sources, HTTP (ACME
+challenge and redirect) from flower_acme_sources.
 
 Only `table inet flowerbed` is ever touched: its file creates, deletes and recreates that one
 table in a single transaction, so other tables (the admin's, Docker's) stay as they are. At boot
@@ -14,8 +14,8 @@ loads flowerbed's table again right after its flush.
 
 A changed ruleset goes through the host-side script files/flowerbed-firewall:
  1. `nft -c -f` checks it; a ruleset that fails is never loaded.
- 2. the live table is saved, a timer is armed that restores it after firewall_rollback_seconds,
-    and the new ruleset is loaded.
+ 2. the live table is saved, a timer is armed that restores it after
+    flower_firewall_rollback_seconds, and the new ruleset is loaded.
  3. the operator's machine opens a NEW SSH connection (same address, port, user and key) and
     confirms through it, naming the ruleset by its digest: the timer is disarmed and the
     ruleset becomes the boot ruleset. A ruleset that another run has loaded since is never
@@ -113,10 +113,19 @@ def merged(sources: tuple[str, ...], version: int) -> tuple[str, ...]:
 
 def openings(firewall: Firewall) -> list[Opening]:
     return [
-        Opening("admin", firewall.firewall_ssh_port, firewall.admin_sources, "SSH: admin_sources"),
-        Opening("acme", HTTP_PORT, firewall.acme_sources, "HTTP, ACME challenge: acme_sources"),
-        Opening("allowed", HTTPS_PORT, firewall.allowed_sources, "HTTPS: allowed_sources"),
-        Opening("monitoring", HTTPS_PORT, firewall.monitoring_sources, "HTTPS: monitoring_sources"),
+        Opening(
+            "admin", firewall.firewall_ssh_port, firewall.admin_sources, "SSH: flower_admin_sources"
+        ),
+        Opening(
+            "acme", HTTP_PORT, firewall.acme_sources, "HTTP, ACME challenge: flower_acme_sources"
+        ),
+        Opening("allowed", HTTPS_PORT, firewall.allowed_sources, "HTTPS: flower_allowed_sources"),
+        Opening(
+            "monitoring",
+            HTTPS_PORT,
+            firewall.monitoring_sources,
+            "HTTPS: flower_monitoring_sources",
+        ),
     ]
 
 
@@ -247,7 +256,7 @@ def roll_back_now(host, connector_arguments, rollback_seconds: int) -> bool:
     host.log_styled(
         f"firewall: after loading the new ruleset no NEW SSH connection to {address} could be "
         f"opened, so it would lock the operator out: {outcome}. Fix: put the address you run "
-        f"pyinfra from in admin_sources and sshd's port in firewall_ssh_port",
+        f"pyinfra from in flower_admin_sources and sshd's port in flower_firewall_ssh_port",
         fg="red",
         log_func=logger.error,
     )

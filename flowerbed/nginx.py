@@ -63,7 +63,7 @@ class Dashboard:
 
 def site_names(settings: Settings, host_name: str) -> tuple[str, ...]:
     """fqdn (or, if unset, the host's inventory name) first, then the aliases."""
-    fqdn = settings.site.fqdn or dns_name()("fqdn (unset, so the host's name)", host_name)
+    fqdn = settings.site.fqdn or dns_name()("flower_fqdn (unset, so the host's name)", host_name)
     return (fqdn, *settings.site.server_aliases)
 
 

@@ -2,7 +2,8 @@
 
 Used by rotate.py (does the new password get in, is the old one refused?) and verify.py (does
 the dashboard answer with a login, how long is its certificate valid?). Certificates are
-verified against the system's trust store, or `verify_ca_bundle` when the hosts' CA is private.
+verified against the system's trust store, or `flower_verify_ca_bundle` when the hosts' CA is
+private.
 """
 
 from __future__ import annotations
@@ -81,7 +82,7 @@ def cert_days_left(cert: dict | None) -> float | None:
     return (ssl.cert_time_to_seconds(cert["notAfter"]) - time.time()) / 86400
 
 
-# --- the operator runs' own knobs (verify_* in group_data/all.py) --------------------------
+# --- the operator runs' own knobs (flower_verify_* in group_data/all.py) --------------------------
 
 
 @dataclass(frozen=True)
@@ -100,6 +101,7 @@ class OperatorChecks:
     expected_tasks: tuple[str, ...]
 
 
+VERIFY = "flower_verify_"  # the operator checks' data keys: VERIFY + a CHECK_TYPES name
 CHECK_TYPES = {
     "ca_bundle": (str, "a path to a PEM file ('' = the system's trust store)"),
     "summary_file": (str, "a path for the JSON summary ('' = none)"),
@@ -115,17 +117,19 @@ CHECK_TYPES = {
 
 
 def operator_checks(data: dict) -> OperatorChecks:
-    """The verify_* knobs, validated; a misspelt verify_* key is an error."""
+    """The flower_verify_* knobs, validated; a misspelt flower_verify_* key is an error."""
     from .settings import SettingsError
 
-    unknown = sorted(k for k in data if k.startswith("verify_") and k[7:] not in CHECK_TYPES)
+    unknown = sorted(
+        k for k in data if k.startswith(VERIFY) and k.removeprefix(VERIFY) not in CHECK_TYPES
+    )
     if unknown:
         raise SettingsError(
-            unknown[0], "unknown key", f"use one of {sorted('verify_' + k for k in CHECK_TYPES)}"
+            unknown[0], "unknown key", f"use one of {sorted(VERIFY + k for k in CHECK_TYPES)}"
         )
     values = {}
     for name, (kind, expected) in CHECK_TYPES.items():
-        key = f"verify_{name}"
+        key = VERIFY + name
         if key not in data:
             raise SettingsError(key, "missing", "define it with its default in group_data/all.py")
         value = data[key]
@@ -138,7 +142,7 @@ def operator_checks(data: dict) -> OperatorChecks:
         values[name] = tuple(value) if isinstance(value, list) else value
     if values["ca_bundle"] and not Path(values["ca_bundle"]).is_file():
         raise SettingsError(
-            "verify_ca_bundle",
+            "flower_verify_ca_bundle",
             f"{values['ca_bundle']} does not exist",
             "point it at a PEM file on this machine",
         )

@@ -2,7 +2,7 @@
 
 Dashboard logins (the default, `--data rotate=logins`):
   1. A new password for each rotated user (`--data rotate_users='["alice"]'`, default: every user
-     in $auth_users_env): $FLOWERBED_NEW_DASHBOARD_USERS (user:password,...) or generated.
+     in $flower_auth_users_env): $FLOWERBED_NEW_DASHBOARD_USERS (user:password,...) or generated.
   2. Before any host changes, the env file the logins came from (.env, $FLOWERBED_ENV_FILE) gets
      the new value, and the old one as <VARIABLE>_PREVIOUS: whatever happens next, the operator
      holds the password each host accepts.
@@ -127,7 +127,7 @@ def plan_rotation(
     variable = settings.auth.users_env if kind == "logins" else settings.flower.broker_url_env
     if kind == "logins" and settings.auth.mode != "basic":
         raise SettingsError(
-            "auth_mode",
+            "flower_auth_mode",
             "is not 'basic': there are no nginx logins to rotate",
             "rotate Flower's OAuth secret at the provider",
         )

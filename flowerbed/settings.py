@@ -19,6 +19,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 from urllib.parse import urlsplit
 
+from .probe import VERIFY
 from .validation import (
     Problems,
     SettingsError,
@@ -364,7 +365,7 @@ class Egress:
     )
     pip_index_url: str = setting(url(("http", "https")))
 
-    prefix = ""
+    prefix = "flower_"
 
 
 @dataclass(frozen=True)
@@ -552,7 +553,7 @@ def _checked(data: Mapping[str, Any], key: str, checks: dict[str, Check]) -> Any
 
 def unknown_keys(data: Mapping[str, Any], checks: Mapping[str, Check]) -> Iterator[SettingsError]:
     for key in data:
-        if key in checks:
+        if key in checks or key.startswith(VERIFY):  # the operator runs check VERIFY keys
             continue
         if key in MANAGED_KEYS:
             yield SettingsError(key, f"not a setting: {MANAGED_KEYS[key]}", f"remove {key}")
@@ -569,7 +570,7 @@ def check_consistency(s: Settings) -> Iterator[SettingsError]:
     for i, certificate in enumerate(s.egress.egress_ca_certificates):
         if not (REPO / certificate).is_file():
             yield SettingsError(
-                f"egress_ca_certificates[{i}]",
+                f"flower_egress_ca_certificates[{i}]",
                 f"{certificate} is not a file",
                 "give the path of a PEM file, relative to the repository or absolute",
             )
@@ -687,7 +688,7 @@ class Firewall:
             empty=(
                 "an empty list would let no one reach the dashboard (flowerbed never reads it "
                 "as 'open to all')",
-                "list your users' networks, e.g. allowed_sources = ['203.0.113.0/24']; to "
+                "list your users' networks, e.g. flower_allowed_sources = ['203.0.113.0/24']; to "
                 "really open HTTPS to everyone say so: ['0.0.0.0/0', '::/0']",
             )
         ),
@@ -698,10 +699,10 @@ class Firewall:
             empty=(
                 "an empty list would close SSH to everyone and lock the operator out",
                 "list the networks you run pyinfra and ssh from, e.g. "
-                "admin_sources = ['198.51.100.7/32']",
+                "flower_admin_sources = ['198.51.100.7/32']",
             )
         ),
-        "networks that may reach SSH (firewall_ssh_port): the operator's",
+        "networks that may reach SSH (flower_firewall_ssh_port): the operator's",
     )
     acme_sources: tuple[str, ...] = setting(
         networks(),
@@ -711,19 +712,19 @@ class Firewall:
         networks(),
         "networks that reach HTTPS and read /metrics (and /healthcheck) without a login",
     )
-    firewall_ssh_port: int = setting(port(), "sshd's port, opened to admin_sources")
+    firewall_ssh_port: int = setting(port(), "sshd's port, opened to flower_admin_sources")
     firewall_rollback_seconds: int = setting(
         integer(minimum=45, maximum=600),
         "a new ruleset not confirmed over a new SSH connection is undone",
     )
     firewall_allow_ssh_from_anywhere: bool = setting(
-        boolean(), "the only way admin_sources may hold 0.0.0.0/0 or ::/0"
+        boolean(), "the only way flower_admin_sources may hold 0.0.0.0/0 or ::/0"
     )
     firewall_allow_metrics_from_anywhere: bool = setting(
-        boolean(), "the only way monitoring_sources may hold 0.0.0.0/0 or ::/0"
+        boolean(), "the only way flower_monitoring_sources may hold 0.0.0.0/0 or ::/0"
     )
 
-    prefix = ""
+    prefix = "flower_"
 
 
 SECTIONS["firewall"] = Firewall
@@ -733,10 +734,10 @@ def check_firewall(s: Settings) -> Iterator[SettingsError]:
     """Port 80 stays open to whoever must validate HTTP-01: restricting it never silently breaks
     issuance or renewal."""
     acme, tls = s.firewall.acme_sources, s.tls
-    dns_01 = "use tls_challenge = 'dns-01' to keep port 80 closed"
+    dns_01 = "use flower_tls_challenge = 'dns-01' to keep port 80 closed"
     if s.firewall.firewall_ssh_port in RESERVED_PORTS:
         yield SettingsError(
-            "firewall_ssh_port",
+            "flower_firewall_ssh_port",
             f"{s.firewall.firewall_ssh_port} is flowerbed's "
             f"{RESERVED_PORTS[s.firewall.firewall_ssh_port]} port",
             "set it to the port sshd listens on (usually 22)",
@@ -744,7 +745,7 @@ def check_firewall(s: Settings) -> Iterator[SettingsError]:
     yield from _opened_to_everyone(s.firewall)
     if tls.challenge == "http-01" and not acme:
         yield SettingsError(
-            "acme_sources",
+            "flower_acme_sources",
             "an empty list closes port 80, so HTTP-01 can neither issue nor renew certificates",
             f"keep the default {list(EVERYWHERE)}, or {dns_01}",
         )
@@ -752,7 +753,7 @@ def check_firewall(s: Settings) -> Iterator[SettingsError]:
     restricted = not set(EVERYWHERE) <= set(acme)  # values are normalised by networks()
     if lets_encrypt and acme and restricted:
         yield SettingsError(
-            "acme_sources",
+            "flower_acme_sources",
             "Let's Encrypt validates HTTP-01 from addresses it does not publish: a restricted "
             "port 80 would make issuance and renewal fail",
             f"keep {list(EVERYWHERE)}, or {dns_01}",
@@ -762,11 +763,15 @@ def check_firewall(s: Settings) -> Iterator[SettingsError]:
 def _opened_to_everyone(firewall: Firewall) -> Iterator[SettingsError]:
     """SSH or /metrics for the whole internet only when a setting that says so is True."""
     for key, opt_in, what in (
-        ("admin_sources", "firewall_allow_ssh_from_anywhere", "SSH"),
-        ("monitoring_sources", "firewall_allow_metrics_from_anywhere", "/metrics without a login"),
+        ("flower_admin_sources", "flower_firewall_allow_ssh_from_anywhere", "SSH"),
+        (
+            "flower_monitoring_sources",
+            "flower_firewall_allow_metrics_from_anywhere",
+            "/metrics without a login",
+        ),
     ):
-        everywhere = [n for n in getattr(firewall, key) if n.endswith("/0")]
-        if everywhere and not getattr(firewall, opt_in):
+        everywhere = [n for n in getattr(firewall, key.removeprefix("flower_")) if n.endswith("/0")]
+        if everywhere and not getattr(firewall, opt_in.removeprefix("flower_")):
             yield SettingsError(
                 key,
                 f"{everywhere[0]} opens {what} to the whole internet",
@@ -849,7 +854,7 @@ class Site:
     fqdn: str = setting(dns_name(optional=True), "the name browsers use ('' = the host's name)")
     server_aliases: tuple[str, ...] = setting(string_list(dns_name()), "more names, same site")
 
-    prefix = ""
+    prefix = "flower_"
 
 
 @dataclass(frozen=True)
@@ -878,7 +883,7 @@ class Nginx:
     )
     requests_burst: int = setting(integer(maximum=100000), "requests a source may make at once")
 
-    prefix = "nginx_"
+    prefix = "flower_nginx_"
 
 
 @dataclass(frozen=True)
@@ -893,7 +898,7 @@ class Tls:
     dns_credentials_env: str = setting(env_name(optional=True), "holds the plugin's .ini path")
     dns_hook: str = setting(local_file(), "a manual DNS-01 hook script (args: auth|cleanup)")
 
-    prefix = "tls_"
+    prefix = "flower_tls_"
 
     @property
     def authenticator(self) -> str:
@@ -910,7 +915,7 @@ class Auth:
     mode: str = setting(one_of(AUTH_MODES, optional=False), "basic (at nginx) or oauth (Flower)")
     users_env: str = setting(env_name(optional=True), "holds user:password[,user:password]")
 
-    prefix = "auth_"
+    prefix = "flower_auth_"
 
 
 SECTIONS.update(site=Site, nginx=Nginx, tls=Tls, auth=Auth)
@@ -1035,42 +1040,46 @@ def check_edge(s: Settings) -> Iterator[SettingsError]:
     wildcards = [n for n in (s.site.fqdn, *s.site.server_aliases) if n.startswith("*.")]
     if tls.challenge == "http-01" and (wildcards or tls.dns_plugin or tls.dns_hook):
         yield SettingsError(
-            "tls_challenge",
-            "wildcard names, tls_dns_plugin and tls_dns_hook need DNS-01",
-            "set tls_challenge = 'dns-01'",
+            "flower_tls_challenge",
+            "wildcard names, flower_tls_dns_plugin and flower_tls_dns_hook need DNS-01",
+            "set flower_tls_challenge = 'dns-01'",
         )
     if tls.challenge == "dns-01" and bool(tls.dns_plugin) == bool(tls.dns_hook):
         yield SettingsError(
-            "tls_challenge",
-            "DNS-01 needs exactly one of tls_dns_plugin and tls_dns_hook",
+            "flower_tls_challenge",
+            "DNS-01 needs exactly one of flower_tls_dns_plugin and flower_tls_dns_hook",
             "name a certbot DNS plugin (e.g. 'cloudflare') or a hook script",
         )
     if tls.dns_credentials_env and not tls.dns_plugin:
         yield SettingsError(
-            "tls_dns_credentials_env", "is only for a DNS plugin", "set tls_dns_plugin"
+            "flower_tls_dns_credentials_env",
+            "is only for a DNS plugin",
+            "set flower_tls_dns_plugin",
         )
     if s.nginx.proxy_read_timeout * 1000 <= options.inspect_timeout:
         yield SettingsError(
-            "nginx_proxy_read_timeout",
+            "flower_nginx_proxy_read_timeout",
             "nginx would give up before Flower's inspect_timeout",
             "make it longer than flower_inspect_timeout (ms)",
         )
     if auth.mode == "basic":
         if not auth.users_env:
             yield SettingsError(
-                "auth_users_env", "basic auth needs its logins", "name the variable that holds them"
+                "flower_auth_users_env",
+                "basic auth needs its logins",
+                "name the variable that holds them",
             )
         if options.auth or flower.basic_auth or not flower.unauthenticated_api:
             yield SettingsError(
-                "auth_mode",
+                "flower_auth_mode",
                 "with logins at nginx, Flower must not authenticate (nginx strips the login "
                 "before Flower sees it) and its API must be open to the proxy",
                 "set flower_auth = '', flower_basic_auth = {}, flower_unauthenticated_api = True"
-                ", or auth_mode = 'oauth'",
+                ", or flower_auth_mode = 'oauth'",
             )
     if auth.mode == "oauth" and (not options.auth or flower.unauthenticated_api):
         yield SettingsError(
-            "auth_mode",
+            "flower_auth_mode",
             "with OAuth, Flower does the login: it needs flower_auth, and its API must require it",
             "set flower_auth (and its provider settings) and flower_unauthenticated_api = False",
         )
@@ -1084,7 +1093,7 @@ def duplicate_names(fqdn: str, aliases: tuple[str, ...]) -> Iterator[SettingsErr
         if alias in seen:
             what = "the fqdn" if alias == fqdn else "another alias"
             yield SettingsError(
-                f"server_aliases[{i}]",
+                f"flower_server_aliases[{i}]",
                 f"{alias!r} repeats {what} (names compare without case and trailing dot)",
                 "list each name once; the fqdn is on the certificate already",
             )

@@ -1,8 +1,8 @@
 """The site's certificate: certbot (Debian's package) `certonly`, renewed by certbot.timer.
 
-One lineage, `flowerbed`, holds every name of the site (fqdn + server_aliases). certbot runs
-only when that lineage does not match what the data asks for: other names, another ACME
-directory, another way of proving the names, or an expired certificate. Names are proven over
+One lineage, `flowerbed`, holds every name of the site (flower_fqdn + flower_server_aliases).
+certbot runs only when that lineage does not match what the data asks for: other names, another
+ACME directory, another way of proving the names, or an expired certificate. Names are proven over
 HTTP-01 (webroot: nginx serves /.well-known/acme-challenge/ from WEBROOT on port 80) or DNS-01
 (a certbot DNS plugin with its credentials, or the operator's hook script).
 
@@ -146,13 +146,13 @@ def proof_arguments(tls: Tls) -> list[str]:
 
 
 def dns_credentials(tls: Tls, environ: Mapping[str, str]) -> Secret | None:
-    """The DNS plugin's credentials file (its path is in the variable tls_dns_credentials_env)."""
+    """The DNS plugin's credentials file (its path: the variable flower_tls_dns_credentials_env)."""
     if not tls.dns_credentials_env:
         return None
-    path = read_secret("tls_dns_credentials_env", tls.dns_credentials_env, environ).value
+    path = read_secret("flower_tls_dns_credentials_env", tls.dns_credentials_env, environ).value
     if not os.path.isfile(path):
         raise SettingsError(
-            "tls_dns_credentials_env",
+            "flower_tls_dns_credentials_env",
             f"${tls.dns_credentials_env} names {path}, which is not a file",
             "point it at the DNS plugin's credentials .ini",
         )

@@ -113,7 +113,7 @@ def healthy(message: str) -> None:
 # pyinfra stops a host at its first failing operation, so the checks never fail: they gather
 # facts on the host and answers over HTTPS from the operator's machine, and record a verdict per
 # layer. The last operation prints the fleet's table (stdout; stderr with --json), writes the
-# JSON summary (verify_summary_file), and only then fails each host that has a problem.
+# JSON summary (flower_verify_summary_file), and only then fails each host that has a problem.
 
 
 @dataclass

@@ -2,15 +2,19 @@
 
 Override per group (group_data/<group>.py), per host (inventory) or per run
 (`--data flower_max_tasks=5000`). flowerbed/settings.py validates every value before any host
-is touched; a misspelt or unknown flower_*/egress_*/pip_* key is an error.
+is touched; a misspelt or unknown flower_* key is an error.
 Secrets never go here or in an inventory: keys ending in `_env` name the environment variable
 (from the operator's environment or .env, see .env.example) that holds the secret.
 """
 
+# One line per knob, its comment beside it: kept whole even past the line length.
+# ruff: noqa: E501
+# fmt: off
+
 # --- Package sources ------------------------------------------------------------------------
-egress_proxy = ""  # HTTP(S) proxy for apt and pip, e.g. "http://10.77.0.1:3128" ('' = direct)
-egress_ca_certificates = []  # local .pem/.crt files the hosts must trust (proxy/mirror CAs)
-pip_index_url = ""  # private PyPI mirror (simple API) for the venv ('' = pypi.org)
+flower_egress_proxy = ""  # HTTP(S) proxy for apt and pip, e.g. "http://10.77.0.1:3128" ('' = direct)
+flower_egress_ca_certificates = []  # local .pem/.crt files the hosts must trust (proxy/mirror CAs)
+flower_pip_index_url = ""  # private PyPI mirror (simple API) for the venv ('' = pypi.org)
 
 # --- Flower install -------------------------------------------------------------------------
 flower_version = "2.2.0"  # Flower to run: installs locks/flower-<version>.txt (hash-pinned)
@@ -70,50 +74,50 @@ flower_healthcheck_timeout = 60  # seconds a (re)started Flower gets to become h
 
 # --- Firewall (nftables table `inet flowerbed`; flowerbed/firewall.py) ------------------------
 # New inbound connections are dropped unless listed here. Lists are IPv4/IPv6 CIDRs.
-allowed_sources = []  # who may reach HTTPS (the dashboard): REQUIRED, e.g. ["203.0.113.0/24"]
-admin_sources = []  # who may reach SSH (where you run pyinfra): REQUIRED, e.g. ["198.51.100.7/32"]
-acme_sources = ["0.0.0.0/0", "::/0"]  # who may reach HTTP/80: Let's Encrypt validates from anywhere
-firewall_ssh_port = 22  # the port sshd listens on, opened to admin_sources
-firewall_rollback_seconds = 90  # undo a new ruleset unless a NEW ssh connection confirms it in time
-# 0.0.0.0/0 or ::/0 in admin_sources / monitoring_sources is refused unless its switch says so:
-firewall_allow_ssh_from_anywhere = False  # True: admin_sources may open SSH to the internet
-firewall_allow_metrics_from_anywhere = False  # True: monitoring_sources may make /metrics public
+flower_allowed_sources = []  # who may reach HTTPS (the dashboard): REQUIRED, e.g. ["203.0.113.0/24"]
+flower_admin_sources = []  # who may reach SSH (where you run pyinfra): REQUIRED, e.g. ["198.51.100.7/32"]
+flower_acme_sources = ["0.0.0.0/0", "::/0"]  # who may reach HTTP/80: Let's Encrypt validates from anywhere
+flower_firewall_ssh_port = 22  # the port sshd listens on, opened to flower_admin_sources
+flower_firewall_rollback_seconds = 90  # undo a new ruleset unless a NEW ssh connection confirms it in time
+# 0.0.0.0/0 or ::/0 in flower_admin_sources / flower_monitoring_sources is refused unless its switch says so:
+flower_firewall_allow_ssh_from_anywhere = False  # True: flower_admin_sources may open SSH to the internet
+flower_firewall_allow_metrics_from_anywhere = False  # True: flower_monitoring_sources may make /metrics public
 
 # --- The edge: nginx, TLS, dashboard logins (flowerbed/edge.py) ----------------------------
-# The site: https://<fqdn>/ (or /<flower_url_prefix>/), certificate for fqdn + server_aliases.
-fqdn = ""  # the dashboard's DNS name, per host in the inventory ('' = the host's inventory name)
-server_aliases = []  # more names for the same site, all on its certificate
-monitoring_sources = []  # CIDRs that reach HTTPS and read /metrics, /healthcheck without a login
-nginx_hsts_max_age = 63072000  # Strict-Transport-Security max-age, seconds (0 = no HSTS header)
-nginx_hsts_include_subdomains = False  # HSTS for every subdomain of the names too
-nginx_proxy_read_timeout = 60  # seconds nginx waits for Flower (above flower_inspect_timeout)
-nginx_server_snippets = []  # extra directives for the HTTPS server, e.g. ["access_log off;"]
+# The site: https://<fqdn>/ (or /<flower_url_prefix>/), certificate for flower_fqdn + flower_server_aliases.
+flower_fqdn = ""  # the dashboard's DNS name, per host in the inventory ('' = the host's inventory name)
+flower_server_aliases = []  # more names for the same site, all on its certificate
+flower_monitoring_sources = []  # CIDRs that reach HTTPS and read /metrics, /healthcheck without a login
+flower_nginx_hsts_max_age = 63072000  # Strict-Transport-Security max-age, seconds (0 = no HSTS header)
+flower_nginx_hsts_include_subdomains = False  # HSTS for every subdomain of the names too
+flower_nginx_proxy_read_timeout = 60  # seconds nginx waits for Flower (above flower_inspect_timeout)
+flower_nginx_server_snippets = []  # extra directives for the HTTPS server, e.g. ["access_log off;"]
 # Logins are throttled per source address: past the burst, a source's next failed login (basic
 # auth) gets 429 instead of 401 until its budget refills; every request also counts against a
 # generous per-source limit checked before the password, so a flood cannot buy bcrypt CPU.
-nginx_login_failures_per_minute = 10  # failed logins per minute a source may make ...
-nginx_login_failures_burst = 5  # ... after this many at once; then 429 Too Many Requests
-nginx_requests_per_second = 5  # requests per second one source may make (UI polling: ~1) ...
-nginx_requests_burst = 50  # ... after this many at once (a page load); then 429
-tls_acme_directory = "letsencrypt"  # "letsencrypt", "letsencrypt-staging" or a directory URL
-tls_acme_ca_bundle = ""  # local CA bundle a private ACME directory's HTTPS needs ('' = system)
-tls_email = ""  # ACME account e-mail (expiry and policy notices; '' = register without)
-tls_challenge = "http-01"  # "http-01" (webroot on port 80) or "dns-01" (plugin or hook)
-tls_dns_plugin = ""  # DNS-01 via certbot's python3-certbot-dns-<plugin>, e.g. "cloudflare"
-tls_dns_credentials_env = ""  # holds the path of the plugin's credentials .ini (see .env.example)
-tls_dns_hook = ""  # DNS-01 via a local script run as `HOOK auth|cleanup` (certbot's manual hooks)
-auth_mode = "basic"  # "basic": logins at nginx (bcrypt); "oauth": Flower's OAuth (flower_auth)
-auth_users_env = "FLOWERBED_DASHBOARD_USERS"  # holds user:password[,user:password...]
+flower_nginx_login_failures_per_minute = 10  # failed logins per minute a source may make ...
+flower_nginx_login_failures_burst = 5  # ... after this many at once; then 429 Too Many Requests
+flower_nginx_requests_per_second = 5  # requests per second one source may make (UI polling: ~1) ...
+flower_nginx_requests_burst = 50  # ... after this many at once (a page load); then 429
+flower_tls_acme_directory = "letsencrypt"  # "letsencrypt", "letsencrypt-staging" or a directory URL
+flower_tls_acme_ca_bundle = ""  # local CA bundle a private ACME directory's HTTPS needs ('' = system)
+flower_tls_email = ""  # ACME account e-mail (expiry and policy notices; '' = register without)
+flower_tls_challenge = "http-01"  # "http-01" (webroot on port 80) or "dns-01" (plugin or hook)
+flower_tls_dns_plugin = ""  # DNS-01 via certbot's python3-certbot-dns-<plugin>, e.g. "cloudflare"
+flower_tls_dns_credentials_env = ""  # holds the path of the plugin's credentials .ini (see .env.example)
+flower_tls_dns_hook = ""  # DNS-01 via a local script run as `HOOK auth|cleanup` (certbot's manual hooks)
+flower_auth_mode = "basic"  # "basic": logins at nginx (bcrypt); "oauth": Flower's OAuth (flower_auth)
+flower_auth_users_env = "FLOWERBED_DASHBOARD_USERS"  # holds user:password[,user:password...]
 
 # --- The operator's runs: verify.py and rotate.py (flowerbed/probe.py, verify.py, rotate.py) ---
 # They check each dashboard over HTTPS from the operator's machine, with a login from .env.
-verify_ca_bundle = ""  # CA bundle those HTTPS checks trust ('' = the system's trust store)
-verify_summary_file = ""  # verify.py also writes a JSON summary here, for cron/CI ('' = none)
-verify_cert_min_days = 14  # certbot renews at 30 days left: fewer than this means it is failing
-verify_exposure_max = 1.5  # highest `systemd-analyze security` score Flower's unit may have
-verify_min_workers_online = 1  # fewer online workers than this is a problem
-verify_max_workers_offline = 0  # more offline workers (Flower still lists) is a problem
-verify_max_failed_tasks = 100  # more tasks than this failed in the last hour is a problem
-verify_max_task_seconds = 1800  # a task STARTED longer ago than this counts as stuck
-verify_max_queue_length = 1000  # more messages waiting in one queue is a problem
-verify_expected_tasks = []  # task names some online worker must have registered (e.g. in -A mode)
+flower_verify_ca_bundle = ""  # CA bundle those HTTPS checks trust ('' = the system's trust store)
+flower_verify_summary_file = ""  # verify.py also writes a JSON summary here, for cron/CI ('' = none)
+flower_verify_cert_min_days = 14  # certbot renews at 30 days left: fewer than this means it is failing
+flower_verify_exposure_max = 1.5  # highest `systemd-analyze security` score Flower's unit may have
+flower_verify_min_workers_online = 1  # fewer online workers than this is a problem
+flower_verify_max_workers_offline = 0  # more offline workers (Flower still lists) is a problem
+flower_verify_max_failed_tasks = 100  # more tasks than this failed in the last hour is a problem
+flower_verify_max_task_seconds = 1800  # a task STARTED longer ago than this counts as stuck
+flower_verify_max_queue_length = 1000  # more messages waiting in one queue is a problem
+flower_verify_expected_tasks = []  # task names some online worker must have registered (e.g. in -A mode)

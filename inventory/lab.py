@@ -34,24 +34,24 @@ _lab_data = {
     "ssh_strict_host_key_checking": "no",
     "ssh_known_hosts_file": "/dev/null",
     # the lab's hosts reach PyPI only through the lab's proxy, like hosts behind an egress proxy
-    "egress_proxy": _lab["proxy"],
+    "flower_egress_proxy": _lab["proxy"],
     # TLS from the lab's ACME CA (pebble); its listener's CA is uploaded for certbot
-    "tls_acme_directory": _lab["acme"]["directory"],
-    "tls_acme_ca_bundle": _lab["acme"]["ca_bundle"],
+    "flower_tls_acme_directory": _lab["acme"]["directory"],
+    "flower_tls_acme_ca_bundle": _lab["acme"]["ca_bundle"],
     # the firewall: the lab machine and lab-allowed's /27 reach HTTPS; the lab machine is the
     # operator (SSH) and the monitoring system (/metrics)
-    "allowed_sources": _lab["allowed_sources"],
-    "admin_sources": [f"{_lab['bridge']['address']}/32"],
-    "monitoring_sources": [f"{_lab['bridge']['address']}/32"],
+    "flower_allowed_sources": _lab["allowed_sources"],
+    "flower_admin_sources": [f"{_lab['bridge']['address']}/32"],
+    "flower_monitoring_sources": [f"{_lab['bridge']['address']}/32"],
     # verify.py and rotate.py check the dashboards over HTTPS from here: trust the lab's CA
-    "verify_ca_bundle": _lab["acme"]["root"],
+    "flower_verify_ca_bundle": _lab["acme"]["root"],
     # the demo producer makes about 300 tasks an hour fail on purpose
-    "verify_max_failed_tasks": 1000,
+    "flower_verify_max_failed_tasks": 1000,
 }
 
 
 def _lab_host(host: dict) -> tuple[str, dict]:
-    return host["name"], {**_lab_data, "ssh_hostname": host["address"], "fqdn": host["fqdn"]}
+    return host["name"], {**_lab_data, "ssh_hostname": host["address"], "flower_fqdn": host["fqdn"]}
 
 
 bookworm = [_lab_host(h) for h in _lab["hosts"] if h["distro"] == "bookworm"]

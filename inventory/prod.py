@@ -11,10 +11,10 @@ both. Only names of environment variables go here, never a secret's value.
 
 # Required for every host (here, in group_data/prod.py, or per host): who may reach what.
 #
-#   allowed_sources = ["203.0.113.0/24", "2001:db8:10::/48"]   # your users: HTTPS
-#   admin_sources = ["198.51.100.7/32"]                        # where you run pyinfra: SSH
-#   monitoring_sources = ["192.0.2.50/32"]                     # Prometheus: /metrics
-#   tls_email = "ops@example.com"                              # Let's Encrypt account
+#   flower_allowed_sources = ["203.0.113.0/24", "2001:db8:10::/48"]   # your users: HTTPS
+#   flower_admin_sources = ["198.51.100.7/32"]                        # where you run pyinfra: SSH
+#   flower_monitoring_sources = ["192.0.2.50/32"]                     # Prometheus: /metrics
+#   flower_tls_email = "ops@example.com"                              # Let's Encrypt account
 #
 # Hosts that reach PyPI through a proxy and trust its CA:
 #
@@ -27,9 +27,9 @@ both. Only names of environment variables go here, never a secret's value.
 #             # pin host keys: pyinfra otherwise trusts a host key on first use
 #             "ssh_known_hosts_file": "inventory/known_hosts",
 #             "ssh_strict_host_key_checking": "yes",
-#             "fqdn": "flower.example.com",  # the name browsers use and TLS covers
-#             "egress_proxy": "http://proxy.internal:3128",
-#             "egress_ca_certificates": ["inventory/certs/proxy-ca.pem"],
+#             "flower_fqdn": "flower.example.com",  # the name browsers use and TLS covers
+#             "flower_egress_proxy": "http://proxy.internal:3128",
+#             "flower_egress_ca_certificates": ["inventory/certs/proxy-ca.pem"],
 #         },
 #     ),
 #     (
@@ -39,7 +39,7 @@ both. Only names of environment variables go here, never a secret's value.
 #             "_sudo": True,
 #             "ssh_known_hosts_file": "inventory/known_hosts",
 #             "ssh_strict_host_key_checking": "yes",
-#             "pip_index_url": "https://pypi.internal/simple/",  # a private mirror
+#             "flower_pip_index_url": "https://pypi.internal/simple/",  # a private mirror
 #             "flower_app": "proj.celery:app",  # show proj's registered tasks
 #             "flower_app_source": "git+https://git.example.com/proj.git@v1.4.2",
 #             "flower_broker_url_env": "PROJ_BROKER_URL",  # another broker, another variable

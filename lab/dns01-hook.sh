@@ -1,7 +1,7 @@
 #!/bin/sh
 # certbot DNS-01 hook for the lab: publishes (auth) or removes (cleanup) the challenge's TXT
 # record in the lab's DNS (pebble-challtestsrv's management API), where pebble looks it up.
-#   group data: tls_challenge = "dns-01", tls_dns_hook = "lab/dns01-hook.sh"
+#   group data: flower_tls_challenge = "dns-01", flower_tls_dns_hook = "lab/dns01-hook.sh"
 # certbot sets CERTBOT_DOMAIN and CERTBOT_VALIDATION (a base64url token: no quoting needed).
 set -eu
 api="${FLOWERBED_LAB_DNS_API:-http://10.77.0.1:8055}"

@@ -16,11 +16,14 @@ from flowerbed.settings import Settings, SettingsError, load_settings
 REPO = Path(__file__).resolve().parent.parent
 
 # Keys whose defaults are deliberately invalid: every operator must choose them.
-OPERATOR_CHOICES = {"allowed_sources": ["203.0.113.0/24"], "admin_sources": ["198.51.100.7/32"]}
-# Flower doing the login (auth_mode "oauth"): the only mode where Flower itself authenticates;
-# its secrets are in the variables OAUTH_SECRET and COOKIE_SECRET.
+OPERATOR_CHOICES = {
+    "flower_allowed_sources": ["203.0.113.0/24"],
+    "flower_admin_sources": ["198.51.100.7/32"],
+}
+# Flower doing the login (flower_auth_mode "oauth"): the only mode where Flower itself
+# authenticates; its secrets are in the variables OAUTH_SECRET and COOKIE_SECRET.
 OAUTH = {
-    "auth_mode": "oauth",
+    "flower_auth_mode": "oauth",
     "flower_unauthenticated_api": False,
     "flower_auth": ".*@example.com",
     "flower_auth_provider": "flower.views.auth.GithubLoginHandler",

@@ -26,12 +26,12 @@ ENVIRON = {
     "OAUTH_SECRET": "oauth-client-secret-4711",
     "COOKIE_SECRET": "k9Xv2PqL7sWm4TzR8yNc3BfH6dJg1QaE",
 }
-SITE = {"fqdn": "flower.example.com"}
+SITE = {"flower_fqdn": "flower.example.com"}
 APP = {"flower_app": "proj.celery:app"}
 ONE_LINE = "one line"
 CREDENTIALS = "without user:password@"
-EVERYWHERE_SSH = "firewall_allow_ssh_from_anywhere = True"
-EVERYWHERE_METRICS = "firewall_allow_metrics_from_anywhere = True"
+EVERYWHERE_SSH = "flower_firewall_allow_ssh_from_anywhere = True"
+EVERYWHERE_METRICS = "flower_firewall_allow_metrics_from_anywhere = True"
 PERCENT = "percent-encode"
 OWN_ACCOUNT = "e.g. flower_"
 OWN_DIR = "like /opt/flower"
@@ -54,63 +54,73 @@ class Bad:
 ROWS = {
     # --- a newline or control character in a value that reaches a host's file
     "proxy-newline": Bad(
-        "egress_proxy",
+        "flower_egress_proxy",
         ONE_LINE,
-        {"egress_proxy": 'http://p:3128\nAPT::Update::Pre-Invoke {"id"};'},
+        {"flower_egress_proxy": 'http://p:3128\nAPT::Update::Pre-Invoke {"id"};'},
     ),
-    "index-crlf": Bad("pip_index_url", ONE_LINE, {"pip_index_url": "https://pypi.internal/\r\n"}),
+    "index-crlf": Bad(
+        "flower_pip_index_url", ONE_LINE, {"flower_pip_index_url": "https://pypi.internal/\r\n"}
+    ),
     "oauth-key-newline": Bad("flower_oauth2_key", ONE_LINE, {"flower_oauth2_key": "client\nid"}),
-    "email-newline": Bad("tls_email", ONE_LINE, {"tls_email": "ops@example.com\n"}),
+    "email-newline": Bad("flower_tls_email", ONE_LINE, {"flower_tls_email": "ops@example.com\n"}),
     "snippet-newline": Bad(
-        "nginx_server_snippets[0]",
+        "flower_nginx_server_snippets[0]",
         ONE_LINE,
-        {"nginx_server_snippets": ["access_log off;\nauth_basic off;"]},
+        {"flower_nginx_server_snippets": ["access_log off;\nauth_basic off;"]},
     ),
-    "alias-tab": Bad("server_aliases[0]", ONE_LINE, {"server_aliases": ["www.example.com\t"]}),
+    "alias-tab": Bad(
+        "flower_server_aliases[0]", ONE_LINE, {"flower_server_aliases": ["www.example.com\t"]}
+    ),
     "app-nul": Bad(
         "flower_app", ONE_LINE, {"flower_app": "proj:app\x00", "flower_app_source": "proj==1"}
     ),
-    "fqdn-newline": Bad("fqdn", ONE_LINE, {"fqdn": "flower.example.com\n"}),
+    "fqdn-newline": Bad("flower_fqdn", ONE_LINE, {"flower_fqdn": "flower.example.com\n"}),
     "columns-newline": Bad(
         "flower_tasks_columns", ONE_LINE, {"flower_tasks_columns": "name,\nstate"}
     ),
-    "dns-plugin-escape": Bad("tls_dns_plugin", ONE_LINE, {"tls_dns_plugin": "cloudflare\x1b[2J"}),
+    "dns-plugin-escape": Bad(
+        "flower_tls_dns_plugin", ONE_LINE, {"flower_tls_dns_plugin": "cloudflare\x1b[2J"}
+    ),
     # --- credentials in proxy, mirror, ACME and redirect URLs
     "proxy-empty-user": Bad(
-        "egress_proxy", CREDENTIALS, {"egress_proxy": "http://:pw-proxy-1@p:3128"}, {}, "pw-proxy-1"
+        "flower_egress_proxy",
+        CREDENTIALS,
+        {"flower_egress_proxy": "http://:pw-proxy-1@p:3128"},
+        {},
+        "pw-proxy-1",
     ),
     "proxy-user-pw": Bad(
-        "egress_proxy",
+        "flower_egress_proxy",
         CREDENTIALS,
-        {"egress_proxy": "http://u:pw-proxy-2@p:3128"},
+        {"flower_egress_proxy": "http://u:pw-proxy-2@p:3128"},
         {},
         "pw-proxy-2",
     ),
     "proxy-token": Bad(
-        "egress_proxy",
+        "flower_egress_proxy",
         CREDENTIALS,
-        {"egress_proxy": "http://tok-proxy-3@p:3128"},
+        {"flower_egress_proxy": "http://tok-proxy-3@p:3128"},
         {},
         "tok-proxy-3",
     ),
     "index-user-pw": Bad(
-        "pip_index_url",
+        "flower_pip_index_url",
         CREDENTIALS,
-        {"pip_index_url": "https://u:pw-index-1@pypi.internal/simple/"},
+        {"flower_pip_index_url": "https://u:pw-index-1@pypi.internal/simple/"},
         {},
         "pw-index-1",
     ),
     "index-empty-user": Bad(
-        "pip_index_url",
+        "flower_pip_index_url",
         CREDENTIALS,
-        {"pip_index_url": "https://:pw-index-2@pypi.internal/simple/"},
+        {"flower_pip_index_url": "https://:pw-index-2@pypi.internal/simple/"},
         {},
         "pw-index-2",
     ),
     "acme-empty-user": Bad(
-        "tls_acme_directory",
+        "flower_tls_acme_directory",
         CREDENTIALS,
-        {"tls_acme_directory": "https://:pw-acme-1@acme.internal/dir"},
+        {"flower_tls_acme_directory": "https://:pw-acme-1@acme.internal/dir"},
         {},
         "pw-acme-1",
     ),
@@ -122,9 +132,15 @@ ROWS = {
         "pw-redirect",
     ),
     "proxy-other-scheme": Bad(
-        "egress_proxy", "http://", {"egress_proxy": "socks5://u:pw-socks@p:1080"}, {}, "pw-socks"
+        "flower_egress_proxy",
+        "http://",
+        {"flower_egress_proxy": "socks5://u:pw-socks@p:1080"},
+        {},
+        "pw-socks",
     ),
-    "proxy-bad-port": Bad("egress_proxy", "e.g. http://", {"egress_proxy": "http://p:99999"}),
+    "proxy-bad-port": Bad(
+        "flower_egress_proxy", "e.g. http://", {"flower_egress_proxy": "http://p:99999"}
+    ),
     "app-source-user-token": Bad(
         "flower_app_source",
         "git+ssh://git@host",
@@ -147,38 +163,49 @@ ROWS = {
         "tok-app-3",
     ),
     # --- SSH or /metrics open to the whole internet without the switch that says so
-    "ssh-everywhere-v4": Bad("admin_sources", EVERYWHERE_SSH, {"admin_sources": ["0.0.0.0/0"]}),
+    "ssh-everywhere-v4": Bad(
+        "flower_admin_sources", EVERYWHERE_SSH, {"flower_admin_sources": ["0.0.0.0/0"]}
+    ),
     "ssh-everywhere-v6": Bad(
-        "admin_sources", EVERYWHERE_SSH, {"admin_sources": ["198.51.100.7/32", "::/0"]}
+        "flower_admin_sources",
+        EVERYWHERE_SSH,
+        {"flower_admin_sources": ["198.51.100.7/32", "::/0"]},
     ),
     "metrics-everywhere-v4": Bad(
-        "monitoring_sources", EVERYWHERE_METRICS, {"monitoring_sources": ["0.0.0.0/0"]}
+        "flower_monitoring_sources",
+        EVERYWHERE_METRICS,
+        {"flower_monitoring_sources": ["0.0.0.0/0"]},
     ),
     "metrics-everywhere-v6": Bad(
-        "monitoring_sources", EVERYWHERE_METRICS, {"monitoring_sources": ["::/0"]}
+        "flower_monitoring_sources", EVERYWHERE_METRICS, {"flower_monitoring_sources": ["::/0"]}
     ),
     # --- weak or sample secrets
     "logins-sample": Bad(
-        "auth_users_env", RANDOM, {}, {"FLOWERBED_DASHBOARD_USERS": "admin:CHANGE-ME"}
+        "flower_auth_users_env", RANDOM, {}, {"FLOWERBED_DASHBOARD_USERS": "admin:CHANGE-ME"}
     ),
-    "logins-one-char": Bad("auth_users_env", STRONG, {}, {"FLOWERBED_DASHBOARD_USERS": "admin:x"}),
+    "logins-one-char": Bad(
+        "flower_auth_users_env", STRONG, {}, {"FLOWERBED_DASHBOARD_USERS": "admin:x"}
+    ),
     "logins-trailing-space": Bad(
-        "auth_users_env",
+        "flower_auth_users_env",
         "remove the spaces",
         {},
         {"FLOWERBED_DASHBOARD_USERS": "admin:Str0ng-pw-99 "},
     ),
     "logins-second-weak": Bad(
-        "auth_users_env",
+        "flower_auth_users_env",
         STRONG,
         {},
         {"FLOWERBED_DASHBOARD_USERS": "alice:Str0ng-alice-pw,bob:short-pw"},
     ),
     "logins-user-as-password": Bad(
-        "auth_users_env", STRONG, {}, {"FLOWERBED_DASHBOARD_USERS": "administrator1:administrator1"}
+        "flower_auth_users_env",
+        STRONG,
+        {},
+        {"FLOWERBED_DASHBOARD_USERS": "administrator1:administrator1"},
     ),
     "logins-classic": Bad(
-        "auth_users_env", STRONG, {}, {"FLOWERBED_DASHBOARD_USERS": "ops:letmein"}
+        "flower_auth_users_env", STRONG, {}, {"FLOWERBED_DASHBOARD_USERS": "ops:letmein"}
     ),
     "broker-sample": Bad(
         "flower_broker_url_env",
@@ -298,38 +325,48 @@ ROWS = {
         "flower_config_dir", "/opt/x", {"flower_config_dir": "/etc/flower/../nginx"}
     ),
     # --- nginx snippets: one simple directive, never one that decides access or routing
-    "snippet-brace": Bad("nginx_server_snippets[0]", DIRECTIVE, {"nginx_server_snippets": ["}"]}),
+    "snippet-brace": Bad(
+        "flower_nginx_server_snippets[0]", DIRECTIVE, {"flower_nginx_server_snippets": ["}"]}
+    ),
     "snippet-location": Bad(
-        "nginx_server_snippets[0]",
+        "flower_nginx_server_snippets[0]",
         DIRECTIVE,
-        {"nginx_server_snippets": ["location /x { auth_basic off; }"]},
+        {"flower_nginx_server_snippets": ["location /x { auth_basic off; }"]},
     ),
     "snippet-auth-off": Bad(
-        "nginx_server_snippets[0]", DIRECTIVE, {"nginx_server_snippets": ["auth_basic off;"]}
+        "flower_nginx_server_snippets[0]",
+        DIRECTIVE,
+        {"flower_nginx_server_snippets": ["auth_basic off;"]},
     ),
     "snippet-satisfy": Bad(
-        "nginx_server_snippets[1]",
+        "flower_nginx_server_snippets[1]",
         DIRECTIVE,
-        {"nginx_server_snippets": ["access_log off;", "satisfy any;"]},
+        {"flower_nginx_server_snippets": ["access_log off;", "satisfy any;"]},
     ),
     "snippet-allow": Bad(
-        "nginx_server_snippets[0]", DIRECTIVE, {"nginx_server_snippets": ["allow all;"]}
+        "flower_nginx_server_snippets[0]",
+        DIRECTIVE,
+        {"flower_nginx_server_snippets": ["allow all;"]},
     ),
     "snippet-include": Bad(
-        "nginx_server_snippets[0]", DIRECTIVE, {"nginx_server_snippets": ["include /tmp/x.conf;"]}
+        "flower_nginx_server_snippets[0]",
+        DIRECTIVE,
+        {"flower_nginx_server_snippets": ["include /tmp/x.conf;"]},
     ),
     "snippet-two": Bad(
-        "nginx_server_snippets[0]",
+        "flower_nginx_server_snippets[0]",
         DIRECTIVE,
-        {"nginx_server_snippets": ["access_log off; auth_basic off;"]},
+        {"flower_nginx_server_snippets": ["access_log off; auth_basic off;"]},
     ),
     "snippet-proxy-pass": Bad(
-        "nginx_server_snippets[0]",
+        "flower_nginx_server_snippets[0]",
         DIRECTIVE,
-        {"nginx_server_snippets": ["proxy_pass http://evil;"]},
+        {"flower_nginx_server_snippets": ["proxy_pass http://evil;"]},
     ),
     "snippet-return": Bad(
-        "nginx_server_snippets[0]", DIRECTIVE, {"nginx_server_snippets": ["return 200 'hi';"]}
+        "flower_nginx_server_snippets[0]",
+        DIRECTIVE,
+        {"flower_nginx_server_snippets": ["return 200 'hi';"]},
     ),
     # --- flower_auth by Flower's own rule, not as a regexp
     "auth-regexp": Bad("flower_auth", AUTH_FORMS, {**OAUTH, "flower_auth": r".*@example\.com"}),
@@ -343,12 +380,16 @@ ROWS = {
         "flower_auth", AUTH_FORMS, {**OAUTH, "flower_auth": "(alice|bob)@example.com"}
     ),
     # --- names repeated after normalisation (certbot would renew on every run)
-    "alias-is-fqdn": Bad("server_aliases[0]", "once", {"server_aliases": ["flower.example.com"]}),
+    "alias-is-fqdn": Bad(
+        "flower_server_aliases[0]", "once", {"flower_server_aliases": ["flower.example.com"]}
+    ),
     "alias-is-fqdn-case-dot": Bad(
-        "server_aliases[0]", "once", {"server_aliases": ["FLOWER.example.com."]}
+        "flower_server_aliases[0]", "once", {"flower_server_aliases": ["FLOWER.example.com."]}
     ),
     "alias-twice": Bad(
-        "server_aliases[1]", "once", {"server_aliases": ["www.example.com", "WWW.example.com"]}
+        "flower_server_aliases[1]",
+        "once",
+        {"flower_server_aliases": ["www.example.com", "WWW.example.com"]},
     ),
     # --- url prefix
     "prefix-dotdot": Bad("flower_url_prefix", "ops/flower", {"flower_url_prefix": "../admin"}),
@@ -359,14 +400,16 @@ ROWS = {
     "prefix-empty-segment": Bad("flower_url_prefix", "ops/flower", {"flower_url_prefix": "a//b"}),
     # --- numbers with an upper bound
     "rollback-huge": Bad(
-        "firewall_rollback_seconds", "45 to 600", {"firewall_rollback_seconds": 1_000_000_000}
+        "flower_firewall_rollback_seconds",
+        "45 to 600",
+        {"flower_firewall_rollback_seconds": 1_000_000_000},
     ),
     "max-tasks-huge": Bad("flower_max_tasks", "10000000", {"flower_max_tasks": 10**9}),
     "inspect-timeout-huge": Bad(
         "flower_inspect_timeout", "60000", {"flower_inspect_timeout": 10**7}
     ),
     "read-timeout-huge": Bad(
-        "nginx_proxy_read_timeout", "3600", {"nginx_proxy_read_timeout": 86400}
+        "flower_nginx_proxy_read_timeout", "3600", {"flower_nginx_proxy_read_timeout": 86400}
     ),
     "healthcheck-timeout-huge": Bad(
         "flower_healthcheck_timeout", "3600", {"flower_healthcheck_timeout": 10**6}
@@ -375,7 +418,9 @@ ROWS = {
     "purge-huge": Bad(
         "flower_purge_offline_workers", "31536000", {"flower_purge_offline_workers": 10**9}
     ),
-    "hsts-huge": Bad("nginx_hsts_max_age", "63072000", {"nginx_hsts_max_age": 10**10}),
+    "hsts-huge": Bad(
+        "flower_nginx_hsts_max_age", "63072000", {"flower_nginx_hsts_max_age": 10**10}
+    ),
     "save-interval-huge": Bad(
         "flower_state_save_interval", "86400000", {"flower_state_save_interval": 10**12}
     ),
@@ -388,9 +433,9 @@ ROWS = {
         "Str0ng-misplaced",
     ),
     "logins-in-name": Bad(
-        "auth_users_env",
+        "flower_auth_users_env",
         NAME_NOT_VALUE,
-        {"auth_users_env": "admin:Str0ng-misplaced-2"},
+        {"flower_auth_users_env": "admin:Str0ng-misplaced-2"},
         {},
         "Str0ng-misplaced-2",
     ),
@@ -423,9 +468,9 @@ ROWS = {
         "Str0ng-misplaced-4",
     ),
     "dns-token-in-name": Bad(
-        "tls_dns_credentials_env",
+        "flower_tls_dns_credentials_env",
         NAME_NOT_VALUE,
-        {"tls_dns_credentials_env": "dns_cloudflare_api_token = t0ken-xyz"},
+        {"flower_tls_dns_credentials_env": "dns_cloudflare_api_token = t0ken-xyz"},
         {},
         "t0ken-xyz",
     ),
@@ -498,8 +543,8 @@ def test_every_problem_of_every_host_at_once():
     inventory = Inventory(
         (
             [
-                ("h1", {**SITE, "egress_proxy": "http://:pw-proxy-9@p:3128"}),
-                ("h2", {"fqdn": "h2.example.com", "admin_sources": ["0.0.0.0/0"]}),
+                ("h1", {**SITE, "flower_egress_proxy": "http://:pw-proxy-9@p:3128"}),
+                ("h2", {"flower_fqdn": "h2.example.com", "flower_admin_sources": ["0.0.0.0/0"]}),
             ],
             valid_data(),
         ),
@@ -517,10 +562,10 @@ def test_every_problem_of_every_host_at_once():
         for line in lines
     ), "a value bad for both hosts is reported once, naming both"
     assert any(
-        line.startswith("host h1: egress_proxy:") and "inventory for host h1" in line
+        line.startswith("host h1: flower_egress_proxy:") and "inventory for host h1" in line
         for line in lines
     )
-    assert any(line.startswith("host h2: admin_sources:") for line in lines)
+    assert any(line.startswith("host h2: flower_admin_sources:") for line in lines)
     assert "pw-proxy-9" not in message
 
 
@@ -529,7 +574,7 @@ def test_a_secrets_problem_points_at_the_environment_not_the_data():
     with pytest.raises(InvalidDeploy) as caught:
         check_hosts(list(inventory), {**ENVIRON, "FLOWERBED_DASHBOARD_USERS": "admin:x"})
     (line,) = str(caught.value).splitlines()[1:]
-    assert line.startswith("host h1: auth_users_env: the password of 'admin'")
+    assert line.startswith("host h1: flower_auth_users_env: the password of 'admin'")
     assert line.endswith("(the variable's value, from the environment or .env)")
 
 

@@ -84,7 +84,7 @@ def flower_pid(lab: Lab) -> str:
 def test_an_nginx_only_change_reloads_nginx_and_never_restarts_flower(lab: Lab, deployed: str):
     flower, workers = flower_pid(lab), nginx_workers(lab)
     try:
-        changed = run_deploy([DEPLOYED], {"nginx_hsts_max_age": 300})
+        changed = run_deploy([DEPLOYED], {"flower_nginx_hsts_max_age": 300})
         assert changed.ok, changed.explain()
         site = ssh(lab, "cat /etc/nginx/conf.d/*.conf")
         assert "max-age=300" in site, "the nginx change was deployed"
@@ -107,7 +107,7 @@ def transient_timer(lab: Lab) -> Path:
 def test_the_rollback_timer_gets_the_configured_seconds_and_is_disarmed_after_confirm(
     lab: Lab, deployed: str
 ):
-    """A deploy that changes the ruleset with firewall_rollback_seconds = 123: while it waits
+    """A deploy that changes the ruleset with flower_firewall_rollback_seconds = 123: while it waits
     for the new SSH connection, systemd holds a 2min 3s timer; once confirmed, none."""
     unit = transient_timer(lab)
     assert unit.parent.is_dir(), f"{unit.parent} is h1's transient units"
@@ -126,8 +126,8 @@ def test_the_rollback_timer_gets_the_configured_seconds_and_is_disarmed_after_co
         changed = run_deploy(
             [DEPLOYED],
             {
-                "firewall_rollback_seconds": 123,
-                "monitoring_sources": ["10.77.0.1/32", "10.77.0.97/32"],
+                "flower_firewall_rollback_seconds": 123,
+                "flower_monitoring_sources": ["10.77.0.1/32", "10.77.0.97/32"],
             },
         )
     finally:

@@ -20,12 +20,12 @@ from flowerbed.settings import load_settings
 
 REPO = Path(__file__).resolve().parent.parent
 HOST_DATA = {
-    "fqdn": "flower.example.com",
-    "allowed_sources": ["203.0.113.0/24"],
-    "admin_sources": ["198.51.100.7/32"],
+    "flower_fqdn": "flower.example.com",
+    "flower_allowed_sources": ["203.0.113.0/24"],
+    "flower_admin_sources": ["198.51.100.7/32"],
 }
 OAUTH = {
-    "auth_mode": "oauth",
+    "flower_auth_mode": "oauth",
     "flower_auth": ".*@example.com",
     "flower_auth_provider": "flower.views.auth.GithubLoginHandler",
     "flower_oauth2_key": "client-id",
@@ -64,7 +64,7 @@ def test_every_mode_refuses_cross_site_control_and_hides_flowers_cors(mode):
 
 
 def test_failed_logins_are_counted_in_basic_mode_only():
-    basic = site_text(nginx_login_failures_per_minute=7, nginx_login_failures_burst=3)
+    basic = site_text(flower_nginx_login_failures_per_minute=7, flower_nginx_login_failures_burst=3)
     assert "zone=flowerbed_login_failures:1m rate=7r/m;" in basic
     assert "limit_req zone=flowerbed_login_failures burst=3 nodelay;" in basic
     assert "error_page 401 = @flowerbed_login_failed;" in basic
@@ -74,7 +74,7 @@ def test_failed_logins_are_counted_in_basic_mode_only():
 
 
 def test_request_limit_is_a_knob():
-    site = site_text(nginx_requests_per_second=9, nginx_requests_burst=90)
+    site = site_text(flower_nginx_requests_per_second=9, flower_nginx_requests_burst=90)
     assert "zone=flowerbed_requests:1m rate=9r/s;" in site
     assert "limit_req zone=flowerbed_requests burst=90 nodelay;" in site
 

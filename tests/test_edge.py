@@ -306,7 +306,9 @@ def test_forced_renewal_is_served_after_the_hook_reload(lab: Lab, edge):
 def test_acme_down_for_one_host_leaves_the_others_and_its_site(lab: Lab, edge):
     main, other = edge
     serial = served_serial(lab, other)
-    broken = {other: {"tls_acme_directory": "https://10.77.0.1:14001/dir"}}  # nothing listens
+    broken = {
+        other: {"flower_tls_acme_directory": "https://10.77.0.1:14001/dir"}
+    }  # nothing listens
     result = deploy_one_host_data(edge, broken)
     assert result.returncode != 0 and result.failed_hosts == [other], result.explain()
     assert "14001" in result.stderr, "the error names what failed"
@@ -318,7 +320,9 @@ def test_acme_down_for_one_host_leaves_the_others_and_its_site(lab: Lab, edge):
 def test_config_failing_nginx_t_is_never_loaded(lab: Lab, edge):
     name = edge[0]
     before = lab.ssh(name, ["sha256sum", SITE], check=True).stdout
-    result = run_deploy([name], data={"nginx_server_snippets": ["flowerbed_no_such_directive on;"]})
+    result = run_deploy(
+        [name], data={"flower_nginx_server_snippets": ["flowerbed_no_such_directive on;"]}
+    )
     assert result.returncode != 0, "the run reports the host failed"
     assert 'unknown directive "flowerbed_no_such_directive"' in result.stderr
     assert lab.ssh(name, ["sha256sum", SITE], check=True).stdout == before
@@ -371,7 +375,7 @@ def test_password_rotation_without_any_secret_in_the_output(lab: Lab, edge):
 
 def test_dns01_through_the_lab_hook(lab: Lab, edge):
     name = edge[1]
-    dns01 = {"tls_challenge": "dns-01", "tls_dns_hook": "lab/dns01-hook.sh"}
+    dns01 = {"flower_tls_challenge": "dns-01", "flower_tls_dns_hook": "lab/dns01-hook.sh"}
     before = served_serial(lab, name)
     try:
         result = deploy([name], data=dns01)
@@ -441,7 +445,7 @@ def test_a_request_flood_is_capped_before_any_password_is_checked(lab: Lab, edge
     statuses = [int(line) for line in flood.stdout.split()]
     print(f"100 requests at once: {statuses.count(429)} got 429")
     assert len(statuses) == 100 and set(statuses) == {401, 429}, flood.stderr
-    assert statuses.count(429) >= 30, "the default burst is 50 (nginx_requests_burst)"
+    assert statuses.count(429) >= 30, "the default burst is 50 (flower_nginx_requests_burst)"
     deadline = time.monotonic() + 60
     while curl(lab, url, namespace="lab-allowed")[0] == 429:  # refills at 5/s
         assert time.monotonic() < deadline

@@ -17,7 +17,7 @@ from flowerbed.tls import CertificateRequest, certbot_argv, parse_lineage
 
 HOOK = "lab/dns01-hook.sh"
 ENVIRON = {"FLOWERBED_DASHBOARD_USERS": "admin:s3cret-pw-4711"}
-SITE = {"fqdn": "flower.example.com"}
+SITE = {"flower_fqdn": "flower.example.com"}
 
 
 def settings_with(**overrides):
@@ -49,37 +49,46 @@ def test_defaults_issue_from_lets_encrypt_over_http01_with_nginx_logins():
 
 
 def test_staging_is_one_switch():
-    staging = settings_with(tls_acme_directory="letsencrypt-staging")
+    staging = settings_with(flower_tls_acme_directory="letsencrypt-staging")
     assert staging.tls.acme_directory == LETS_ENCRYPT["letsencrypt-staging"]
-    assert "tls_acme_directory" in error_for(tls_acme_directory="http://acme.example/dir")
+    assert "flower_tls_acme_directory" in error_for(
+        flower_tls_acme_directory="http://acme.example/dir"
+    )
 
 
 def test_names_are_checked_and_the_host_name_is_the_fallback():
-    assert "fqdn" in error_for(fqdn="not a name")
-    assert "server_aliases[0]" in error_for(server_aliases=["bad_name"])
-    assert dashboard_site(settings_with(fqdn=""), "flower.example.org").names[0] == (
+    assert "flower_fqdn" in error_for(flower_fqdn="not a name")
+    assert "flower_server_aliases[0]" in error_for(flower_server_aliases=["bad_name"])
+    assert dashboard_site(settings_with(flower_fqdn=""), "flower.example.org").names[0] == (
         "flower.example.org"
     )
-    with pytest.raises(SettingsError, match="fqdn"):
-        dashboard_site(settings_with(fqdn=""), "h1")
+    with pytest.raises(SettingsError, match="flower_fqdn"):
+        dashboard_site(settings_with(flower_fqdn=""), "h1")
 
 
 @pytest.mark.parametrize(
     ("overrides", "key"),
     [
-        ({"tls_dns_hook": HOOK}, "tls_challenge"),
-        ({"server_aliases": ["*.example.com"]}, "tls_challenge"),
-        ({"tls_challenge": "dns-01"}, "tls_challenge"),
-        ({"tls_challenge": "dns-01", "tls_dns_plugin": "x", "tls_dns_hook": HOOK}, "tls_challenge"),
-        ({"tls_dns_credentials_env": "CF_INI"}, "tls_dns_credentials_env"),
-        ({"tls_dns_hook": "no/such/hook"}, "tls_dns_hook"),
-        ({"nginx_proxy_read_timeout": 1}, "nginx_proxy_read_timeout"),
-        ({"flower_basic_auth": {"alice": "PW"}}, "auth_mode"),
-        ({"flower_unauthenticated_api": False}, "auth_mode"),
-        ({"auth_mode": "oauth"}, "auth_mode"),
-        ({"auth_users_env": ""}, "auth_users_env"),
-        ({"nginx_server_snippets": ["add_header X 1"]}, "nginx_server_snippets[0]"),
-        ({"monitoring_sources": ["10.0.0.1/8"]}, "monitoring_sources[0]"),
+        ({"flower_tls_dns_hook": HOOK}, "flower_tls_challenge"),
+        ({"flower_server_aliases": ["*.example.com"]}, "flower_tls_challenge"),
+        ({"flower_tls_challenge": "dns-01"}, "flower_tls_challenge"),
+        (
+            {
+                "flower_tls_challenge": "dns-01",
+                "flower_tls_dns_plugin": "x",
+                "flower_tls_dns_hook": HOOK,
+            },
+            "flower_tls_challenge",
+        ),
+        ({"flower_tls_dns_credentials_env": "CF_INI"}, "flower_tls_dns_credentials_env"),
+        ({"flower_tls_dns_hook": "no/such/hook"}, "flower_tls_dns_hook"),
+        ({"flower_nginx_proxy_read_timeout": 1}, "flower_nginx_proxy_read_timeout"),
+        ({"flower_basic_auth": {"alice": "PW"}}, "flower_auth_mode"),
+        ({"flower_unauthenticated_api": False}, "flower_auth_mode"),
+        ({"flower_auth_mode": "oauth"}, "flower_auth_mode"),
+        ({"flower_auth_users_env": ""}, "flower_auth_users_env"),
+        ({"flower_nginx_server_snippets": ["add_header X 1"]}, "flower_nginx_server_snippets[0]"),
+        ({"flower_monitoring_sources": ["10.0.0.1/8"]}, "flower_monitoring_sources[0]"),
     ],
 )  # fmt: skip
 def test_inconsistent_edge_settings_name_the_key(overrides, key):
@@ -88,7 +97,7 @@ def test_inconsistent_edge_settings_name_the_key(overrides, key):
 
 def test_oauth_mode_needs_no_nginx_logins():
     settings = settings_with(
-        auth_mode="oauth",
+        flower_auth_mode="oauth",
         flower_auth=".*@example.com",
         flower_auth_provider="flower.views.auth.GithubLoginHandler",
         flower_oauth2_key="client-id",
@@ -178,18 +187,19 @@ def test_lineage_is_read_from_openssl_and_the_renewal_config():
 def test_certbot_runs_only_when_the_lineage_does_not_match():
     now = datetime(2026, 11, 23, tzinfo=UTC)
     lineage = parse_lineage(OPENSSL_OUTPUT)
-    same = request(server_aliases=["www.flower.example.com"])
+    same = request(flower_server_aliases=["www.flower.example.com"])
     assert same.reason_to_issue(lineage, now) is None
     assert same.reason_to_issue(None, now) == "no certificate yet"
     assert "names" in request().reason_to_issue(lineage, now)
     staging = request(
-        server_aliases=["www.flower.example.com"], tls_acme_directory="letsencrypt-staging"
+        flower_server_aliases=["www.flower.example.com"],
+        flower_tls_acme_directory="letsencrypt-staging",
     )
     assert "ACME directory" in staging.reason_to_issue(lineage, now)
     dns = request(
-        server_aliases=["www.flower.example.com"],
-        tls_challenge="dns-01",
-        tls_dns_plugin="cloudflare",
+        flower_server_aliases=["www.flower.example.com"],
+        flower_tls_challenge="dns-01",
+        flower_tls_dns_plugin="cloudflare",
     )
     assert "webroot -> dns-cloudflare" in dns.reason_to_issue(lineage, now)
     later = lineage.not_after + timedelta(seconds=1)
@@ -197,26 +207,34 @@ def test_certbot_runs_only_when_the_lineage_does_not_match():
 
 
 def test_certbot_argv_per_challenge():
-    webroot = certbot_argv(request(tls_email="ops@example.com"))
+    webroot = certbot_argv(request(flower_tls_email="ops@example.com"))
     assert webroot[:2] == ["certbot", "certonly"]
     assert {"--webroot", "--email=ops@example.com", "--domain=flower.example.com"} <= set(webroot)
-    private_ca = certbot_argv(request(tls_acme_ca_bundle=str(REPO / "pyproject.toml")))
+    private_ca = certbot_argv(request(flower_tls_acme_ca_bundle=str(REPO / "pyproject.toml")))
     assert private_ca[:2] == ["env", "REQUESTS_CA_BUNDLE=/etc/letsencrypt/flowerbed/acme-ca.pem"]
     plugin = certbot_argv(
-        request(tls_challenge="dns-01", tls_dns_plugin="rfc2136", tls_dns_credentials_env="INI")
+        request(
+            flower_tls_challenge="dns-01",
+            flower_tls_dns_plugin="rfc2136",
+            flower_tls_dns_credentials_env="INI",
+        )
     )
     assert {
         "--dns-rfc2136",
         "--dns-rfc2136-credentials=/etc/letsencrypt/flowerbed/dns-credentials.ini",
     } <= set(plugin)
-    hook = certbot_argv(request(tls_challenge="dns-01", tls_dns_hook="lab/dns01-hook.sh"))
+    hook = certbot_argv(
+        request(flower_tls_challenge="dns-01", flower_tls_dns_hook="lab/dns01-hook.sh")
+    )
     assert "--manual-auth-hook=/etc/letsencrypt/flowerbed/dns-hook auth" in hook
     assert "--register-unsafely-without-email" in hook
 
 
 def test_dns_plugin_credentials_come_from_a_file_named_in_the_environment(tmp_path):
     settings = settings_with(
-        tls_challenge="dns-01", tls_dns_plugin="cloudflare", tls_dns_credentials_env="CF_INI"
+        flower_tls_challenge="dns-01",
+        flower_tls_dns_plugin="cloudflare",
+        flower_tls_dns_credentials_env="CF_INI",
     )
     ini = tmp_path / "cloudflare.ini"
     ini.write_text("dns_cloudflare_api_token = t0ken\n")
@@ -248,14 +266,14 @@ def test_https_site_follows_mozilla_intermediate_and_strips_the_login():
 
 
 def test_hsts_is_configurable():
-    assert "Strict-Transport-Security" not in site_text(nginx_hsts_max_age=0)
-    assert "; includeSubDomains" in site_text(nginx_hsts_include_subdomains=True)
+    assert "Strict-Transport-Security" not in site_text(flower_nginx_hsts_max_age=0)
+    assert "; includeSubDomains" in site_text(flower_nginx_hsts_include_subdomains=True)
 
 
 def test_metrics_admit_monitoring_sources_only():
     nowhere = site_text()
     assert "allow" not in nowhere.split("location = /metrics")[1].split("}")[0]
-    monitored = site_text(monitoring_sources=["192.0.2.0/24", "2001:db8::/48"])
+    monitored = site_text(flower_monitoring_sources=["192.0.2.0/24", "2001:db8::/48"])
     assert "    192.0.2.0/24 1;" in monitored and "allow 2001:db8::/48;" in monitored
     assert "location @flowerbed_metrics_0 {\n        return 403;" in monitored
 
@@ -272,11 +290,11 @@ def test_subpath_moves_every_location():
 
 
 def test_snippets_land_in_the_https_server():
-    assert "\n    access_log off;\n}" in site_text(nginx_server_snippets=["access_log off;"])
+    assert "\n    access_log off;\n}" in site_text(flower_nginx_server_snippets=["access_log off;"])
 
 
 def test_port_80_serves_challenges_and_redirects_to_the_first_name():
-    settings = settings_with(server_aliases=["www.flower.example.com"])
+    settings = settings_with(flower_server_aliases=["www.flower.example.com"])
     site = http_site_text(dashboard_site(settings, "h1"))
     assert "server_name flower.example.com www.flower.example.com;" in site
     assert "location ^~ /.well-known/acme-challenge/ {" in site

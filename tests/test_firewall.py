@@ -28,7 +28,9 @@ BOOT_RULESET = "/etc/flowerbed/firewall.nft"
 STATE_DIR = "/var/lib/flowerbed/firewall"
 SWITCH = [SCRIPT, STATE_DIR, BOOT_RULESET]  # the script is told where its state lives
 FLOWER_PORT = 5555  # Flower's default TCP port: flowerbed uses a unix socket, a stray one is caught
-LOCKED_OUT = {"admin_sources": ["10.77.0.99/32"]}  # not the lab machine: would cut the operator off
+LOCKED_OUT = {
+    "flower_admin_sources": ["10.77.0.99/32"]
+}  # not the lab machine: would cut the operator off
 
 PROBE = """
 import socket, sys
@@ -177,7 +179,7 @@ def guarded(lab: Lab, own_host: str) -> str:
 
 def assert_rolled_back(result: DeployResult) -> None:
     assert not result.ok, "the run reports the host failed"
-    assert "no NEW SSH connection" in result.stderr and "admin_sources" in result.stderr
+    assert "no NEW SSH connection" in result.stderr and "flower_admin_sources" in result.stderr
     assert "the previous ruleset is restored" in result.stderr
 
 
@@ -249,7 +251,7 @@ def test_a_foreign_table_survives_apply_and_rollback(lab: Lab, guarded: str):
         assert table(lab, guarded) == before
         assert lab.ssh(guarded, listed, check=True).stdout == theirs, "rolled back: still there"
         changed = run_deploy(
-            guarded, {"monitoring_sources": ["10.77.0.1/32", "10.77.0.98/32"]},
+            guarded, {"flower_monitoring_sources": ["10.77.0.1/32", "10.77.0.98/32"]},
             deploy_file=FIREWALL_ONLY,
         )  # fmt: skip
         assert changed.ok, changed.explain()

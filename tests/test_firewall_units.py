@@ -19,8 +19,11 @@ from flowerbed.firewall import (
 )
 from flowerbed.settings import Firewall
 
-PRIVATE_ACME = {"tls_acme_directory": "https://acme.internal.example/dir", "acme_sources": ["::/0"]}
-DNS_01 = {"tls_challenge": "dns-01", "tls_dns_plugin": "cloudflare"}
+PRIVATE_ACME = {
+    "flower_tls_acme_directory": "https://acme.internal.example/dir",
+    "flower_acme_sources": ["::/0"],
+}
+DNS_01 = {"flower_tls_challenge": "dns-01", "flower_tls_dns_plugin": "cloudflare"}
 
 
 def firewall_with(**overrides) -> Firewall:
@@ -34,7 +37,9 @@ def test_acme_is_open_everywhere_by_default():
     assert firewall_with().acme_sources == ("0.0.0.0/0", "::/0")
 
 
-@pytest.mark.parametrize("key", ["allowed_sources", "admin_sources", "acme_sources"])
+@pytest.mark.parametrize(
+    "key", ["flower_allowed_sources", "flower_admin_sources", "flower_acme_sources"]
+)
 def test_an_empty_list_is_an_error_never_open_to_all(key):
     message = error_for(**{key: []})
     assert message.startswith(f"{key}: an empty list")
@@ -42,27 +47,33 @@ def test_an_empty_list_is_an_error_never_open_to_all(key):
 
 
 def test_restricting_port_80_with_lets_encrypt_http_01_is_an_error():
-    message = error_for(acme_sources=["10.0.0.0/8"])
-    assert message.startswith("acme_sources: Let's Encrypt validates HTTP-01 from addresses")
-    assert "tls_challenge = 'dns-01'" in message
-    assert error_for(acme_sources=["0.0.0.0/0"]).startswith("acme_sources: Let's Encrypt")
+    message = error_for(flower_acme_sources=["10.0.0.0/8"])
+    assert message.startswith("flower_acme_sources: Let's Encrypt validates HTTP-01 from addresses")
+    assert "flower_tls_challenge = 'dns-01'" in message
+    assert error_for(flower_acme_sources=["0.0.0.0/0"]).startswith(
+        "flower_acme_sources: Let's Encrypt"
+    )
 
 
 def test_port_80_may_be_restricted_for_a_private_acme_or_closed_with_dns_01():
     assert firewall_with(**PRIVATE_ACME).acme_sources == ("::/0",)
-    closed = firewall_with(**DNS_01, acme_sources=[])
+    closed = firewall_with(**DNS_01, flower_acme_sources=[])
     assert "elements" not in ruleset(closed).text.split("set acme_v4")[1].split("}")[0]
 
 
 def test_the_operator_must_name_allowed_and_admin_sources():
     """group_data/all.py leaves both empty: a deploy without them fails before touching a host."""
-    assert error_for(allowed_sources=[]) == error_for(allowed_sources=defaults()["allowed_sources"])
-    assert error_for(admin_sources=[]) == error_for(admin_sources=defaults()["admin_sources"])
+    assert error_for(flower_allowed_sources=[]) == error_for(
+        flower_allowed_sources=defaults()["flower_allowed_sources"]
+    )
+    assert error_for(flower_admin_sources=[]) == error_for(
+        flower_admin_sources=defaults()["flower_admin_sources"]
+    )
 
 
 def test_invalid_cidr_names_the_item_and_the_fix():
-    message = error_for(allowed_sources=["203.0.113.0/24", "10.0.0.300/24"])
-    assert message.startswith("allowed_sources[1]: '10.0.0.300/24' is not an IPv4/IPv6")
+    message = error_for(flower_allowed_sources=["203.0.113.0/24", "10.0.0.300/24"])
+    assert message.startswith("flower_allowed_sources[1]: '10.0.0.300/24' is not an IPv4/IPv6")
     assert "Fix: use CIDR notation" in message
 
 
@@ -74,35 +85,43 @@ def test_invalid_cidr_names_the_item_and_the_fix():
     ],
 )
 def test_host_bits_set_suggests_the_network_and_the_address(cidr, network, single):
-    message = error_for(admin_sources=[cidr])
-    assert message.startswith(f"admin_sources[0]: {cidr!r} has host bits set")
+    message = error_for(flower_admin_sources=[cidr])
+    assert message.startswith(f"flower_admin_sources[0]: {cidr!r} has host bits set")
     assert repr(network) in message and repr(single) in message
 
 
 def test_a_string_instead_of_a_list_is_an_error():
-    assert error_for(allowed_sources="10.0.0.0/8").startswith("allowed_sources: expected a list")
+    assert error_for(flower_allowed_sources="10.0.0.0/8").startswith(
+        "flower_allowed_sources: expected a list"
+    )
 
 
 def test_addresses_are_normalised_to_networks():
-    firewall = firewall_with(allowed_sources=["10.0.0.1", " 2001:db8::/32", "0.0.0.0/0"])
+    firewall = firewall_with(flower_allowed_sources=["10.0.0.1", " 2001:db8::/32", "0.0.0.0/0"])
     assert firewall.allowed_sources == ("10.0.0.1/32", "2001:db8::/32", "0.0.0.0/0")
 
 
 @pytest.mark.parametrize("port", [80, 443])
 def test_ssh_port_cannot_be_a_web_port(port):
-    assert error_for(firewall_ssh_port=port).startswith(f"firewall_ssh_port: {port} is flowerbed's")
+    assert error_for(flower_firewall_ssh_port=port).startswith(
+        f"flower_firewall_ssh_port: {port} is flowerbed's"
+    )
 
 
 def test_ssh_port_and_rollback_delay_are_bounded():
-    assert "is not a TCP port" in error_for(firewall_ssh_port=70000)
-    assert error_for(firewall_rollback_seconds=5).startswith(
-        "firewall_rollback_seconds: 5 is below"
+    assert "is not a TCP port" in error_for(flower_firewall_ssh_port=70000)
+    assert error_for(flower_firewall_rollback_seconds=5).startswith(
+        "flower_firewall_rollback_seconds: 5 is below"
     )
 
 
 def test_misspelt_firewall_key_is_an_error():
-    assert error_for(firewall_ssh_prot=2222).startswith("firewall_ssh_prot: unknown key")
-    assert "did you mean 'allowed_sources'" in error_for(allowed_source=["10.0.0.0/8"])
+    assert error_for(flower_firewall_ssh_prot=2222).startswith(
+        "flower_firewall_ssh_prot: unknown key"
+    )
+    assert "did you mean 'flower_allowed_sources'" in error_for(
+        flower_allowed_source=["10.0.0.0/8"]
+    )
 
 
 # --- the ruleset ----------------------------------------------------------------------------
@@ -118,9 +137,9 @@ def test_ruleset_replaces_only_flowerbeds_table():
 
 def test_ruleset_opens_each_port_to_its_sources_only():
     firewall = firewall_with(
-        allowed_sources=["10.77.0.192/27", "2001:db8:1::/48"],
-        admin_sources=["10.77.0.1/32"],
-        firewall_ssh_port=2222,
+        flower_allowed_sources=["10.77.0.192/27", "2001:db8:1::/48"],
+        flower_admin_sources=["10.77.0.1/32"],
+        flower_firewall_ssh_port=2222,
     )
     text = ruleset(firewall).text
     assert "policy drop;" in text
@@ -145,7 +164,7 @@ def test_overlapping_sources_are_merged():
 
 def test_digest_follows_the_sources_and_is_stable():
     first, again = ruleset(firewall_with()), ruleset(firewall_with())
-    other = ruleset(firewall_with(allowed_sources=["203.0.113.0/25"]))
+    other = ruleset(firewall_with(flower_allowed_sources=["203.0.113.0/25"]))
     assert first == again
     assert first.digest != other.digest
     assert f'comment "{DIGEST_PREFIX}{first.digest}"' in first.text
@@ -181,8 +200,11 @@ def nft_check(text: str, tmp_path: Path) -> subprocess.CompletedProcess:
     "overrides",
     [
         {},
-        {"allowed_sources": ["0.0.0.0/0", "::/0"], "admin_sources": ["2001:db8::/32"]},
-        {"allowed_sources": ["10.0.0.0/8", "10.1.0.0/16", "10.77.0.1"], **PRIVATE_ACME},
+        {
+            "flower_allowed_sources": ["0.0.0.0/0", "::/0"],
+            "flower_admin_sources": ["2001:db8::/32"],
+        },
+        {"flower_allowed_sources": ["10.0.0.0/8", "10.1.0.0/16", "10.77.0.1"], **PRIVATE_ACME},
     ],
 )
 def test_rendered_ruleset_passes_nft_check(overrides, tmp_path):

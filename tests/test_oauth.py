@@ -1,8 +1,9 @@
-"""OAuth end to end: a fresh host in auth_mode "oauth" against the lab's OpenID Connect provider.
+"""OAuth end to end: a fresh host in flower_auth_mode "oauth" against the lab's OpenID Connect
+provider.
 
 The provider (lab/oidc_provider.py: oidc-provider with Okta's routes) runs on the bridge; the
 host is deployed with Flower's OktaLoginHandler pointed at it, trusting its CA through the
-deploy's own egress_ca_certificates. A real browser (Debian's chromium in lab-allowed, as in
+deploy's own flower_egress_ca_certificates. A real browser (Debian's chromium in lab-allowed, as in
 test_browser.py) signs in there: `alice` is allowed by flower_auth, `mallory` is not.
 """
 
@@ -56,7 +57,7 @@ def oauth_deploy(lab: Lab, oidc: dict, module_hosts) -> tuple[str, DeployResult]
 
 def oauth_data(host: dict, oidc: dict) -> dict:
     return {
-        "auth_mode": "oauth",
+        "flower_auth_mode": "oauth",
         "flower_unauthenticated_api": False,
         "flower_healthcheck_min_workers": 0,
         "flower_auth": oidc["users"]["allowed"]["email"],
@@ -66,7 +67,7 @@ def oauth_data(host: dict, oidc: dict) -> dict:
         "flower_oauth2_redirect_uri": f"https://{host['fqdn']}/login",
         "flower_oauth2_secret_env": oidc["client_secret_env"],
         "flower_cookie_secret_env": oidc["cookie_secret_env"],
-        "egress_ca_certificates": [oidc["ca"]],
+        "flower_egress_ca_certificates": [oidc["ca"]],
     }
 
 

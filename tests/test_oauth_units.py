@@ -9,7 +9,7 @@ from flowerbed.flower import unit_text
 from flowerbed.settings import GITHUB, GITLAB, OKTA
 
 OAUTH = {
-    "auth_mode": "oauth",
+    "flower_auth_mode": "oauth",
     "flower_unauthenticated_api": False,
     "flower_auth": "alice@example.com",
     "flower_oauth2_key": "client-id",

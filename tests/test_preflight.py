@@ -53,18 +53,20 @@ def test_three_bad_values_on_two_hosts_are_all_reported_and_nothing_changes(
         HOSTS,
         data={
             "flower_max_tasks": 0,  # bad for both hosts: reported once, naming both
-            "egress_proxy": f"http://:{PROXY_PASSWORD}@10.77.0.1:3128",  # credentials
+            "flower_egress_proxy": f"http://:{PROXY_PASSWORD}@10.77.0.1:3128",  # credentials
         },
         inventory=HOST_DATA_INVENTORY,
-        env={"FLOWERBED_TEST_HOST_DATA": json.dumps({"h2": {"admin_sources": ["0.0.0.0/0"]}})},
+        env={
+            "FLOWERBED_TEST_HOST_DATA": json.dumps({"h2": {"flower_admin_sources": ["0.0.0.0/0"]}})
+        },
     )
     log = bad.log
     assert bad.returncode != 0, bad.explain()
     assert "3 problems in the deploy data or secrets; no host was changed" in log, bad.explain()
     assert "hosts h1, h2: flower_max_tasks: 0 is below 1" in log
-    assert "hosts h1, h2: egress_proxy: the URL carries credentials" in log
-    assert "host h2: admin_sources: 0.0.0.0/0 opens SSH to the whole internet" in log
-    assert "firewall_allow_ssh_from_anywhere = True" in log, "the fix is given"
+    assert "hosts h1, h2: flower_egress_proxy: the URL carries credentials" in log
+    assert "host h2: flower_admin_sources: 0.0.0.0/0 opens SSH to the whole internet" in log
+    assert "flower_firewall_allow_ssh_from_anywhere = True" in log, "the fix is given"
     assert "(set by --data)" in log and "(set in the inventory for host h2)" in log
     assert PROXY_PASSWORD not in bad.stdout + bad.stderr
     assert "Beginning operation run" not in log

@@ -1,4 +1,4 @@
-"""rotate.py's planning and env-file writes, and the verify_* knobs: no lab needed."""
+"""rotate.py's planning and env-file writes, and the flower_verify_* knobs: no lab needed."""
 
 from __future__ import annotations
 
@@ -103,7 +103,7 @@ def defaults() -> dict:
     import runpy
 
     data = runpy.run_path(str(Path(__file__).resolve().parent.parent / "group_data" / "all.py"))
-    return {k: v for k, v in data.items() if k.startswith("verify_")}
+    return {k: v for k, v in data.items() if k.startswith("flower_verify_")}
 
 
 def test_verify_thresholds_have_documented_defaults():
@@ -115,11 +115,11 @@ def test_verify_thresholds_have_documented_defaults():
 @pytest.mark.parametrize(
     "key, value, problem",
     [
-        ("verify_max_failed_tasks", -1, "is not a number of tasks"),
-        ("verify_cert_min_days", "14", "is not a number of days"),
-        ("verify_expected_tasks", "proj.add", "is not a list"),
-        ("verify_ca_bundle", "/nonexistent.pem", "does not exist"),
-        ("verify_max_failed_taks", 5, "unknown key"),
+        ("flower_verify_max_failed_tasks", -1, "is not a number of tasks"),
+        ("flower_verify_cert_min_days", "14", "is not a number of days"),
+        ("flower_verify_expected_tasks", "proj.add", "is not a list"),
+        ("flower_verify_ca_bundle", "/nonexistent.pem", "does not exist"),
+        ("flower_verify_max_failed_taks", 5, "unknown key"),
     ],
 )
 def test_bad_verify_knobs_name_the_key(key, value, problem):

@@ -14,6 +14,7 @@ from settings_helpers import OAUTH, defaults, error_for, settings_with, valid_da
 from flowerbed.flower import config_text, env_text, exec_start, required_packages, unit_text
 from flowerbed.packages import pip_conf
 from flowerbed.preflight import InvalidDeploy, check_host
+from flowerbed.probe import CHECK_TYPES, VERIFY
 from flowerbed.render import systemd_quote
 from flowerbed.secrets import Secret, load_flower_secrets
 from flowerbed.settings import OWNED_PREFIXES, SettingsError, known_keys, load_settings
@@ -33,7 +34,9 @@ def test_defaults_are_valid_and_complete():
     assert settings.flower.version == "2.2.0"
     assert set(known_keys()) <= set(defaults()), "group_data/all.py defines every key"
     owned = {key for key in defaults() if key.startswith(OWNED_PREFIXES)}
-    assert owned <= set(known_keys()), "every flowerbed key in group_data/all.py is validated"
+    operator = {key for key in owned if key.startswith(VERIFY)}  # verify.py's and rotate.py's
+    assert owned - operator <= set(known_keys()), "every key in group_data/all.py is validated"
+    assert {key.removeprefix(VERIFY) for key in operator} == set(CHECK_TYPES)
 
 
 def test_every_default_has_a_comment():
@@ -94,11 +97,11 @@ def test_missing_key_points_at_group_data():
         ("flower_broker_url_env", "redis://:pw@host/0", "the NAME of an environment variable"),
         ("flower_auth_provider", "my.Handler", "not supported"),
         ("flower_app", "proj app", "Celery app"),
-        ("egress_proxy", "socks5://proxy:1080", "not a http/https URL"),
-        ("egress_proxy", "http://user:pw@proxy:3128", "carries credentials"),
+        ("flower_egress_proxy", "socks5://proxy:1080", "not a http/https URL"),
+        ("flower_egress_proxy", "http://user:pw@proxy:3128", "carries credentials"),
         ("flower_basic_auth", {"al:ice": "PW"}, "not letters, digits"),
         ("flower_basic_auth", ["alice"], "a dict"),
-        ("egress_ca_certificates", ["no/such/ca.pem"], "is not a file"),
+        ("flower_egress_ca_certificates", ["no/such/ca.pem"], "is not a file"),
     ],
 )
 def test_bad_values_name_key_and_problem(key, value, problem):
@@ -264,7 +267,8 @@ def test_venv_key_follows_lock_and_app():
 
 def test_pip_reaches_its_index_through_the_egress_proxy():
     settings = settings_with(
-        egress_proxy="http://10.77.0.1:3128", pip_index_url="https://pypi.internal/simple/"
+        flower_egress_proxy="http://10.77.0.1:3128",
+        flower_pip_index_url="https://pypi.internal/simple/",
     )
     conf = pip_conf(settings.egress)
     assert "proxy = http://10.77.0.1:3128" in conf

@@ -61,7 +61,7 @@ def verify(names: list[str], tmp_path: Path, data: dict | None = None) -> Verifi
     summary.unlink(missing_ok=True)
     result = run_deploy(
         names,
-        {"verify_summary_file": str(summary), **(data or {})},
+        {"flower_verify_summary_file": str(summary), **(data or {})},
         flags=("-y",),
         deploy_file="verify.py",
     )
@@ -95,7 +95,7 @@ def test_a_broken_firewall_and_certificate_are_reported_with_every_other_layer(
     lab.ssh(broken, "nft delete table inet flowerbed", check=True)
     try:
         # the lab's certificates last 5 years: expecting 10 makes this one "about to expire"
-        verified = verify(fleet, tmp_path, {"verify_cert_min_days": 3650})
+        verified = verify(fleet, tmp_path, {"flower_verify_cert_min_days": 3650})
         assert not verified.ok
         assert verified.failing(broken) == {"firewall", "certificate"}
         assert "no flowerbed table is loaded" in verified.layer(broken, "firewall")["problem"]
@@ -194,7 +194,7 @@ def test_failed_tasks_over_the_threshold(fleet, tmp_path: Path):
     counted = verify(fleet, tmp_path)
     before = {name: counted.layer(name, "failed_tasks")["value"] for name in fleet}
     limit = max(before.values()) + 25
-    threshold = {"verify_max_failed_tasks": limit}
+    threshold = {"flower_verify_max_failed_tasks": limit}
     assert verify(fleet, tmp_path, threshold).ok
     burst = limit - min(before.values()) + 25  # enough to put every host over the limit
     demo(f"from flowerbed_demo.app import fail\nfor _ in range({burst}): fail.delay('verify test')")
@@ -214,7 +214,7 @@ def test_failed_tasks_over_the_threshold(fleet, tmp_path: Path):
 
 def test_a_long_task_stuck_in_started(fleet, tmp_path: Path):
     task = demo("from flowerbed_demo.app import sleep\nprint(sleep.delay(120).id)")
-    limit = {"verify_max_task_seconds": 20}
+    limit = {"flower_verify_max_task_seconds": 20}
     try:
         # after 35 s it is the oldest STARTED task (the producer's own last at most 30 s)
         time.sleep(35)
@@ -234,11 +234,11 @@ def test_a_long_task_stuck_in_started(fleet, tmp_path: Path):
 
 
 def test_expected_tasks_must_be_registered_by_an_online_worker(fleet, tmp_path: Path):
-    present = {"verify_expected_tasks": ["flowerbed_demo.add", "flowerbed_demo.fail"]}
+    present = {"flower_verify_expected_tasks": ["flowerbed_demo.add", "flowerbed_demo.fail"]}
     verified = verify(fleet, tmp_path, present)
     assert verified.ok, verified.result.explain()
     assert verified.layer(fleet[0], "registered")["value"] == "2/2"
-    missing = {"verify_expected_tasks": ["flowerbed_demo.add", "billing.charge"]}
+    missing = {"flower_verify_expected_tasks": ["flowerbed_demo.add", "billing.charge"]}
     verified = verify(fleet, tmp_path, missing)
     for name in fleet:
         assert verified.failing(name) == {"registered"}
