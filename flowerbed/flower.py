@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import shlex
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from io import StringIO
 
 from pyinfra import host
-from pyinfra.api import deploy
+from pyinfra.api import FactBase, StringCommand, deploy
 from pyinfra.api.operation import OperationMeta
 from pyinfra.facts.systemd import SystemdStatus
 from pyinfra.operations import files, server, systemd
@@ -209,9 +210,20 @@ def flower_unit(flower: Flower, environment: list[tuple[str, str]]) -> Operation
 
 
 def restart_on_change(flower: Flower, unit: OperationMeta, *inputs: OperationMeta) -> OperationMeta:
-    """daemon-reload only for a new unit; one restart for any change; enabled and running."""
-    systemd.daemon_reload(name="Reload systemd (Flower's unit changed)", _if=unit.did_change)
-    changed = any_changed(unit, *inputs)
+    """daemon-reload only for a new unit; one restart for any change; enabled and running.
+
+    A run killed after writing an input but before the restart leaves the files right and the
+    service stale: the next run sees no change, so the host itself is asked (StaleService)."""
+    stale = stale_check(flower)
+    systemd.daemon_reload(
+        name="Reload systemd (Flower's unit changed)",
+        _if=lambda: unit.did_change() or stale()["reload"],
+    )
+    inputs_changed = any_changed(unit, *inputs)
+
+    def changed() -> bool:
+        return inputs_changed() or stale()["restart"]
+
     # StartLimitBurst is there to stop crash loops, not the (re)starts a deploy asks for
     server.shell(
         name="Clear Flower's start limit before the deploy (re)starts it",
@@ -233,6 +245,47 @@ def restart_on_change(flower: Flower, unit: OperationMeta, *inputs: OperationMet
         enabled=True,
     )
     return restart
+
+
+class StaleService(FactBase):
+    """Whether a running service predates its inputs: {"reload": systemd has not loaded the unit
+    file on disk, "restart": that, or a file it reads is newer than its process}."""
+
+    def command(self, unit_name: str, paths: tuple[str, ...]) -> StringCommand:
+        properties = ["NeedDaemonReload", "MainPID", "ExecMainStartTimestamp"]
+        show = ["systemctl", "show", unit_name, "--timestamp=us+utc"]
+        show += [f"--property={name}" for name in properties]
+        # `stat` without -L: a switched venv link has the link's own time
+        mtimes = ["stat", "-c", "%.9Y", *paths]
+        return StringCommand(shlex.join(show), ";", shlex.join(mtimes), "2>/dev/null", "||", "true")
+
+    @staticmethod
+    def default() -> dict:
+        return {"reload": False, "restart": False}
+
+    def process(self, output: list[str]) -> dict:
+        shown = dict(line.split("=", 1) for line in output if "=" in line)
+        mtimes = [float(line) for line in output if line and "=" not in line]
+        reload = shown.get("NeedDaemonReload") == "yes"
+        if shown.get("MainPID", "0") == "0" or not shown.get("ExecMainStartTimestamp"):
+            return {"reload": reload, "restart": False}  # not running: nothing is stale
+        started = datetime.strptime(shown["ExecMainStartTimestamp"], "%a %Y-%m-%d %H:%M:%S.%f %Z")
+        started_at = started.replace(tzinfo=UTC).timestamp()
+        return {"reload": reload, "restart": reload or any(t > started_at for t in mtimes)}
+
+
+def stale_check(flower: Flower):
+    """For `_if`: asks the host once, when the first operation that needs it runs (not at plan
+    time), whether Flower predates its unit, config, environment file or venv link."""
+    paths = (flower.unit_file, flower.config_file, flower.env_file, flower.venv)
+    answer: dict = {}
+
+    def stale() -> dict:
+        if not answer:
+            answer.update(host.get_fact(StaleService, unit_name=flower.unit_name, paths=paths))
+        return answer
+
+    return stale
 
 
 def is_running(unit_name: str) -> bool:
