@@ -11,7 +11,7 @@ MACHINE_PACKAGES := make debootstrap systemd-container tinyproxy pebble redis-se
 	curl openssh-client iproute2 gpg nftables bind9-dnsutils chromium shellcheck \
 	prometheus prometheus-blackbox-exporter rabbitmq-server nodejs
 
-.PHONY: setup machine-packages lab-up lab-down lab-status demo test test-unit lint format bench
+.PHONY: setup machine-packages lab-up lab-down lab-status demo test test-unit lint format bench bench-converge
 
 setup: $(VENV)/.installed
 
@@ -53,6 +53,10 @@ test-unit: setup
 BENCHMARKS ?= $(filter-out benchmarks/lab_times.py,$(wildcard benchmarks/*.py))
 bench: setup lab-up
 	@for script in $(BENCHMARKS); do echo "== $$script"; $(PY) $$script || exit 1; done
+
+# The no-op converge's cost on 10 fresh hosts of its own (issue 10; about 10 minutes).
+bench-converge: setup lab-up
+	$(PY) benchmarks/converge.py
 
 lint: setup
 	$(VENV)/bin/ruff check .

@@ -77,6 +77,24 @@ def data_args(data: dict | None) -> list[str]:
     return args
 
 
+def deploy_args(
+    hosts: list[str] | str,
+    data: dict | None = None,
+    flags: tuple[str, ...] = ("-y", "--json"),
+    inventory: str = "inventory/lab.py",
+    deploy_file: str = "deploy.py",
+) -> list[str]:
+    """The pyinfra command line run_deploy runs (also timed by benchmarks/converge.py)."""
+    names = [hosts] if isinstance(hosts, str) else list(hosts)
+    assert names, "name the hosts: without --limit pyinfra targets every host in the lab"
+    limits = [arg for name in names for arg in ("--limit", name)]
+    return [PYINFRA, inventory, deploy_file, *flags, *limits, *data_args(data)]
+
+
+def deploy_env(env: dict[str, str] | None = None) -> dict[str, str]:
+    return {**os.environ, "PYINFRA_PROGRESS": "off", **(env or {})}
+
+
 def run_deploy(
     hosts: list[str] | str,
     data: dict | None = None,
@@ -88,18 +106,10 @@ def run_deploy(
     timeout: float = 1200,
 ) -> DeployResult:
     """`pyinfra INVENTORY deploy.py -y --json --limit HOSTS [--data k=v ...]` from the repo."""
-    names = [hosts] if isinstance(hosts, str) else list(hosts)
-    assert names, "name the hosts: without --limit pyinfra targets every host in the lab"
-    limits = [arg for name in names for arg in ("--limit", name)]
-    args = [PYINFRA, inventory, deploy_file, *flags, *limits, *data_args(data)]
+    args = deploy_args(hosts, data, flags, inventory, deploy_file)
     started = time.monotonic()
     completed = subprocess.run(
-        args,
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env={**os.environ, "PYINFRA_PROGRESS": "off", **(env or {})},
+        args, cwd=REPO, capture_output=True, text=True, timeout=timeout, env=deploy_env(env)
     )
     return DeployResult(
         args, completed.returncode, completed.stdout, completed.stderr, time.monotonic() - started
