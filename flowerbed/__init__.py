@@ -1,7 +1,36 @@
 """flowerbed: Celery Flower in production on Debian hosts, deployed with pyinfra.
 
-One module per concern, each with @deploy functions that read the validated settings:
-settings (the data model), secrets (operator secrets, the no-diff secret file), packages
-(apt/pip egress), venv (locked venvs), flower (install, configure, run), verify (health).
-deploy.py at the repository root calls them in order.
+    from flowerbed import deploy_flowerbed
+
+    deploy_flowerbed()      # Flower, the edge (nginx, TLS, logins), the firewall, a health check
+
+The deploys (flowerbed.deploy: deploy_flowerbed and its parts, one at a time) read the host's
+data over the defaults shipped in the package; a consumer sets only what has no safe default.
+
+Modules, one concern each:
+- deploy: the deploys a consumer calls; defaults: every data key's default (group_data/all.py)
+- resources: the package data (templates/, files/, locks/) and the base of relative paths
+- settings: the validated data model; validation: its rules and error reporting
+- preflight: every host's data and secrets checked before any host changes
+- secrets: the operator's secrets (environment or .env) and the no-diff secret file
+- packages: apt and pip egress (proxy, CAs, mirror); venv: the locked venvs
+- flower: Flower's install, configuration and service
+- firewall: the nftables table with its rollback
+- edge: nginx, TLS, logins, in order; nginx: the sites; tls: the certificate (certbot);
+  auth: the dashboard's logins
+- verify: the health check in a deploy and the fleet check (verify.py); probe: HTTPS checks
+  from the operator's machine; rotate: secret rotation (rotate.py)
+- render: the templates; hostfiles: root-owned files; shell: commands as argument lists
 """
+
+
+def __getattr__(name: str):
+    # imported on first use: `import flowerbed.settings` stays free of the deploy's imports
+    if name == "deploy_flowerbed":
+        from .deploy import deploy_flowerbed
+
+        return deploy_flowerbed
+    raise AttributeError(f"module 'flowerbed' has no attribute {name!r}")
+
+
+__all__ = ["deploy_flowerbed"]

@@ -34,7 +34,6 @@ import re
 import time
 from dataclasses import dataclass
 from io import StringIO
-from pathlib import Path
 
 from pyinfra import host, logger
 from pyinfra.api import FactBase, FileUploadCommand, StringCommand, deploy, operation
@@ -47,12 +46,13 @@ from pyinfra.operations.util import any_changed
 from .hostfiles import root_directory, root_file
 from .packages import system_packages
 from .render import render
+from .resources import HOST_SCRIPTS
 from .settings import Firewall
 from .shell import command
 
 TABLE = ("inet", "flowerbed")
 HTTP_PORT, HTTPS_PORT = 80, 443
-SCRIPT_SOURCE = Path(__file__).resolve().parent.parent / "files" / "flowerbed-firewall"
+SCRIPT_SOURCE = HOST_SCRIPTS / "flowerbed-firewall"
 SCRIPT_DIR = "/usr/local/libexec/flowerbed"
 SCRIPT = f"{SCRIPT_DIR}/flowerbed-firewall"
 BOOT_DIR = "/etc/flowerbed"

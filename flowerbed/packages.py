@@ -15,7 +15,8 @@ from pyinfra.operations import apt, files, server
 from pyinfra.operations.util import any_changed
 
 from .render import render
-from .settings import REPO, Egress
+from .resources import local_path
+from .settings import Egress
 
 APT_PROXY_CONF = "/etc/apt/apt.conf.d/80flowerbed-proxy"
 EXTRA_CA_DIR = "/usr/local/share/ca-certificates/flowerbed"
@@ -40,7 +41,7 @@ def package_sources(egress: Egress) -> None:
     uploads = [
         files.put(
             name=f"Trust the CA {Path(local).name}",
-            src=str(REPO / local),
+            src=str(local_path(local)),
             dest=f"{EXTRA_CA_DIR}/{Path(local).stem}.crt",
             user="root",
             group="root",

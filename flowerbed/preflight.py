@@ -16,6 +16,7 @@ from pyinfra.api import Host, Inventory
 from pyinfra.api.exceptions import PyinfraError
 
 from .edge import EdgeInputs, edge_inputs
+from .resources import DEFAULTS
 from .secrets import FlowerSecrets, load_flower_secrets, load_operator_env
 from .settings import Settings, SettingsError, validate
 
@@ -38,7 +39,7 @@ def host_problems(
     host: Host, environ: Mapping[str, str] = os.environ
 ) -> tuple[Checked | None, list[SettingsError]]:
     """One host's data, then the secrets it names: all problems, the checked inputs if none."""
-    settings, problems = validate(host.data.dict())
+    settings, problems = validate(host.data.dict(), explicit_keys(host))
     data_errors = len(problems.errors)
     inputs = {}
     with problems.check(incomplete=data_errors > 0):
@@ -50,6 +51,20 @@ def host_problems(
     if problems.errors:
         return None, problems.errors
     return Checked(settings, **inputs), []
+
+
+def explicit_keys(host: Host) -> set[str] | None:
+    """The keys the operator set for this host: in --data, the inventory or a group's data, or
+    changed in group_data/all.py (which otherwise holds flowerbed's defaults)."""
+    inventory = getattr(host, "inventory", None)
+    if inventory is None:
+        return None
+    return {
+        *inventory.get_override_data(),
+        *inventory.get_host_data(host.name),
+        *inventory.get_groups_data(host.groups),
+        *(k for k, v in inventory.get_data().items() if DEFAULTS.get(k, inventory) != v),
+    }
 
 
 def check_host(host: Host) -> Checked:

@@ -117,8 +117,11 @@ CHECK_TYPES = {
 
 
 def operator_checks(data: dict) -> OperatorChecks:
-    """The flower_verify_* knobs, validated; a misspelt flower_verify_* key is an error."""
+    """The flower_verify_* knobs over their defaults, validated; a misspelt one is an error."""
+    from .resources import DEFAULTS
     from .settings import SettingsError
+
+    data = {**DEFAULTS, **data}
 
     unknown = sorted(
         k for k in data if k.startswith(VERIFY) and k.removeprefix(VERIFY) not in CHECK_TYPES

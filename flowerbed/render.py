@@ -1,11 +1,10 @@
 """Renders the files flowerbed writes to hosts from templates/ (one template per file)."""
 
 from functools import cache
-from pathlib import Path
 
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
-TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
+from .resources import TEMPLATES
 
 
 def systemd_quote(value: str) -> str:

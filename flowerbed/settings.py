@@ -1,8 +1,11 @@
 """The one validated data model every flowerbed module reads.
 
 `load_settings(host.data.dict())` turns a host's data into frozen dataclasses, or raises
-`SettingsError` naming the key, the problem and the fix. Defaults live in group_data/all.py
-only: a key missing from the data is an error here, never a silent fallback.
+`SettingsError` naming the key, the problem and the fix. Every key has its default in
+flowerbed/defaults.py (the repository's group_data/all.py), shipped with the package: data
+only overrides them. Every key starts with `flower_`; a key with one of flowerbed's old names
+(before the prefix) is an error naming its new name, unless it is the deploy's own key (see
+renamed_keys).
 
 A section is a frozen dataclass whose fields are data keys (`prefix + field name`); each field's
 metadata holds the check that validates and normalises its value.
@@ -13,13 +16,14 @@ from __future__ import annotations
 import difflib
 import ipaddress
 import re
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path, PurePosixPath
 from typing import Any
 from urllib.parse import urlsplit
 
 from .probe import VERIFY
+from .resources import DEFAULTS, LOCKS, local_path
 from .validation import (
     Problems,
     SettingsError,
@@ -36,13 +40,30 @@ from .validation import (
     system_user_problem,
 )
 
-REPO = Path(__file__).resolve().parent.parent
-LOCKS_DIR = REPO / "locks"
+LOCKS_DIR = LOCKS
 
-# Data keys under these prefixes belong to flowerbed: an unknown one is an error.
-OWNED_PREFIXES = (
-    "flower_", "flowerbed_", "egress_", "pip_", "firewall_", "nginx_", "tls_", "auth_",
-)  # fmt: skip
+# Data keys under these prefixes belong to flowerbed: an unknown one is an error. Every other
+# key (a consumer's own nginx_*, tls_*, fqdn ...) is left alone.
+OWNED_PREFIXES = ("flower_", "flowerbed_")
+
+# flowerbed's keys before they all moved under flower_ (issue 9): old name -> new name.
+RENAMED = {
+    old: f"flower_{old}"
+    for old in (
+        "egress_proxy", "egress_ca_certificates", "pip_index_url", "allowed_sources",
+        "admin_sources", "acme_sources", "firewall_ssh_port", "firewall_rollback_seconds",
+        "firewall_allow_ssh_from_anywhere", "firewall_allow_metrics_from_anywhere", "fqdn",
+        "server_aliases", "monitoring_sources", "nginx_hsts_max_age",
+        "nginx_hsts_include_subdomains", "nginx_proxy_read_timeout", "nginx_server_snippets",
+        "nginx_login_failures_per_minute", "nginx_login_failures_burst",
+        "nginx_requests_per_second", "nginx_requests_burst", "tls_acme_directory",
+        "tls_acme_ca_bundle", "tls_email", "tls_challenge", "tls_dns_plugin",
+        "tls_dns_credentials_env", "tls_dns_hook", "auth_mode", "auth_users_env",
+        "verify_ca_bundle", "verify_summary_file", "verify_cert_min_days", "verify_exposure_max",
+        "verify_min_workers_online", "verify_max_workers_offline", "verify_max_failed_tasks",
+        "verify_max_task_seconds", "verify_max_queue_length", "verify_expected_tasks",
+    )
+}  # fmt: skip
 
 BROKER_SCHEMES = ("redis", "rediss", "sentinel", "amqp", "amqps", "pyamqp")
 TASK_COLUMNS = (
@@ -507,19 +528,24 @@ def known_keys() -> dict[str, Check]:
 
 
 def load_settings(data: Mapping[str, Any]) -> Settings:
-    """Validate one host's data (host.data.dict()) into Settings, or raise SettingsErrors
-    (a SettingsError) listing every problem."""
+    """Validate one host's data (host.data.dict()) over the defaults into Settings, or raise
+    SettingsErrors (a SettingsError) listing every problem."""
     settings, problems = validate(data)
     problems.raise_any()
     return settings
 
 
-def validate(data: Mapping[str, Any]) -> tuple[Settings, Problems]:
+def validate(
+    data: Mapping[str, Any], explicit: Collection[str] | None = None
+) -> tuple[Settings, Problems]:
     """Every key's check and every rule between keys, all run: the problems found, and the
-    settings (where a key failed, its section lacks that attribute)."""
+    settings (where a key failed, its section lacks that attribute). `data` overrides DEFAULTS;
+    `explicit`: the keys the operator set (see renamed_keys)."""
     problems = Problems()
     checks = known_keys()
     problems.errors.extend(unknown_keys(data, checks))
+    problems.errors.extend(renamed_keys(data, explicit))
+    data = {**DEFAULTS, **data}
     settings = Settings(
         **{attr: _section(section, data, checks, problems) for attr, section in SECTIONS.items()}
     )
@@ -551,9 +577,28 @@ def _checked(data: Mapping[str, Any], key: str, checks: dict[str, Check]) -> Any
     return checks[key](key, data[key])
 
 
+def renamed_keys(
+    data: Mapping[str, Any], explicit: Collection[str] | None = None
+) -> Iterator[SettingsError]:
+    """An old name (`fqdn`) is an error naming its new one (`flower_fqdn`) unless the new name
+    is set explicitly too: then the old one is the deploy's own key, never read by flowerbed.
+    `explicit`: the keys the operator set; if unknown, those whose value is not the default."""
+    if explicit is None:
+        explicit = {key for key, value in data.items() if DEFAULTS.get(key, data) != value}
+    for key in data:
+        new = RENAMED.get(key)
+        if new and new not in explicit:
+            yield SettingsError(
+                key,
+                f"flowerbed's keys all start with flower_ now: this one is {new}",
+                f"rename {key} to {new}; if {key} is your own deploy's key, not flowerbed's, "
+                f"also set {new} (its default: {DEFAULTS[new]!r})",
+            )
+
+
 def unknown_keys(data: Mapping[str, Any], checks: Mapping[str, Check]) -> Iterator[SettingsError]:
     for key in data:
-        if key in checks or key.startswith(VERIFY):  # the operator runs check VERIFY keys
+        if key in checks or key in RENAMED or key.startswith(VERIFY):  # VERIFY: operator_checks
             continue
         if key in MANAGED_KEYS:
             yield SettingsError(key, f"not a setting: {MANAGED_KEYS[key]}", f"remove {key}")
@@ -568,17 +613,17 @@ def check_consistency(s: Settings) -> Iterator[SettingsError]:
     """Rules that span several keys."""
     f, o = s.flower, s.options
     for i, certificate in enumerate(s.egress.egress_ca_certificates):
-        if not (REPO / certificate).is_file():
+        if not local_path(certificate).is_file():
             yield SettingsError(
                 f"flower_egress_ca_certificates[{i}]",
                 f"{certificate} is not a file",
-                "give the path of a PEM file, relative to the repository or absolute",
+                "give the path of a PEM file, absolute or relative to where pyinfra runs",
             )
     if not f.lock_file.is_file():
         have = sorted(p.stem.removeprefix("flower-") for p in LOCKS_DIR.glob("flower-*.txt"))
         yield SettingsError(
             "flower_version",
-            f"no lock file {f.lock_file.relative_to(REPO)} (locked versions: {have})",
+            f"no lock file locks/{f.lock_file.name} (locked versions: {have})",
             "pick a locked version, or add locks/flower-<version>.in and run locks/compile.py",
         )
     if bool(f.app) != bool(f.app_source):
@@ -623,7 +668,7 @@ def check_consistency(s: Settings) -> Iterator[SettingsError]:
 
 
 def _local_app_dir(source: str) -> Path:
-    return (REPO / source).resolve()
+    return local_path(source)
 
 
 def local_app_dir(flower: Flower) -> Path:
@@ -814,9 +859,13 @@ def local_file(optional: bool = True) -> Check:
         _expect(key, value, str, "a path on this machine")
         if optional and not value:
             return ""
-        if not Path(value).is_file():
-            raise SettingsError(key, f"{value} is not a file here", "point it at an existing file")
-        return str(Path(value).resolve())
+        if not local_path(value).is_file():
+            raise SettingsError(
+                key,
+                f"{value} is not a file here",
+                "point it at an existing file, absolute or relative to where pyinfra runs",
+            )
+        return str(local_path(value))
 
     return check
 

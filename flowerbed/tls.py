@@ -27,6 +27,7 @@ from pyinfra.operations import files, systemd
 
 from .packages import system_packages
 from .render import render
+from .resources import HOST_SCRIPTS
 from .secrets import Secret, read_secret, secret_file
 from .settings import SettingsError, Tls
 from .shell import command
@@ -40,7 +41,7 @@ DNS_HOOK = f"{FLOWERBED_DIR}/dns-hook"
 DNS_CREDENTIALS = f"{FLOWERBED_DIR}/dns-credentials.ini"
 WEBROOT = "/var/lib/flowerbed/acme"
 DEPLOY_HOOK = "/etc/letsencrypt/renewal-hooks/deploy/flowerbed-nginx"
-DEPLOY_HOOK_SOURCE = Path(__file__).resolve().parent.parent / "files" / "certbot-deploy-hook"
+DEPLOY_HOOK_SOURCE = HOST_SCRIPTS / "certbot-deploy-hook"
 CERTBOT_DROP_IN = "/etc/systemd/system/certbot.service.d/flowerbed.conf"
 
 

@@ -26,13 +26,14 @@ from pyinfra.operations import files
 from .firewall import LoadedRulesetDigest, ruleset
 from .nginx import Dashboard
 from .probe import OperatorChecks, https_get
+from .resources import HOST_SCRIPTS
 from .settings import Flower, FlowerOptions, Settings
 from .shell import command
 
 if TYPE_CHECKING:
     from .edge import EdgeInputs
 
-HEALTHCHECK_SCRIPT = Path(__file__).resolve().parent.parent / "files" / "flower-healthcheck"
+HEALTHCHECK_SCRIPT = HOST_SCRIPTS / "flower-healthcheck"
 HEALTHCHECK_PATH = "/usr/local/libexec/flowerbed/flower-healthcheck"
 
 

@@ -1,0 +1,54 @@
+"""Building flowerbed's wheel from this repository's tracked files, as a release would.
+
+The tracked tree (git ls-files, symlinks kept as symlinks) is copied to a temporary directory
+and built there with the repo venv's setuptools, offline:
+
+    pip wheel <copy> --no-deps --no-build-isolation --no-index
+
+so neither untracked files nor a build/ directory in the checkout can make it pass.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+PACKAGED = ("pyproject.toml", "flowerbed/", "templates/", "files/", "locks/", "group_data/")
+
+
+def tracked_sources(dest: Path) -> Path:
+    """The tracked files the wheel is built from, copied to `dest` (symlinks as symlinks)."""
+    listed = subprocess.run(
+        ["git", "ls-files", "-z"], cwd=REPO, capture_output=True, text=True, check=True
+    ).stdout.split("\0")
+    for name in (n for n in listed if n.startswith(PACKAGED)):
+        source, target = REPO / name, dest / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if source.is_symlink():
+            os.symlink(os.readlink(source), target)
+        elif source.is_file():  # a tracked file deleted in the working tree is not built
+            shutil.copy2(source, target)
+    return dest
+
+
+def build_wheel(work: Path) -> Path:
+    """flowerbed's wheel, built from a copy of the tracked tree under `work`."""
+    sources = tracked_sources(work / "src")
+    built = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", str(sources), "--no-deps", "--no-build-isolation",
+         "--no-index", "--wheel-dir", str(work / "dist"), "--quiet"],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert built.returncode == 0, built.stdout + built.stderr
+    (wheel,) = (work / "dist").glob("flowerbed-*.whl")
+    return wheel
+
+
+def wheel_files(wheel: Path) -> list[str]:
+    with zipfile.ZipFile(wheel) as archive:
+        return archive.namelist()
