@@ -23,15 +23,17 @@ import sys
 import urllib.request
 from pathlib import Path
 
-import lab
+from labkit.config import GATEWAY, LAB, REPO
+from labkit.process import pid_alive, port_open, signal_process, spawn, stop, wait_for
+from labkit.state import lab_lock, load_state, save_state
 
-sys.path.insert(0, str(lab.REPO / "monitoring"))
+sys.path.insert(0, str(REPO / "monitoring"))
 import render_rules  # noqa: E402
 
-HOME = lab.LAB / "prometheus"
+HOME = LAB / "prometheus"
 PORT = 9090
 BLACKBOX_PORT = 9115
-URL = f"http://{lab.GATEWAY}:{PORT}"
+URL = f"http://{GATEWAY}:{PORT}"
 INTERVAL = "5s"
 # The lab's overrides of the rules' defaults: tests see alerts within seconds, and the lab's
 # producer (which fails about one task in ten on purpose) stays under the failure ratio.
@@ -95,7 +97,7 @@ def write_if_changed(path: Path, text: str) -> bool:
 
 def ensure_prometheus(hosts: list[dict], rules: dict[str, str] | None = None) -> str:
     """Prometheus and the blackbox exporter running, scraping `hosts`, with the lab's rules."""
-    state = lab.load_state()
+    state = load_state()
     root = state["acme"]["root"]
     HOME.mkdir(parents=True, exist_ok=True)
     # JSON is YAML: the configs need no YAML library
@@ -113,8 +115,8 @@ def ensure_prometheus(hosts: list[dict], rules: dict[str, str] | None = None) ->
         json.dumps([{"targets": [f"https://{h['fqdn']}/healthcheck" for h in hosts]}]),
     )
     stop_debian_services()
-    if not lab.pid_alive("blackbox"):
-        lab.spawn(
+    if not pid_alive("blackbox"):
+        spawn(
             "blackbox",
             [
                 "prometheus-blackbox-exporter",
@@ -122,27 +124,27 @@ def ensure_prometheus(hosts: list[dict], rules: dict[str, str] | None = None) ->
                 f"--web.listen-address=127.0.0.1:{BLACKBOX_PORT}",
             ],
         )
-    pid = lab.pid_alive("prometheus")
+    pid = pid_alive("prometheus")
     if pid and (config_changed or rules_changed):
-        lab.signal_process(pid, 1)  # SIGHUP: reload config and rules
+        signal_process(pid, 1)  # SIGHUP: reload config and rules
     elif not pid:
         shutil.rmtree(HOME / "data", ignore_errors=True)  # no alert state from an earlier run
-        lab.spawn(
+        spawn(
             "prometheus",
             [
                 "prometheus",
                 f"--config.file={HOME / 'prometheus.yml'}",
                 f"--storage.tsdb.path={HOME / 'data'}",
                 "--storage.tsdb.retention.time=1d",
-                f"--web.listen-address={lab.GATEWAY}:{PORT}",
+                f"--web.listen-address={GATEWAY}:{PORT}",
             ],
         )
-    lab.wait_for(lambda: ready(), 30, what="the lab's Prometheus")
-    lab.wait_for(lambda: lab.port_open("127.0.0.1", BLACKBOX_PORT), 10, what="blackbox exporter")
-    with lab.lab_lock():
-        state = lab.load_state()
+    wait_for(lambda: ready(), 30, what="the lab's Prometheus")
+    wait_for(lambda: port_open("127.0.0.1", BLACKBOX_PORT), 10, what="blackbox exporter")
+    with lab_lock():
+        state = load_state()
         state["prometheus"] = {"url": URL, "config": str(HOME / "prometheus.yml")}
-        lab.save_state(state)
+        save_state(state)
     return URL
 
 
@@ -162,7 +164,7 @@ def stop_debian_services() -> None:
 
 def stop_prometheus() -> None:
     for name in ("prometheus", "blackbox"):
-        lab.stop(name)
+        stop(name)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -176,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "down":
         stop_prometheus()
         return 0
-    known = lab.load_state()["hosts"]
+    known = load_state()["hosts"]
     hosts = [h for h in known if not args.hosts or h["name"] in args.hosts]
     print(ensure_prometheus(hosts, render_rules.parse_sets(args.set)))
     return 0

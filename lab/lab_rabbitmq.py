@@ -31,9 +31,11 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
-import lab
+from labkit.config import GATEWAY, LAB, REPO, SECRETS
+from labkit.process import LabError, pid_alive, port_open, spawn, stop, wait_for
+from labkit.state import lab_lock, lab_secrets, load_state, save_state
 
-HOME = lab.LAB / "rabbitmq"
+HOME = LAB / "rabbitmq"
 AMQP_PORT = 5672
 MANAGEMENT_PORT = 15672
 EPMD_PORT = 4369
@@ -49,12 +51,12 @@ SBIN = Path("/usr/lib/rabbitmq/bin")
 def rabbitmq_secrets() -> dict[str, str]:
     """The broker URL and the management API URL (two users, two passwords), made once and
     kept in .lab/lab.env (0600)."""
-    values = lab.lab_secrets()
+    values = lab_secrets()
     if URL_ENV not in values or API_ENV not in values:
         amqp, api = secrets.token_urlsafe(24), secrets.token_urlsafe(24)
-        values[URL_ENV] = f"amqp://{USER}:{amqp}@{lab.GATEWAY}:{AMQP_PORT}//"
-        values[API_ENV] = f"http://{MONITOR}:{api}@{lab.GATEWAY}:{MANAGEMENT_PORT}/api/"
-        with open(lab.SECRETS, "a") as env:
+        values[URL_ENV] = f"amqp://{USER}:{amqp}@{GATEWAY}:{AMQP_PORT}//"
+        values[API_ENV] = f"http://{MONITOR}:{api}@{GATEWAY}:{MANAGEMENT_PORT}/api/"
+        with open(SECRETS, "a") as env:
             env.write(f"{URL_ENV}={values[URL_ENV]}\n{API_ENV}={values[API_ENV]}\n")
     return values
 
@@ -115,8 +117,8 @@ def write_config(values: dict[str, str]) -> None:
     defs.touch(mode=0o600)
     defs.write_text(json.dumps(definitions(values)))
     (HOME / "rabbitmq.conf").write_text(
-        f"listeners.tcp.default = {lab.GATEWAY}:{AMQP_PORT}\n"
-        f"management.tcp.ip = {lab.GATEWAY}\n"
+        f"listeners.tcp.default = {GATEWAY}:{AMQP_PORT}\n"
+        f"management.tcp.ip = {GATEWAY}\n"
         f"management.tcp.port = {MANAGEMENT_PORT}\n"
         f"load_definitions = {defs}\n"  # its users instead of a default (guest) user
         "collect_statistics_interval = 1000\n"  # queue counts in the API within a second
@@ -124,7 +126,7 @@ def write_config(values: dict[str, str]) -> None:
 
 
 def management_ready(values: dict[str, str]) -> bool:
-    url = f"http://{lab.GATEWAY}:{MANAGEMENT_PORT}/api/overview"
+    url = f"http://{GATEWAY}:{MANAGEMENT_PORT}/api/overview"
     token = base64.b64encode(":".join(credentials(values[API_ENV])).encode()).decode()
     request = urllib.request.Request(url, headers={"Authorization": f"Basic {token}"})
     try:
@@ -136,32 +138,32 @@ def management_ready(values: dict[str, str]) -> bool:
 
 def stop_debian_service() -> None:
     """Debian starts its rabbitmq-server on install where it can; the lab runs its own."""
-    if lab.port_open("127.0.0.1", AMQP_PORT) or lab.port_open(lab.GATEWAY, AMQP_PORT):
+    if port_open("127.0.0.1", AMQP_PORT) or port_open(GATEWAY, AMQP_PORT):
         subprocess.run(["service", "rabbitmq-server", "stop"], capture_output=True)
 
 
 def ensure_rabbitmq() -> dict:
     """RabbitMQ and its demo worker running; returns what .lab/state.json records."""
     if not shutil.which("epmd") or not (SBIN / "rabbitmq-server").exists():
-        raise lab.LabError("RabbitMQ is missing: `make machine-packages` installs rabbitmq-server")
-    with lab.lab_lock():
+        raise LabError("RabbitMQ is missing: `make machine-packages` installs rabbitmq-server")
+    with lab_lock():
         values = rabbitmq_secrets()
-    if not lab.pid_alive("rabbitmq"):
+    if not pid_alive("rabbitmq"):
         stop_debian_service()
-        lab.stop("rabbitmq-epmd")
+        stop("rabbitmq-epmd")
         shutil.rmtree(HOME, ignore_errors=True)  # a fresh node: the default user is made anew
         write_config(values)
         env = environment()
-        if not lab.port_open("127.0.0.1", EPMD_PORT):
+        if not port_open("127.0.0.1", EPMD_PORT):
             # on loopback, up before the node (which would start one on every address)
-            lab.spawn("rabbitmq-epmd", ["epmd", "-address", "127.0.0.1"], env=env)
-            lab.wait_for(lambda: lab.port_open("127.0.0.1", EPMD_PORT), 10, what="epmd")
-        lab.spawn("rabbitmq", [str(SBIN / "rabbitmq-server")], env=env)
-    lab.wait_for(lambda: management_ready(values), 90, what="RabbitMQ's management API")
+            spawn("rabbitmq-epmd", ["epmd", "-address", "127.0.0.1"], env=env)
+            wait_for(lambda: port_open("127.0.0.1", EPMD_PORT), 10, what="epmd")
+        spawn("rabbitmq", [str(SBIN / "rabbitmq-server")], env=env)
+    wait_for(lambda: management_ready(values), 90, what="RabbitMQ's management API")
     ensure_worker(values)
     info = {
-        "address": f"{lab.GATEWAY}:{AMQP_PORT}",
-        "management": f"http://{lab.GATEWAY}:{MANAGEMENT_PORT}/api/",
+        "address": f"{GATEWAY}:{AMQP_PORT}",
+        "management": f"http://{GATEWAY}:{MANAGEMENT_PORT}/api/",
         "user": USER,
         "api_user": MONITOR,
         "url_env": URL_ENV,
@@ -169,25 +171,25 @@ def ensure_rabbitmq() -> dict:
         "worker": WORKER,
         "deploy_data": {"flower_broker_url_env": URL_ENV, "flower_broker_api_env": API_ENV},
     }
-    with lab.lab_lock():
-        state = lab.load_state()
+    with lab_lock():
+        state = load_state()
         state["rabbitmq"] = info
-        lab.save_state(state)
+        save_state(state)
     return info
 
 
 def ensure_worker(values: dict[str, str]) -> None:
-    if lab.pid_alive("rabbitmq-worker"):
+    if pid_alive("rabbitmq-worker"):
         return
-    celery = lab.REPO / ".venv" / "bin" / "celery"
-    env = {"CELERY_BROKER_URL": values[URL_ENV], "PYTHONPATH": str(lab.REPO / "lab" / "demo_app")}
+    celery = REPO / ".venv" / "bin" / "celery"
+    env = {"CELERY_BROKER_URL": values[URL_ENV], "PYTHONPATH": str(REPO / "lab" / "demo_app")}
     argv = [str(celery), "-A", "flowerbed_demo.app", "worker", "-E", "--loglevel=INFO"]
-    lab.spawn("rabbitmq-worker", [*argv, "--concurrency=1", f"--hostname={WORKER}"], env=env)
+    spawn("rabbitmq-worker", [*argv, "--concurrency=1", f"--hostname={WORKER}"], env=env)
 
 
 def stop_rabbitmq() -> None:
-    lab.stop("rabbitmq-worker")
-    pid = lab.pid_alive("rabbitmq")
+    stop("rabbitmq-worker")
+    pid = pid_alive("rabbitmq")
     if pid:
         subprocess.run(
             [str(SBIN / "rabbitmqctl"), "stop"],
@@ -195,12 +197,12 @@ def stop_rabbitmq() -> None:
             capture_output=True,
             timeout=60,
         )
-    lab.stop("rabbitmq", timeout=30)
-    lab.stop("rabbitmq-epmd")
-    with lab.lab_lock():
-        state = lab.load_state()
+    stop("rabbitmq", timeout=30)
+    stop("rabbitmq-epmd")
+    with lab_lock():
+        state = load_state()
         if state.pop("rabbitmq", None) is not None:
-            lab.save_state(state)
+            save_state(state)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -214,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
             print(ensure_rabbitmq()["management"])
         else:
             stop_rabbitmq()
-    except lab.LabError as error:
+    except LabError as error:
         print(f"lab: {error}", file=sys.stderr)
         return 1
     return 0

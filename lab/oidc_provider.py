@@ -4,7 +4,7 @@ panva's certified `oidc-provider` (npm, pinned in lab/oidc/package-lock.json, in
 `npm ci`) on the bridge at https://10.77.0.1:9443/oauth2 with Okta's routes, so Flower's
 OktaLoginHandler uses it as it would Okta (flower_oauth2_okta_base_url = that URL). Its TLS
 certificate comes from a lab CA, made like pebble's listener's; hosts trust that CA through
-the deploy's own `egress_ca_certificates`.
+the deploy's own `flower_egress_ca_certificates`.
 
 It has one client (the dashboards, redirect https://<any lab host>/login) and two users:
 `alice` (alice@flowerbed.test, the one the tests let in with flower_auth) and `mallory`
@@ -21,21 +21,9 @@ import secrets
 import shutil
 import subprocess
 
-from lab import (
-    DOMAIN,
-    GATEWAY,
-    LAB,
-    REPO,
-    SECRETS,
-    LabError,
-    make_acme_listener_cert,
-    pid_alive,
-    port_open,
-    run,
-    spawn,
-    stop,
-    wait_for,
-)
+from labkit.config import DOMAIN, GATEWAY, LAB, REPO, SECRETS
+from labkit.process import LabError, pid_alive, port_open, run, spawn, stop, wait_for
+from labkit.services import make_acme_listener_cert
 
 PACKAGE = REPO / "lab" / "oidc"
 STATE_DIR = LAB / "oidc"
