@@ -7,40 +7,20 @@ every mode renders them, and that the origin patterns match what they should and
 from __future__ import annotations
 
 import re
-import runpy
-from pathlib import Path
 
 import bcrypt
 import pytest
+from settings_helpers import OAUTH, settings_with
 
 from flowerbed.auth import BCRYPT_ROUNDS, Login, bcrypt_cost, htpasswd_lines, parse_htpasswd
 from flowerbed.edge import dashboard_site
 from flowerbed.nginx import https_site_text, origin_patterns
-from flowerbed.settings import load_settings
 
-REPO = Path(__file__).resolve().parent.parent
-HOST_DATA = {
-    "flower_fqdn": "flower.example.com",
-    "flower_allowed_sources": ["203.0.113.0/24"],
-    "flower_admin_sources": ["198.51.100.7/32"],
-}
-OAUTH = {
-    "flower_auth_mode": "oauth",
-    "flower_auth": ".*@example.com",
-    "flower_auth_provider": "flower.views.auth.GithubLoginHandler",
-    "flower_oauth2_key": "client-id",
-    "flower_oauth2_redirect_uri": "https://flower.example.com/login",
-    "flower_oauth2_secret_env": "OAUTH",
-    "flower_cookie_secret_env": "COOKIE",
-    "flower_unauthenticated_api": False,
-    "flower_healthcheck_min_workers": 0,
-}
+SITE = {"flower_fqdn": "flower.example.com"}
 
 
 def site_text(**overrides) -> str:
-    values = runpy.run_path(str(REPO / "group_data" / "all.py"))
-    data = {key: value for key, value in values.items() if not key.startswith("__")}
-    settings = load_settings({**data, **HOST_DATA, **overrides})
+    settings = settings_with(**{**SITE, **overrides})
     return https_site_text(dashboard_site(settings, "h1"), settings)
 
 

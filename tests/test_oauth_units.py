@@ -3,20 +3,16 @@
 from __future__ import annotations
 
 import pytest
+import settings_helpers
 from settings_helpers import error_for, settings_with
 
 from flowerbed.flower import unit_text
 from flowerbed.settings import GITHUB, GITLAB, OKTA
 
+# the shared OAuth data without a provider: each test names the one it checks
 OAUTH = {
-    "flower_auth_mode": "oauth",
-    "flower_unauthenticated_api": False,
+    **{k: v for k, v in settings_helpers.OAUTH.items() if k != "flower_auth_provider"},
     "flower_auth": "alice@example.com",
-    "flower_oauth2_key": "client-id",
-    "flower_oauth2_redirect_uri": "https://flower.example.com/login",
-    "flower_oauth2_secret_env": "OAUTH_SECRET",
-    "flower_cookie_secret_env": "COOKIE_SECRET",
-    "flower_healthcheck_min_workers": 0,
 }
 OKTA_URL = "https://example.okta.com/oauth2/default"
 

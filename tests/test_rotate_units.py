@@ -7,6 +7,7 @@ import stat
 from pathlib import Path
 
 import pytest
+import settings_helpers
 from dotenv import dotenv_values
 
 from flowerbed.probe import operator_checks
@@ -100,10 +101,7 @@ def test_the_source_file_must_hold_the_variable_and_the_shell_must_not(tmp_path:
 
 
 def defaults() -> dict:
-    import runpy
-
-    data = runpy.run_path(str(Path(__file__).resolve().parent.parent / "group_data" / "all.py"))
-    return {k: v for k, v in data.items() if k.startswith("flower_verify_")}
+    return {k: v for k, v in settings_helpers.defaults().items() if k.startswith("flower_verify_")}
 
 
 def test_verify_thresholds_have_documented_defaults():
