@@ -1,0 +1,255 @@
+"""The way real servers are reached: a non-root `deploy` user with passwordless sudo.
+
+One fresh host for the module, set up the way inventory/prod.py describes a real server: a
+`deploy` user with the operator's SSH key and `NOPASSWD` sudo, and root's SSH login refused, so
+nothing can quietly log in as root. Its inventory data is `ssh_user="deploy"`, `_sudo=True`
+(tests/inventories/lab.py's per-host data). The deploy, a second run, verify.py and rotate.py
+all run as that user; while the deploy and the rotation run, a watcher on the host
+(tests/secret_watch.py, inotify) reports every file that holds a secret while others can read
+it, in the temp directories, the deploy user's home and /etc, and any left in the temp
+directories afterwards.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import shlex
+import shutil
+import subprocess
+import threading
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import pytest
+from conftest import REPO, Lab, run
+from deploy_helpers import DeployResult, assert_no_secret, run_deploy
+from dotenv import dotenv_values
+
+pytestmark = pytest.mark.lab
+
+USER = "deploy"
+HOME = f"/home/{USER}"
+KEYS = f"{HOME}/.ssh/authorized_keys"
+SUDO_DATA = {"ssh_user": USER, "_sudo": True}
+INVENTORY = "tests/inventories/lab.py"  # inventory/lab.py plus per-host data
+WATCHER = (REPO / "tests" / "secret_watch.py").read_text()
+BOOT_RULESET = "/etc/flowerbed/firewall.nft"
+HTPASSWD = "/etc/nginx/flowerbed.htpasswd"
+SSH_OPTIONS = [
+    "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
+    "-o", "LogLevel=ERROR", "-o", "ConnectTimeout=5",
+]  # fmt: skip
+
+
+def ssh_as(lab: Lab, host: dict, user: str, command: str) -> list[str]:
+    return ["ssh", "-i", lab.state["ssh_key"], *SSH_OPTIONS, f"{user}@{host['address']}", command]
+
+
+def sudo(lab: Lab, host: dict, command: list[str], check: bool = True) -> str:
+    """A command as root, through the deploy user's sudo (root cannot log in)."""
+    done = run(ssh_as(lab, host, USER, shlex.join(["sudo", "-n", *command])), check=check)
+    return done.stdout
+
+
+def make_deploy_user(lab: Lab, name: str) -> None:
+    """sudo installed, `deploy` with the lab's key and NOPASSWD sudo, root's login refused."""
+    proxy = f"Acquire::http::Proxy={lab.state['proxy']}"
+    steps = [
+        ["apt-get", "-o", proxy, "-q", "update"],
+        ["apt-get", "-o", proxy, "-q", "install", "-y", "--no-install-recommends", "sudo"],
+        ["useradd", "--create-home", "--shell", "/bin/bash", USER],
+        ["install", "-d", "-m", "700", "-o", USER, "-g", USER, f"{HOME}/.ssh"],
+        ["install", "-m", "600", "-o", USER, "-g", USER, "/root/.ssh/authorized_keys", KEYS],
+    ]  # fmt: skip
+    for step in steps:
+        lab.ssh(name, step, timeout=300, check=True)
+    lab.ssh(name, f"echo '{USER} ALL=(ALL) NOPASSWD: ALL' > /etc/sudoers.d/{USER}", check=True)
+    lab.ssh(name, ["chmod", "440", f"/etc/sudoers.d/{USER}"], check=True)
+    lab.ssh(name, ["visudo", "-c"], check=True)
+    # sshd takes the first value it reads: a drop-in before the main file's own
+    lab.ssh(name, "echo 'PermitRootLogin no' > /etc/ssh/sshd_config.d/00-no-root.conf", check=True)
+    lab.ssh(name, ["systemctl", "reload", "ssh"], check=True)
+
+
+@pytest.fixture(scope="module")
+def sudo_host(lab: Lab, module_hosts) -> dict:
+    host = module_hosts()
+    make_deploy_user(lab, host["name"])
+    refused = run(ssh_as(lab, host, "root", "true"))
+    assert refused.returncode != 0, "root can no longer log in"
+    assert sudo(lab, host, ["id", "-un"]).strip() == "root", "deploy's sudo needs no password"
+    return host
+
+
+def secrets_of(env_file: str | Path) -> list[list[str]]:
+    """[label, value] for every secret in an env file, and each password inside one."""
+    found = []
+    for key, value in dotenv_values(env_file).items():
+        if not value:
+            continue
+        found.append([key, value])
+        for position, entry in enumerate(value.split(",")):
+            user, colon, password = entry.partition(":")
+            if colon and "//" not in entry:
+                found.append([f"{key} password #{position + 1}", password])
+        if "//" in value and (password := urlsplit(value).password):
+            found.append([f"{key} password", password])
+    # the dashboard logins reach hosts only as bcrypt hashes: any such hash is a secret too
+    return [pair for pair in found if len(pair[1]) >= 8] + [["a bcrypt hash", "$2b$"]]
+
+
+class SecretWatch:
+    """tests/secret_watch.py on the host, from a background thread, for the length of a `with`."""
+
+    def __init__(self, lab: Lab, host: dict, secrets: list[list[str]]):
+        self.lab, self.host, self.secrets = lab, host, secrets
+        self.events: list[dict] = []
+        temp = sudo(lab, host, ["-u", USER, "sh", "-c", 'echo "${TMPDIR:-/tmp}"']).strip()
+        self.temp_dirs = sorted({temp, "/tmp", "/var/tmp", "/dev/shm", HOME})
+        self.watched = [*self.temp_dirs, "/etc"]
+
+    def __enter__(self) -> SecretWatch:
+        arguments = [*self.watched, "--left-behind-only-under", *self.temp_dirs]
+        command = shlex.join(["sudo", "-n", "python3", "-c", WATCHER, *arguments])
+        self.process = subprocess.Popen(
+            ssh_as(self.lab, self.host, USER, command),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        self.process.stdin.write(json.dumps(self.secrets) + "\n")
+        self.process.stdin.flush()
+        self.ready = threading.Event()
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
+        assert self.ready.wait(60), "the watcher on the host never got ready"
+        return self
+
+    def _read(self) -> None:
+        for line in self.process.stdout:
+            event = json.loads(line)
+            self.events.append(event)
+            if event["event"] == "ready":
+                self.ready.set()
+
+    def __exit__(self, *exc) -> None:
+        self.process.stdin.close()  # the watcher's stop signal
+        self.process.wait(timeout=120)
+        self.reader.join(timeout=10)
+
+    def saw_a_temp_upload(self) -> bool:
+        """Whether pyinfra's sudo uploads went through a watched temp directory."""
+        names = [Path(event["path"]).name for event in self.found("created")]
+        return any(name.startswith("pyinfra-") for name in names)
+
+    def found(self, kind: str) -> list[dict]:
+        assert self.events[-1]["event"] == "done", f"the watcher did not finish: {self.events}"
+        return [event for event in self.events if event["event"] == kind]
+
+
+def deploy_as_deploy(host: dict, **kwargs) -> DeployResult:
+    env = {
+        "FLOWERBED_TEST_HOST_DATA": json.dumps({host["name"]: SUDO_DATA}),
+        **kwargs.pop("env", {}),
+    }
+    return run_deploy([host["name"]], inventory=INVENTORY, env=env, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def deployed(lab: Lab, sudo_host: dict) -> tuple[DeployResult, SecretWatch]:
+    """The whole deploy of the fresh host, as `deploy`, watched."""
+    with SecretWatch(lab, sudo_host, secrets_of(lab.state["secrets_file"])) as watch:
+        result = deploy_as_deploy(sudo_host)
+    assert result.ok, result.explain()
+    print(f"first deploy as {USER} with sudo: {result.seconds:.1f} s")
+    return result, watch
+
+
+def test_the_whole_deploy_runs_as_a_sudo_user(lab: Lab, sudo_host: dict, deployed):
+    result, _ = deployed
+    assert result.totals["error"] == 0 and result.totals["success"] > 0
+    assert_no_secret(result, [value for _, value in secrets_of(lab.state["secrets_file"])])
+    for unit in ("flower.service", "nginx.service", "flowerbed-firewall.service"):
+        assert sudo(lab, sudo_host, ["systemctl", "is-active", unit]).strip() == "active", unit
+    # the pyinfra session really was deploy's (root cannot log in): sshd says so
+    logins = sudo(lab, sudo_host, ["journalctl", "-u", "ssh", "-o", "cat", "--no-pager"])
+    assert f"Accepted publickey for {USER}" in logins
+
+
+def test_no_secret_upload_is_ever_readable_by_others_or_left_behind(deployed):
+    _, watch = deployed
+    assert watch.secrets, "the lab has secrets to look for"
+    assert watch.saw_a_temp_upload(), "the watcher saw pyinfra's temp files for the uploads"
+    assert watch.found("readable") == [], "a file holding a secret was readable by others"
+    assert watch.found("left") == [], "a file holding a secret was left in a temp directory"
+
+
+def test_the_firewall_is_confirmed_by_a_new_login_through_sudo(lab: Lab, sudo_host, deployed):
+    result, _ = deployed
+    assert result.changed_hosts("Firewall rules") == [sudo_host["name"]]
+    # only a confirm makes the loaded ruleset the boot ruleset and disarms the rollback timer
+    boot = sudo(lab, sudo_host, ["cat", BOOT_RULESET])
+    live = sudo(lab, sudo_host, ["nft", "list", "table", "inet", "flowerbed"])
+    digest = boot.split("flowerbed sha256:")[1].split('"')[0]
+    assert f"flowerbed sha256:{digest}" in live, "the confirmed ruleset is the live one"
+    timers = sudo(lab, sudo_host, ["systemctl", "list-timers", "--all", "--no-legend"])
+    assert "flowerbed" not in timers, f"a rollback timer is still armed:\n{timers}"
+
+
+def test_a_second_run_as_the_sudo_user_changes_nothing(sudo_host, deployed):
+    again = deploy_as_deploy(sudo_host)
+    assert again.ok, again.explain()
+    assert again.totals["success"] == 0, again.explain()
+    print(f"no-op run as {USER} with sudo: {again.seconds:.1f} s")
+
+
+def test_verify_runs_as_the_sudo_user(sudo_host, deployed, tmp_path: Path):
+    summary = tmp_path / "verify.json"
+    result = deploy_as_deploy(
+        sudo_host,
+        data={"flower_verify_summary_file": str(summary)},
+        flags=("-y",),
+        deploy_file="verify.py",
+    )
+    assert result.ok, result.explain()
+    layers = json.loads(summary.read_text())["hosts"][sudo_host["name"]]["layers"]
+    # the layers that need root on the host: nginx -t, the nft table, systemd-analyze
+    for layer in ("unit", "nginx_config", "firewall", "sandbox", "https"):
+        assert layers[layer]["ok"], f"{layer}: {layers[layer]}"
+
+
+def test_a_rotation_runs_as_the_sudo_user_and_leaves_no_readable_secret(
+    lab: Lab, sudo_host: dict, deployed, tmp_path: Path
+):
+    env_file = tmp_path / "ops.env"
+    shutil.copy(lab.state["secrets_file"], env_file)
+    env_file.chmod(0o600)
+    user, _ = lab.dashboard_login
+    new_login = f"{user}:{secrets.token_urlsafe(24)}"
+    before = sudo(lab, sudo_host, ["sha256sum", HTPASSWD])
+    try:
+        watched = [*secrets_of(env_file), ["the new password", new_login.partition(":")[2]]]
+        with SecretWatch(lab, sudo_host, watched) as watch:
+            rotated = deploy_as_deploy(
+                sudo_host,
+                flags=("-y",),
+                deploy_file="rotate.py",
+                env={
+                    "FLOWERBED_ENV_FILE": str(env_file),
+                    "FLOWERBED_NEW_DASHBOARD_USERS": new_login,
+                },
+            )
+        assert rotated.ok, rotated.explain()
+        assert "accepts the new password and refuses the old one" in rotated.log
+        assert sudo(lab, sudo_host, ["sha256sum", HTPASSWD]) != before
+        assert_no_secret(rotated, [value for _, value in watched[:-1]])
+        assert watch.found("readable") == [], "a file holding a secret was readable by others"
+        assert watch.found("left") == [], "a file holding a secret was left in a temp directory"
+        stat = sudo(lab, sudo_host, ["stat", "-c", "%a %U:%G", HTPASSWD]).strip()
+        assert stat == "640 root:www-data"
+        leftovers = sudo(lab, sudo_host, ["find", *watch.temp_dirs, "-name", "pyinfra-*"])
+        assert leftovers == "", f"pyinfra's temp files were left: {leftovers}"
+    finally:
+        restored = deploy_as_deploy(sudo_host)
+        assert restored.ok, restored.explain()
