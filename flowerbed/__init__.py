@@ -21,6 +21,8 @@ Modules, one concern each:
 - verify: the health check in a deploy and the fleet check (verify.py); probe: HTTPS checks
   from the operator's machine; rotate: secret rotation (rotate.py)
 - render: the templates; hostfiles: root-owned files; shell: commands as argument lists
+- facts: what the operations ask of a host, fetched in one round trip; units: systemd units
+  enabled and running, from those facts
 """
 
 

@@ -1,11 +1,12 @@
-"""Building flowerbed's wheel from this repository's tracked files, as a release would.
+"""Building flowerbed's wheel from this checkout, as `pip wheel .` would, but elsewhere.
 
-The tracked tree (git ls-files, symlinks kept as symlinks) is copied to a temporary directory
-and built there with the repo venv's setuptools, offline:
+The checkout's files that git does not ignore (tracked or new; symlinks kept as symlinks) are
+copied to a temporary directory and built there with the repo venv's setuptools, offline:
 
     pip wheel <copy> --no-deps --no-build-isolation --no-index
 
-so neither untracked files nor a build/ directory in the checkout can make it pass.
+so neither ignored files (.lab/, build/, a stale egg-info) nor a build left in the checkout
+can make it pass, and the checkout gets no build/ directory.
 """
 
 from __future__ import annotations
@@ -21,11 +22,12 @@ REPO = Path(__file__).resolve().parent.parent
 PACKAGED = ("pyproject.toml", "flowerbed/", "templates/", "files/", "locks/", "group_data/")
 
 
-def tracked_sources(dest: Path) -> Path:
-    """The tracked files the wheel is built from, copied to `dest` (symlinks as symlinks)."""
+def checkout_sources(dest: Path) -> Path:
+    """The files the wheel is built from, copied to `dest` (symlinks as symlinks)."""
     listed = subprocess.run(
-        ["git", "ls-files", "-z"], cwd=REPO, capture_output=True, text=True, check=True
-    ).stdout.split("\0")
+        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+        cwd=REPO, capture_output=True, text=True, check=True,
+    ).stdout.split("\0")  # fmt: skip
     for name in (n for n in listed if n.startswith(PACKAGED)):
         source, target = REPO / name, dest / name
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -37,8 +39,8 @@ def tracked_sources(dest: Path) -> Path:
 
 
 def build_wheel(work: Path) -> Path:
-    """flowerbed's wheel, built from a copy of the tracked tree under `work`."""
-    sources = tracked_sources(work / "src")
+    """flowerbed's wheel, built from a copy of the checkout under `work`."""
+    sources = checkout_sources(work / "src")
     built = subprocess.run(
         [sys.executable, "-m", "pip", "wheel", str(sources), "--no-deps", "--no-build-isolation",
          "--no-index", "--wheel-dir", str(work / "dist"), "--quiet"],
