@@ -146,7 +146,8 @@ _fresh_names = itertools.count(1)
 
 
 class FreshHosts:
-    """The one way tests get a clean host: `boot()` makes one, `remove_all()` removes them."""
+    """The one way tests get a clean host: calling it boots one; leaving its `with` block (or
+    `remove_all()`) removes every host it made."""
 
     def __init__(self, lab: Lab):
         self.lab = lab
@@ -164,25 +165,25 @@ class FreshHosts:
             lab_cli("host-down", self.made.pop())
         self.lab.state = Lab.load().state
 
+    def __enter__(self) -> FreshHosts:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.remove_all()
+
 
 @pytest.fixture
 def fresh_host(lab: Lab):
     """A factory for new, clean hosts; each is removed when the test ends."""
-    hosts = FreshHosts(lab)
-    try:
+    with FreshHosts(lab) as hosts:
         yield hosts
-    finally:
-        hosts.remove_all()
 
 
 @pytest.fixture(scope="module")
 def module_hosts(lab: Lab):
     """`fresh_host` for a module's shared hosts: removed when the module's tests end."""
-    hosts = FreshHosts(lab)
-    try:
+    with FreshHosts(lab) as hosts:
         yield hosts
-    finally:
-        hosts.remove_all()
 
 
 def pytest_collection_modifyitems(items):
