@@ -19,7 +19,7 @@ ENABLED = ("enabled", "static")
 
 
 class UnitStates(FactBase):
-    """{unit: {"running": bool, "enabled": bool}} from `systemctl show`."""
+    """{unit: {"running": bool, "enabled": bool, "failed": bool}} from `systemctl show`."""
 
     merge_argument = "units"  # with others of its kind, one command (flowerbed.facts)
 
@@ -27,7 +27,8 @@ class UnitStates(FactBase):
         return "systemctl"
 
     def command(self, units: tuple[str, ...]) -> StringCommand:
-        return command("systemctl", "show", "--property=Id,SubState,UnitFileState", *units)
+        properties = "--property=Id,ActiveState,SubState,UnitFileState"
+        return command("systemctl", "show", properties, *units)
 
     @staticmethod
     def default() -> dict:
@@ -40,6 +41,7 @@ class UnitStates(FactBase):
                 states[current["Id"]] = {
                     "running": current.get("SubState") in RUNNING,
                     "enabled": current.get("UnitFileState") in ENABLED,
+                    "failed": current.get("ActiveState") == "failed",
                 }
                 current = {}
             elif "=" in line:
@@ -56,11 +58,13 @@ def full_name(unit: str) -> str:
 def unit_state(unit: str) -> dict[str, bool]:
     """The unit's state on the current host (in an operation or an `_if`)."""
     unit = full_name(unit)
-    return facts.ask(UnitStates, units=(unit,)).get(unit, {"running": False, "enabled": False})
+    absent = {"running": False, "enabled": False, "failed": False}
+    return facts.ask(UnitStates, units=(unit,)).get(unit, absent)
 
 
 def unit_running(name: str, unit: str, reset_failed: bool = False, **arguments) -> OperationMeta:
-    """`unit` is enabled and running; `reset_failed` clears its start limit before a start."""
+    """`unit` is enabled and running; `reset_failed` clears a failed unit's state (and the
+    start limit that failed it) before the start."""
     facts.expect(UnitStates, units=(full_name(unit),))
     return enabled_and_running(name=name, unit=unit, reset_failed=reset_failed, **arguments)
 
@@ -69,9 +73,10 @@ def unit_running(name: str, unit: str, reset_failed: bool = False, **arguments) 
 def enabled_and_running(unit: str, reset_failed: bool = False):
     current = unit_state(unit)
     if not current["running"]:
-        if reset_failed:
-            # a unit systemd has not loaded yet (never started) has no limit to clear
-            yield StringCommand(command("systemctl", "reset-failed", unit), "||", "true")
+        # only a failed unit needs it (a start limit hit fails the unit), and a failed unit is
+        # one systemd keeps loaded: reset-failed of a unit it has not loaded is an error
+        if reset_failed and current["failed"]:
+            yield command("systemctl", "reset-failed", unit)
         yield command("systemctl", "start", unit)
     if not current["enabled"]:
         yield command("systemctl", "enable", unit)
