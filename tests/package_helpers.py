@@ -54,3 +54,17 @@ def build_wheel(work: Path) -> Path:
 def wheel_files(wheel: Path) -> list[str]:
     with zipfile.ZipFile(wheel) as archive:
         return archive.namelist()
+
+
+def missing_from_wheel(wheel: Path) -> list[str]:
+    """The package data a complete wheel holds but this one lacks: every template, host
+    script, lock and the defaults (and the modules that find them)."""
+    wanted = {
+        *(f"flowerbed/templates/{p.name}" for p in (REPO / "templates").glob("*.j2")),
+        *(f"flowerbed/files/{p.name}" for p in (REPO / "files").iterdir()),
+        *(f"flowerbed/locks/{p.name}" for p in (REPO / "locks").glob("flower-*")),
+        "flowerbed/defaults.py",
+        "flowerbed/deploy.py",
+        "flowerbed/resources.py",
+    }
+    return sorted(wanted - set(wheel_files(wheel)))

@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 from conftest import Lab
 from deploy_helpers import DeployResult
-from package_helpers import build_wheel
+from package_helpers import build_wheel, missing_from_wheel
 
 from flowerbed.probe import https_get
 
@@ -57,6 +57,7 @@ deploy_flowerbed()
 def consumer_venv(work: Path) -> Path:
     """A fresh venv holding the wheel; dependencies from the repo venv (see the docstring)."""
     wheel = build_wheel(work)
+    assert missing_from_wheel(wheel) == [], "templates, host scripts, locks and defaults"
     venv = work / "venv"
     base_python = Path(sys.base_prefix) / "bin" / "python3"
     subprocess.run([base_python, "-m", "venv", "--without-pip", venv], check=True, timeout=60)
