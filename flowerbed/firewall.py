@@ -20,7 +20,7 @@ A changed ruleset goes through the host-side script files/flowerbed-firewall:
     confirms through it, naming the ruleset by its digest: the timer is disarmed and the
     ruleset becomes the boot ruleset. A ruleset that another run has loaded since is never
     confirmed by this one (its host fails; the other run confirms its own or its timer undoes it).
-The script gets every path from here (STATE_DIR, BOOT_RULESET): one place for each.
+The script names no path: it gets each from here (STATE_DIR, BOOT_RULESET, pending_ruleset).
  4. no new connection: the old ruleset is restored at once over the run's existing connection
     (established traffic stays allowed), or by the timer if that is gone too; the host fails.
 Unchanged (same digest in the live table's comment and the same boot file): nothing runs.
@@ -273,7 +273,8 @@ def guarded_ruleset(firewall: Firewall):
         host.noop(f"nftables table {' '.join(TABLE)} is loaded and up to date")
         return
     yield FileUploadCommand(StringIO(wanted.text), pending_ruleset(wanted.digest))
-    yield script("apply", wanted.digest, str(firewall.firewall_rollback_seconds))
+    seconds = str(firewall.firewall_rollback_seconds)
+    yield script("apply", wanted.digest, seconds, pending_ruleset(wanted.digest))
     yield ConfirmOverNewConnection(wanted.digest, firewall.firewall_rollback_seconds)
 
 

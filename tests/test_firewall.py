@@ -19,13 +19,12 @@ import pytest
 from conftest import Lab, run
 from deploy_helpers import DeployResult, run_deploy
 
+from flowerbed.firewall import BOOT_RULESET, SCRIPT, STATE_DIR, pending_ruleset
+
 pytestmark = pytest.mark.lab
 
 DEPLOYED = "h1"
 FIREWALL_ONLY = "tests/deploys/firewall_only.py"
-SCRIPT = "/usr/local/libexec/flowerbed/flowerbed-firewall"
-BOOT_RULESET = "/etc/flowerbed/firewall.nft"
-STATE_DIR = "/var/lib/flowerbed/firewall"
 SWITCH = [SCRIPT, STATE_DIR, BOOT_RULESET]  # the script is told where its state lives
 FLOWER_PORT = 5555  # Flower's default TCP port: flowerbed uses a unix socket, a stray one is caught
 LOCKED_OUT = {
@@ -212,9 +211,9 @@ def test_timer_restores_the_ruleset_when_the_operator_is_gone(lab: Lab, guarded:
     assert locking != before
     replace_table = f"table inet flowerbed\ndelete table inet flowerbed\n{locking}"
     digest = re.search(r"flowerbed sha256:([0-9a-f]+)", before)[1]
-    pending = f"{STATE_DIR}/pending-{digest}.nft"
+    pending = pending_ruleset(digest)
     lab.ssh(guarded, f"printf %s {shlex.quote(replace_table)} > {pending}", check=True)
-    lab.ssh(guarded, [*SWITCH, "apply", digest, "8"], check=True)
+    lab.ssh(guarded, [*SWITCH, "apply", digest, "8", pending], check=True)
     assert lab.ssh(guarded, ["true"], timeout=20).returncode != 0, "new connections are cut off"
     deadline = time.monotonic() + 30
     while lab.ssh(guarded, ["true"], timeout=20).returncode != 0:
@@ -226,8 +225,9 @@ def test_timer_restores_the_ruleset_when_the_operator_is_gone(lab: Lab, guarded:
 def test_ruleset_failing_nft_check_is_never_loaded(lab: Lab, guarded: str):
     before = guarding(table(lab, guarded))
     broken = 'table inet flowerbed { comment "flowerbed sha256:0badc0de"; broken'
-    lab.ssh(guarded, f"echo {shlex.quote(broken)} > {STATE_DIR}/pending-0badc0de.nft", check=True)
-    result = lab.ssh(guarded, [*SWITCH, "apply", "0badc0de", "60"])
+    pending = pending_ruleset("0badc0de")
+    lab.ssh(guarded, f"echo {shlex.quote(broken)} > {pending}", check=True)
+    result = lab.ssh(guarded, [*SWITCH, "apply", "0badc0de", "60", pending])
     assert result.returncode == 3 and "fails nft -c" in result.stderr
     assert table(lab, guarded) == before
     timers = lab.ssh(guarded, ["systemctl", "is-active", "flowerbed-firewall-rollback.timer"])

@@ -18,7 +18,7 @@ import pytest
 from conftest import Lab, lab_cli
 from deploy_helpers import run_deploy
 
-from flowerbed.firewall import BOOT_RULESET, SCRIPT, STATE_DIR
+from flowerbed.firewall import BOOT_RULESET, SCRIPT, STATE_DIR, pending_ruleset
 
 pytestmark = pytest.mark.lab
 
@@ -55,8 +55,12 @@ def stage(lab: Lab, host: str, live: str, digest: str) -> None:
     text = "table inet flowerbed\ndelete table inet flowerbed\n" + DIGEST.sub(
         f'comment "flowerbed sha256:{digest}"', live
     )
-    path = f"{STATE_DIR}/pending-{digest}.nft"
-    lab.ssh(host, f"printf %s {shlex.quote(text)} > {path}", check=True)
+    lab.ssh(host, f"printf %s {shlex.quote(text)} > {pending_ruleset(digest)}", check=True)
+
+
+def apply(digest: str, seconds: int) -> list[str]:
+    """The switch's apply command for a staged ruleset, as the deploy runs it."""
+    return [*SWITCH, "apply", digest, str(seconds), pending_ruleset(digest)]
 
 
 def live_digest(lab: Lab, host: str) -> str | None:
@@ -72,11 +76,11 @@ def test_a_run_cannot_confirm_a_newer_runs_ruleset(lab: Lab, guarded: str):
     confirmed = live_digest(lab, guarded)
     older, newer = "0000aaaa0000aaaa", "1111bbbb1111bbbb"
     stage(lab, guarded, before, older)
-    lab.ssh(guarded, [*SWITCH, "apply", older, "60"], check=True)
+    lab.ssh(guarded, apply(older, 60), check=True)
     assert live_digest(lab, guarded) == older
     # a second run loads its ruleset before the first one confirmed its own
     stage(lab, guarded, before, newer)
-    lab.ssh(guarded, [*SWITCH, "apply", newer, "8"], check=True)
+    lab.ssh(guarded, apply(newer, 8), check=True)
     assert live_digest(lab, guarded) == newer
 
     refused = lab.ssh(guarded, [*SWITCH, "confirm", older])
@@ -104,7 +108,7 @@ def test_confirm_of_the_loaded_ruleset_makes_it_the_boot_ruleset(lab: Lab, guard
     digest = "2222cccc2222cccc"
     stage(lab, guarded, before, digest)
     try:
-        lab.ssh(guarded, [*SWITCH, "apply", digest, "60"], check=True)
+        lab.ssh(guarded, apply(digest, 60), check=True)
         lab.ssh(guarded, [*SWITCH, "confirm", digest], check=True)
         boot = lab.ssh(guarded, ["cat", BOOT_RULESET], check=True).stdout
         assert f'comment "flowerbed sha256:{digest}"' in boot
