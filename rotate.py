@@ -14,7 +14,6 @@ from pyinfra import host, inventory
 
 from flowerbed.auth import HTPASSWD, htpasswd_file
 from flowerbed.preflight import checked
-from flowerbed.probe import operator_checks
 from flowerbed.rotate import (
     broker_rolled,
     logins_confirmed,
@@ -22,6 +21,7 @@ from flowerbed.rotate import (
     prepared_rotation,
     rotation_finished,
 )
+from flowerbed.settings import operator_checks
 from flowerbed.verify import healthcheck_argv
 
 rotation = prepared_rotation(host, inventory, checked)

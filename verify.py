@@ -16,8 +16,7 @@ anything is wrong.
 from pyinfra import host, inventory
 
 from flowerbed.preflight import InvalidDeploy, checked
-from flowerbed.probe import operator_checks
-from flowerbed.settings import SettingsError
+from flowerbed.settings import SettingsError, operator_checks
 from flowerbed.verify import verify_host
 
 this_host = checked(host, inventory)

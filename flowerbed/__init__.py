@@ -10,7 +10,9 @@ data over the defaults shipped in the package; a consumer sets only what has no 
 Modules, one concern each:
 - deploy: the deploys a consumer calls; defaults: every data key's default (group_data/all.py)
 - resources: the package data (templates/, files/, locks/) and the base of relative paths
-- settings: the validated data model; validation: its rules and error reporting
+- settings: the validated data model, one module per concern (checks: the shared checks;
+  egress, flower, firewall, edge, oauth, verify: their sections and rules); validation: its
+  rules and error reporting
 - preflight: every host's data and secrets checked before any host changes
 - secrets: the operator's secrets (environment or .env) and the no-diff secret file
 - packages: apt and pip egress (proxy, CAs, mirror); venv: the locked venvs

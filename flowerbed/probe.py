@@ -14,7 +14,9 @@ import json
 import ssl
 import time
 from dataclasses import dataclass
-from pathlib import Path
+
+# the operator runs' knobs are validated with every other setting; verify.py's name for them
+from .settings.verify import Verify as OperatorChecks  # noqa: F401
 
 
 @dataclass(frozen=True)
@@ -80,73 +82,3 @@ def cert_days_left(cert: dict | None) -> float | None:
     if not cert or "notAfter" not in cert:
         return None
     return (ssl.cert_time_to_seconds(cert["notAfter"]) - time.time()) / 86400
-
-
-# --- the operator runs' own knobs (flower_verify_* in group_data/all.py) --------------------------
-
-
-@dataclass(frozen=True)
-class OperatorChecks:
-    """What verify.py (and rotate.py's HTTPS check) expect; defaults in group_data/all.py."""
-
-    ca_bundle: str
-    summary_file: str
-    cert_min_days: int
-    exposure_max: float
-    min_workers_online: int
-    max_workers_offline: int
-    max_failed_tasks: int
-    max_task_seconds: int
-    max_queue_length: int
-    expected_tasks: tuple[str, ...]
-
-
-VERIFY = "flower_verify_"  # the operator checks' data keys: VERIFY + a CHECK_TYPES name
-CHECK_TYPES = {
-    "ca_bundle": (str, "a path to a PEM file ('' = the system's trust store)"),
-    "summary_file": (str, "a path for the JSON summary ('' = none)"),
-    "cert_min_days": (int, "a number of days, e.g. 14"),
-    "exposure_max": ((int, float), "a systemd-analyze security score, e.g. 1.5"),
-    "min_workers_online": (int, "a number of workers, e.g. 1"),
-    "max_workers_offline": (int, "a number of workers, e.g. 0"),
-    "max_failed_tasks": (int, "a number of tasks, e.g. 100"),
-    "max_task_seconds": (int, "a number of seconds, e.g. 1800"),
-    "max_queue_length": (int, "a number of messages, e.g. 1000"),
-    "expected_tasks": (list, 'a list of task names, e.g. ["proj.tasks.add"]'),
-}
-
-
-def operator_checks(data: dict) -> OperatorChecks:
-    """The flower_verify_* knobs over their defaults, validated; a misspelt one is an error."""
-    from .resources import DEFAULTS
-    from .settings import SettingsError
-
-    data = {**DEFAULTS, **data}
-
-    unknown = sorted(
-        k for k in data if k.startswith(VERIFY) and k.removeprefix(VERIFY) not in CHECK_TYPES
-    )
-    if unknown:
-        raise SettingsError(
-            unknown[0], "unknown key", f"use one of {sorted(VERIFY + k for k in CHECK_TYPES)}"
-        )
-    values = {}
-    for name, (kind, expected) in CHECK_TYPES.items():
-        key = VERIFY + name
-        if key not in data:
-            raise SettingsError(key, "missing", "define it with its default in group_data/all.py")
-        value = data[key]
-        if (
-            not isinstance(value, kind)
-            or isinstance(value, bool)
-            or (isinstance(value, (int, float)) and value < 0)
-        ):
-            raise SettingsError(key, f"{value!r} is not {expected}", f"set {key} to {expected}")
-        values[name] = tuple(value) if isinstance(value, list) else value
-    if values["ca_bundle"] and not Path(values["ca_bundle"]).is_file():
-        raise SettingsError(
-            "flower_verify_ca_bundle",
-            f"{values['ca_bundle']} does not exist",
-            "point it at a PEM file on this machine",
-        )
-    return OperatorChecks(**values)

@@ -1,7 +1,7 @@
 """The rules bad input is checked against, and how problems are reported: all at once, each
 naming the key, what is wrong and the fix, and never showing a secret.
 
-flowerbed/settings.py applies these rules to host data, flowerbed/secrets.py and
+flowerbed/settings/ applies these rules to host data, flowerbed/secrets.py and
 flowerbed/edge.py to the secrets from the operator's environment.
 """
 

@@ -1,7 +1,7 @@
 """Every flowerbed knob with its default: the one place defaults are defined.
 
 Override per group (group_data/<group>.py), per host (inventory) or per run
-(`--data flower_max_tasks=5000`). flowerbed/settings.py validates every value before any host
+(`--data flower_max_tasks=5000`). flowerbed/settings/ validates every value before any host
 is touched; a misspelt or unknown flower_* key is an error.
 Secrets never go here or in an inventory: keys ending in `_env` name the environment variable
 (from the operator's environment or .env, see .env.example) that holds the secret.

@@ -10,14 +10,13 @@ import pytest
 import settings_helpers
 from dotenv import dotenv_values
 
-from flowerbed.probe import operator_checks
 from flowerbed.rotate import (
     NEW_LOGINS_VARIABLE,
     env_file_holding,
     new_logins,
     update_env_file,
 )
-from flowerbed.settings import SettingsError
+from flowerbed.settings import SettingsError, operator_checks
 
 USERS = "FLOWERBED_DASHBOARD_USERS"
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+from dataclasses import fields
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -14,10 +15,10 @@ from settings_helpers import OAUTH, defaults, error_for, settings_with, valid_da
 from flowerbed.flower import config_text, env_text, exec_start, required_packages, unit_text
 from flowerbed.packages import pip_conf
 from flowerbed.preflight import InvalidDeploy, check_host
-from flowerbed.probe import CHECK_TYPES, VERIFY
 from flowerbed.render import systemd_quote
 from flowerbed.secrets import Secret, load_flower_secrets
 from flowerbed.settings import OWNED_PREFIXES, SettingsError, known_keys, load_settings
+from flowerbed.settings.verify import VERIFY, Verify
 from flowerbed.venv import AppPackage, source_archive, venv_key
 
 REPO = Path(__file__).resolve().parent.parent
@@ -36,7 +37,7 @@ def test_defaults_are_valid_and_complete():
     owned = {key for key in defaults() if key.startswith(OWNED_PREFIXES)}
     operator = {key for key in owned if key.startswith(VERIFY)}  # verify.py's and rotate.py's
     assert owned - operator <= set(known_keys()), "every key in group_data/all.py is validated"
-    assert {key.removeprefix(VERIFY) for key in operator} == set(CHECK_TYPES)
+    assert {key.removeprefix(VERIFY) for key in operator} == {f.name for f in fields(Verify)}
 
 
 def test_every_default_has_a_comment():

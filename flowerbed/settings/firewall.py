@@ -1,0 +1,162 @@
+"""The firewall (flowerbed/firewall.py): who may open which port."""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from ..validation import SettingsError
+from .checks import Check, boolean, expect, integer, setting
+from .edge import LETS_ENCRYPT
+
+if TYPE_CHECKING:
+    from . import Settings
+
+
+EVERYWHERE = ("0.0.0.0/0", "::/0")
+
+
+RESERVED_PORTS = {80: "HTTP (ACME challenge, redirect)", 443: "HTTPS (the dashboard)"}
+
+
+def networks(empty: tuple[str, str] | None = None) -> Check:
+    """A list of IPv4/IPv6 networks in CIDR form; `empty` = (problem, fix) if [] is an error."""
+    hint = "a list of CIDRs like ['203.0.113.0/24', '2001:db8::/48']"
+
+    def check(key: str, value: Any) -> tuple[str, ...]:
+        expect(key, value, (list, tuple), hint)
+        if not value and empty:
+            raise SettingsError(key, *empty)
+        return tuple(_network(f"{key}[{i}]", item) for i, item in enumerate(value))
+
+    return check
+
+
+def _network(key: str, value: Any) -> str:
+    expect(key, value, str, "a CIDR like '203.0.113.0/24' or '2001:db8::/48'")
+    try:
+        return str(ipaddress.ip_network(value.strip()))
+    except ValueError as error:
+        if "has host bits set" not in str(error):
+            raise SettingsError(
+                key,
+                f"{value!r} is not an IPv4/IPv6 address or network",
+                "use CIDR notation, e.g. '203.0.113.0/24', '198.51.100.7/32' or '2001:db8::/48'",
+            ) from error
+        address, network = value.split("/")[0], ipaddress.ip_network(value, strict=False)
+        single = f"{address}/{network.max_prefixlen}"
+        raise SettingsError(
+            key,
+            f"{value!r} has host bits set, so it is ambiguous",
+            f"use {str(network)!r} for the whole network or {single!r} for that one address",
+        ) from error
+
+
+def port() -> Check:
+    def check(key: str, value: Any) -> int:
+        expect(key, value, int, "a TCP port (1-65535)")
+        if not 1 <= value <= 65535:
+            raise SettingsError(key, f"{value} is not a TCP port", "use a port from 1 to 65535")
+        return value
+
+    return check
+
+
+@dataclass(frozen=True)
+class Firewall:
+    """flowerbed's nftables table: who may open which port; everything else new is dropped."""
+
+    allowed_sources: tuple[str, ...] = setting(
+        networks(
+            empty=(
+                "an empty list would let no one reach the dashboard (flowerbed never reads it "
+                "as 'open to all')",
+                "list your users' networks, e.g. flower_allowed_sources = ['203.0.113.0/24']; to "
+                "really open HTTPS to everyone say so: ['0.0.0.0/0', '::/0']",
+            )
+        ),
+        "networks that may reach HTTPS (443), the dashboard",
+    )
+    admin_sources: tuple[str, ...] = setting(
+        networks(
+            empty=(
+                "an empty list would close SSH to everyone and lock the operator out",
+                "list the networks you run pyinfra and ssh from, e.g. "
+                "flower_admin_sources = ['198.51.100.7/32']",
+            )
+        ),
+        "networks that may reach SSH (flower_firewall_ssh_port): the operator's",
+    )
+    acme_sources: tuple[str, ...] = setting(
+        networks(),
+        "networks that may reach HTTP (80): the ACME challenge and the HTTPS redirect",
+    )
+    monitoring_sources: tuple[str, ...] = setting(
+        networks(),
+        "networks that reach HTTPS and read /metrics (and /healthcheck) without a login",
+    )
+    firewall_ssh_port: int = setting(port(), "sshd's port, opened to flower_admin_sources")
+    firewall_rollback_seconds: int = setting(
+        integer(minimum=45, maximum=600),
+        "a new ruleset not confirmed over a new SSH connection is undone",
+    )
+    firewall_allow_ssh_from_anywhere: bool = setting(
+        boolean(), "the only way flower_admin_sources may hold 0.0.0.0/0 or ::/0"
+    )
+    firewall_allow_metrics_from_anywhere: bool = setting(
+        boolean(), "the only way flower_monitoring_sources may hold 0.0.0.0/0 or ::/0"
+    )
+
+    prefix = "flower_"
+
+
+def check_firewall(s: Settings) -> Iterator[SettingsError]:
+    """Port 80 stays open to whoever must validate HTTP-01: restricting it never silently breaks
+    issuance or renewal."""
+    acme, tls = s.firewall.acme_sources, s.tls
+    dns_01 = "use flower_tls_challenge = 'dns-01' to keep port 80 closed"
+    if s.firewall.firewall_ssh_port in RESERVED_PORTS:
+        yield SettingsError(
+            "flower_firewall_ssh_port",
+            f"{s.firewall.firewall_ssh_port} is flowerbed's "
+            f"{RESERVED_PORTS[s.firewall.firewall_ssh_port]} port",
+            "set it to the port sshd listens on (usually 22)",
+        )
+    yield from _opened_to_everyone(s.firewall)
+    if tls.challenge == "http-01" and not acme:
+        yield SettingsError(
+            "flower_acme_sources",
+            "an empty list closes port 80, so HTTP-01 can neither issue nor renew certificates",
+            f"keep the default {list(EVERYWHERE)}, or {dns_01}",
+        )
+    lets_encrypt = tls.challenge == "http-01" and tls.acme_directory in LETS_ENCRYPT.values()
+    restricted = not set(EVERYWHERE) <= set(acme)  # values are normalised by networks()
+    if lets_encrypt and acme and restricted:
+        yield SettingsError(
+            "flower_acme_sources",
+            "Let's Encrypt validates HTTP-01 from addresses it does not publish: a restricted "
+            "port 80 would make issuance and renewal fail",
+            f"keep {list(EVERYWHERE)}, or {dns_01}",
+        )
+
+
+def _opened_to_everyone(firewall: Firewall) -> Iterator[SettingsError]:
+    """SSH or /metrics for the whole internet only when a setting that says so is True."""
+    for key, opt_in, what in (
+        ("flower_admin_sources", "flower_firewall_allow_ssh_from_anywhere", "SSH"),
+        (
+            "flower_monitoring_sources",
+            "flower_firewall_allow_metrics_from_anywhere",
+            "/metrics without a login",
+        ),
+    ):
+        everywhere = [n for n in getattr(firewall, key.removeprefix("flower_")) if n.endswith("/0")]
+        if everywhere and not getattr(firewall, opt_in.removeprefix("flower_")):
+            yield SettingsError(
+                key,
+                f"{everywhere[0]} opens {what} to the whole internet",
+                f"list your own networks, e.g. {key} = ['198.51.100.7/32']; if you really mean "
+                f"everyone, also set {opt_in} = True",
+            )
