@@ -36,8 +36,14 @@ from .config import (
 from .handover import remove_foreign_hosts, stop_foreign_labs
 from .hosts import ensure_hosts, ensure_ssh_key, new_host, ssh_command, stop_host
 from .image import ensure_machine_packages
-from .network import ensure_bridge, ensure_namespace, remove_namespace, write_etc_hosts
-from .process import LabError, log, run, stop
+from .network import (
+    delete_link,
+    ensure_bridge,
+    ensure_namespace,
+    remove_namespace,
+    write_etc_hosts,
+)
+from .process import LabError, log, stop
 from .services import (
     ensure_acme,
     ensure_broker,
@@ -138,7 +144,7 @@ def cmd_down() -> None:
         stop(service)
     for name in NAMESPACES:
         remove_namespace(name)
-    run(["ip", "link", "del", BRIDGE], check=False)
+    delete_link(BRIDGE)
     write_etc_hosts([])
     shutil.rmtree(LAB, ignore_errors=True)
     log("lab down: hosts, mounts, bridge, namespaces and processes removed")

@@ -22,7 +22,7 @@ from .config import (
     SSH_OPTIONS,
 )
 from .image import base_image
-from .network import forget_neighbour, write_etc_hosts
+from .network import delete_link, forget_neighbour, write_etc_hosts
 from .process import (
     LabError,
     log,
@@ -212,11 +212,10 @@ def dismantle_host(name: str, root: Path) -> None:
     """Remove what a host leaves after its nspawn: processes, veth, mount and cgroups."""
     kill_leftovers(name)
     # nspawn's end of the host's veth outlives a host whose nspawn was killed
-    run(["ip", "link", "del", f"vb-{name}"], check=False)
-    if run(["mountpoint", "-q", str(root)], check=False).returncode == 0:
-        run(["umount", str(root)], check=False)
-        if run(["mountpoint", "-q", str(root)], check=False).returncode == 0:
-            run(["umount", "-l", str(root)])
+    delete_link(f"vb-{name}")
+    mounted = run(["mountpoint", "-q", str(root)], check=False).returncode == 0
+    if mounted and run(["umount", str(root)], check=False).returncode != 0:
+        run(["umount", "-l", str(root)])  # busy: detached now, freed when the last user goes
     for cgroup in host_cgroups(name):
         remove_cgroup(cgroup)
 

@@ -8,8 +8,24 @@ from .config import BRIDGE, BRIDGE_MAC, GATEWAY, HOSTS_BLOCK, NAMESPACES, NETWOR
 from .process import run
 
 
+def link_exists(name: str, namespace: str | None = None) -> bool:
+    in_namespace = ["-n", namespace] if namespace else []
+    return run(["ip", *in_namespace, "link", "show", name], check=False).returncode == 0
+
+
+def namespace_exists(name: str) -> bool:
+    listed = run(["ip", "netns", "list"]).stdout.splitlines()  # "lab-allowed (id: 0)"
+    return name in (line.split()[0] for line in listed if line.strip())
+
+
+def delete_link(name: str) -> None:
+    """No link `name`: deleted if there is one; failing to delete it is an error."""
+    if link_exists(name):
+        run(["ip", "link", "del", name])
+
+
 def ensure_bridge() -> None:
-    if run(["ip", "link", "show", BRIDGE], check=False).returncode != 0:
+    if not link_exists(BRIDGE):
         # A fixed MAC: by default a bridge takes its ports' lowest, so a host coming or going
         # would change it and leave every host's ARP entry for the gateway stale (ssh times out).
         run(["ip", "link", "add", BRIDGE, "address", BRIDGE_MAC, "type", "bridge"])
@@ -19,14 +35,10 @@ def ensure_bridge() -> None:
 
 def ensure_namespace(name: str, address: str) -> None:
     bridge_end = f"fb-{name.removeprefix('lab-')}"[:15]
-    if (
-        run(
-            ["ip", "netns", "exec", name, "ip", "-4", "addr", "show", "eth0"],
-            check=False,
-        ).stdout.find(address)
-        >= 0
-    ):
-        return
+    if namespace_exists(name) and link_exists("eth0", name):
+        in_namespace = run(["ip", "-n", name, "-4", "addr", "show", "eth0"]).stdout
+        if f" {address}/" in in_namespace:
+            return
     remove_namespace(name)
     run(["ip", "netns", "add", name])
     run(
@@ -52,15 +64,18 @@ def ensure_namespace(name: str, address: str) -> None:
 
 
 def remove_namespace(name: str) -> None:
-    run(["ip", "link", "del", f"fb-{name.removeprefix('lab-')}"[:15]], check=False)
-    run(["ip", "netns", "del", name], check=False)
+    delete_link(f"fb-{name.removeprefix('lab-')}"[:15])
+    if namespace_exists(name):
+        run(["ip", "netns", "del", name])
 
 
 def forget_neighbour(address: str) -> None:
     """A new host may reuse a removed one's address: drop the old MAC from every ARP cache."""
-    run(["ip", "neigh", "flush", "to", address, "dev", BRIDGE], check=False)
+    if link_exists(BRIDGE):
+        run(["ip", "neigh", "flush", "to", address, "dev", BRIDGE])
     for namespace in NAMESPACES:
-        run(["ip", "-n", namespace, "neigh", "flush", "to", address], check=False)
+        if namespace_exists(namespace):
+            run(["ip", "-n", namespace, "neigh", "flush", "to", address])
 
 
 def write_etc_hosts(hosts: list[dict]) -> None:
