@@ -59,7 +59,11 @@ def venv_plan(flower: Flower) -> VenvPlan:
 
 
 def required_packages(flower: Flower) -> list[str]:
-    return ["python3-venv", "git"] if flower.app_is_git else ["python3-venv"]
+    # python3-gdbm: Python's dbm falls back to Berkeley DB without it, which leaves a 0-byte
+    # temp file when Flower's state save hits a full disk and then blocks every later save
+    # (and Flower with it); GNU dbm fails that save cleanly and the next one succeeds
+    packages = ["python3-venv", "python3-gdbm"]
+    return [*packages, "git"] if flower.app_is_git else packages
 
 
 # --- rendered files -------------------------------------------------------------------------

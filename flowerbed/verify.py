@@ -138,8 +138,8 @@ class HostReport:
 
 
 LAYERS = (
-    "unit", "socket", "nginx", "nginx_config", "https", "certificate", "firewall", "sandbox",
-    "workers", "failed_tasks", "stuck_tasks", "queues", "registered",
+    "unit", "socket", "nginx", "nginx_config", "https", "certificate", "renewal", "firewall",
+    "sandbox", "state", "workers", "failed_tasks", "stuck_tasks", "queues", "registered",
 )  # fmt: skip
 _fleet: dict[str, HostReport] = {}
 _reported: list[bool] = []
@@ -198,6 +198,67 @@ class EdgeHealth(FactBase):
         return {k: v == "ok" for k, _, v in (line.partition("=") for line in output)}
 
 
+class LastRun(FactBase):
+    """How a unit's last run ended: systemd's Result ("success" until a run fails)."""
+
+    def command(self, unit: str) -> StringCommand:
+        return command("systemctl", "show", unit, "--property=Result", "--value")
+
+    def process(self, output: list[str]) -> str:
+        return "".join(output).strip()
+
+
+class StateSaved(FactBase):
+    """{"age": seconds since Flower last wrote its state file (None: none yet), "used": the
+    state directory's fill, e.g. "100%"}; the dbm backend names the file `db` or `db.<ext>`."""
+
+    def command(self, db: str) -> StringCommand:
+        files = f"{shlex.quote(db)} {shlex.quote(db)}.*"  # the glob stays unquoted
+        newest = f"ls -t {files} 2>/dev/null | grep -v '[.]tmp' | head -n 1"
+        return StringCommand(
+            f"f=$({newest}); echo now=$(date +%s);"
+            ' [ -z "$f" ] || echo saved=$(stat -c %Y "$f");'
+            f" echo used=$(df --output=pcent {shlex.quote(str(Path(db).parent))} | tail -n 1)"
+        )
+
+    def process(self, output: list[str]) -> dict:
+        values = dict(line.split("=", 1) for line in output if "=" in line)
+        saved = values.get("saved")
+        age = int(values["now"]) - int(saved) if saved else None
+        return {"age": age, "used": values.get("used", "?").strip()}
+
+
+def state_verdict(flower: Flower, options: FlowerOptions) -> Verdict:
+    """Flower saves its state every state_save_interval: a file older than a few intervals means
+    the saves fail (a full disk, most often)."""
+    if not (options.persistent and options.state_save_interval):
+        return Verdict(True, "n/a")
+    saved = _fact(StateSaved, db=f"{flower.state_dir}/{options.db}") or {}
+    interval = options.state_save_interval / 1000
+    age, allowed = saved.get("age"), 3 * interval + 10
+    if age is not None and age <= allowed:
+        return Verdict(True, "ok")
+    when = "never" if age is None else f"{age} s ago"
+    return Verdict(
+        False,
+        "not saved",
+        f"Flower last saved its state {when} (every {interval:g} s expected); its state "
+        f"directory {flower.state_dir} is {saved.get('used', '?')} full: free space there",
+    )
+
+
+def renewal_verdict() -> Verdict:
+    result = _fact(LastRun, unit="certbot.service")
+    if result in ("success", ""):
+        return Verdict(True, "ok")
+    return Verdict(
+        False,
+        "failed",
+        f"the last certificate renewal failed (certbot.service: {result}): the certificate "
+        "served is the old one; see `journalctl -u certbot.service`",
+    )
+
+
 def _fact(fact, **kwargs):
     """A fact, or None when its command could not run (a host never deployed)."""
     try:
@@ -247,6 +308,11 @@ def host_layers_checked(settings: Settings, checks: OperatorChecks):
         "current" if loaded == digest else "missing" if loaded is None else "stale",
         f"{problem}: run the deploy",
     )
+    for name, verdict in (
+        ("state", state_verdict(flower, settings.options)),
+        ("renewal", renewal_verdict()),
+    ):
+        layer(name, verdict.ok, verdict.value, verdict.problem)
     exposure = unit.get("exposure")
     layer(
         "sandbox",
@@ -428,7 +494,8 @@ UNCHECKED = "not checked: the host failed before its checks (unreachable?)"
 COLUMNS = (
     ("host", None), ("unit", "unit"), ("socket", "socket"), ("nginx", "nginx"),
     ("nginx -t", "nginx_config"), ("https", "https"), ("cert days", "certificate"),
-    ("firewall", "firewall"), ("sandbox", "sandbox"), ("workers on/off", "workers"),
+    ("renewal", "renewal"), ("firewall", "firewall"), ("sandbox", "sandbox"),
+    ("state", "state"), ("workers on/off", "workers"),
     ("failed 1h", "failed_tasks"), ("stuck", "stuck_tasks"), ("max queue", "queues"),
     ("registered", "registered"), ("verdict", None),
 )  # fmt: skip

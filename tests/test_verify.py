@@ -24,8 +24,8 @@ pytestmark = pytest.mark.lab
 HOSTS = ["h1", "h2"]
 WORKER = "demo@labmachine"
 LAYERS = {
-    "unit", "socket", "nginx", "nginx_config", "https", "certificate", "firewall", "sandbox",
-    "workers", "failed_tasks", "stuck_tasks", "queues", "registered",
+    "unit", "socket", "nginx", "nginx_config", "https", "certificate", "renewal", "firewall",
+    "sandbox", "state", "workers", "failed_tasks", "stuck_tasks", "queues", "registered",
 }  # fmt: skip
 
 

@@ -1,6 +1,7 @@
 """inventory/lab.py, plus data for single hosts: for tests that change one host only.
 
     FLOWERBED_TEST_HOST_DATA='{"NAME": {"key": value}}'   (JSON)
+    FLOWERBED_TEST_UNREACHABLE='{"NAME": "ADDRESS"}'     (more hosts, where nothing answers)
 
 Named lab.py so its hosts join the `lab` group (group_data/lab.py) like inventory/lab.py's.
 """
@@ -18,5 +19,11 @@ def _with_host_data(hosts: list[tuple[str, dict]]) -> list[tuple[str, dict]]:
     return [(name, {**data, **_host_data.get(name, {})}) for name, data in hosts]
 
 
-bookworm = _with_host_data(_lab["bookworm"])
+_unreachable = json.loads(os.environ.get("FLOWERBED_TEST_UNREACHABLE", "{}"))
+_ghosts = [
+    _lab["_lab_host"]({"name": name, "address": address, "fqdn": f"{name}.flowerbed.test"})
+    for name, address in _unreachable.items()
+]
+
+bookworm = _with_host_data(_lab["bookworm"]) + _ghosts
 trixie = _with_host_data(_lab["trixie"])
