@@ -3,11 +3,12 @@
 The lab (lab/lab.py) is brought up once (idempotent: a running lab is reused) and shared
 by every test; a test that must start clean asks `fresh_host` for a new host (~2 s).
 
-Which Debian the hosts run follows $DISTRO (`make test DISTRO=trixie|bookworm|mixed`):
+Which Debian the hosts run follows $FLOWERBED_TEST_DISTRO, which `make test DISTRO=...` sets
+(not $DISTRO itself: lab.py reads that, and knows no "mixed"): trixie, bookworm or mixed.
 `trixie` or `bookworm` puts every host on it; `mixed` (make test's default) runs h1 and h3 on
 trixie and h2 on bookworm, and fresh hosts alternate, trixie first. Unset (a bare `pytest`),
 the shared hosts keep the distro they run and fresh hosts are bookworm. A test that names a
-distro (`fresh_host(distro="trixie")`) gets it whatever $DISTRO says.
+distro (`fresh_host(distro="trixie")`) gets it whatever the variable says.
 """
 
 from __future__ import annotations
@@ -21,20 +22,21 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from deploy_helpers import run_deploy
 from dotenv import dotenv_values
 
 REPO = Path(__file__).resolve().parent.parent
 LAB_CLI = ["python3", str(REPO / "lab" / "lab.py")]
 LAB_HOSTS = int(os.environ.get("HOSTS", "3"))
-DISTRO = os.environ.get("DISTRO", "")
+DISTRO = os.environ.get("FLOWERBED_TEST_DISTRO", "")
 DISTROS = ("bookworm", "trixie")
 MIXED = ("trixie", "bookworm")  # h1, h2, h3, ... and fresh hosts in turn
-assert DISTRO in ("", "mixed", *DISTROS), f"DISTRO={DISTRO!r}: use bookworm, trixie or mixed"
+assert DISTRO in ("", "mixed", *DISTROS), f"{DISTRO!r}: the distro is bookworm, trixie or mixed"
 _fresh_distros = itertools.cycle(MIXED)
 
 
 def shared_host_distro(number: int) -> str:
-    """The distro of the shared host hN under $DISTRO=mixed or a single distro."""
+    """The distro of the shared host hN when mixed, or under a single distro."""
     return MIXED[(number - 1) % len(MIXED)] if DISTRO == "mixed" else DISTRO
 
 
@@ -54,6 +56,11 @@ def run(args: list[str], timeout: float = 120, check: bool = False) -> subproces
     return result
 
 
+def is_base_host(name: str) -> bool:
+    """h1..hN: the session's shared hosts."""
+    return name[:1] == "h" and name[1:].isdigit()
+
+
 @dataclass
 class Lab:
     state: dict
@@ -66,7 +73,7 @@ class Lab:
     def base_hosts(self) -> list[dict]:
         """h1..hN, shared by the whole session (fresh hosts have other names); never empty, so
         a loop over them always checks something."""
-        hosts = [h for h in self.state["hosts"] if h["name"][1:].isdigit() and h["name"][0] == "h"]
+        hosts = [h for h in self.state["hosts"] if is_base_host(h["name"])]
         assert hosts, "the lab has no hosts h1..hN: run `make lab-up`"
         return hosts
 
@@ -102,8 +109,8 @@ class Lab:
 
 
 def lab_cli(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
-    """`lab.py ARGS`; without `--distro`, `host-up` gets $DISTRO's next one and `up` puts
-    h1..hN on $DISTRO's (see `lab_up`)."""
+    """`lab.py ARGS`; without `--distro`, `host-up` gets the next fresh distro and `up` puts
+    h1..hN each on its distro (see `lab_up`)."""
     if args[:1] == ("host-up",) and "--distro" not in args:
         args = (*args, "--distro", fresh_distro())
     if args[:1] == ("up",) and "--distro" not in args:
@@ -126,7 +133,7 @@ def lab_up(count: int, timeout: float = 600) -> subprocess.CompletedProcess:
 
 
 def shared_distros(count: int) -> list[str]:
-    """The distro of h1..hN: $DISTRO's, or with $DISTRO unset the one each runs (bookworm if
+    """The distro of h1..hN: the chosen one, or unset the one each runs (bookworm if
     it does not exist yet), so a bare `pytest` never rebuilds the shared hosts."""
     if DISTRO:
         return [shared_host_distro(number) for number in range(1, count + 1)]
@@ -136,10 +143,62 @@ def shared_distros(count: int) -> list[str]:
     return [running.get(f"h{number}", "bookworm") for number in range(1, count + 1)]
 
 
+@dataclass(frozen=True)
+class UsersLab:
+    """A lab that was up before the session (`make demo`, `make lab-up`): the tests that take
+    the lab down put it back with `restore_users_lab`, with the same secrets (so the same
+    dashboard login) and, if its hosts had been deployed, deployed again."""
+
+    secrets: str
+    hosts: list[str]
+    deployed: bool
+
+
+_users_lab: list[UsersLab] = []  # set once, by the `lab` fixture
+
+
+def users_lab_before(before: dict, lab: Lab) -> UsersLab | None:
+    """The lab as .lab/state.json had it before the session (`before`), now that it is up."""
+    names = [h["name"] for h in before.get("hosts", []) if is_base_host(h["name"])]
+    secrets = Path(lab.state["secrets_file"])
+    if not names or not secrets.exists():
+        return None
+    flower = lab.ssh(names[0], ["systemctl", "is-active", "flower.service"])
+    return UsersLab(secrets.read_text(), names, flower.stdout.strip() == "active")
+
+
+def users_lab() -> UsersLab | None:
+    return _users_lab[0] if _users_lab else None
+
+
+def restore_users_lab(lab: Lab) -> None:
+    """The lab as the user had it before the session, if they had one (else nothing)."""
+    if not _users_lab:
+        return
+    users = _users_lab[0]
+    secrets = REPO / ".lab" / "lab.env"
+    if not secrets.exists() or secrets.read_text() != users.secrets:
+        secrets.parent.mkdir(exist_ok=True)
+        fresh = secrets.with_suffix(".restored")
+        fresh.touch(mode=0o600)
+        fresh.write_text(users.secrets)
+        fresh.rename(secrets)  # `lab up` keeps the secrets it finds
+    lab_up(len(users.hosts))
+    lab.state = Lab.load().state
+    if users.deployed:
+        deployed = run_deploy(users.hosts)
+        assert deployed.ok, f"the user's lab could not be deployed again:\n{deployed.explain()}"
+
+
 @pytest.fixture(scope="session")
 def lab() -> Lab:
+    state = REPO / ".lab" / "state.json"
+    before = json.loads(state.read_text()) if state.exists() else {}
     lab_up(LAB_HOSTS)
-    return Lab.load()
+    lab = Lab.load()
+    if users := users_lab_before(before, lab):
+        _users_lab.append(users)
+    return lab
 
 
 _fresh_names = itertools.count(1)
