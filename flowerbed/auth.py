@@ -7,10 +7,12 @@ flower_auth_users_env names:
 
 A user name ends at the first ':' (a password may contain ':'); entries are split on ',', so a
 password cannot contain ',' and an entry without ':' is refused. Each host gets one file,
-root:www-data 0640, of `user:bcrypt-hash` lines. A hash stays as long as it matches its password
-(checked on the operator's machine against the file read from the host without printing it), so
-a run with unchanged logins changes nothing; a changed password gets a new hash, a removed user
-its line removed.
+root:www-data 0640, of `user:bcrypt-hash` lines. A hash stays as long as it matches its password,
+so a run with unchanged logins changes nothing; a changed password gets a new hash, a removed
+user its line removed. The host's file is read without printing it and compared here. Within
+one run a login gets one new hash for every host that needs one, and each (password, hash)
+pair is checked once: bcrypt is slow on purpose, so a run costs one check per distinct hash,
+not one per host.
 """
 
 from __future__ import annotations
@@ -21,9 +23,12 @@ from dataclasses import dataclass, field
 
 import bcrypt
 from pyinfra import host
-from pyinfra.api import operation
+from pyinfra.api import OperationError, StringCommand, operation
 from pyinfra.api.arguments import CONNECTOR_ARGUMENT_KEYS
+from pyinfra.api.operation import OperationMeta
 
+from . import facts
+from .hostfiles import PathStates
 from .secrets import Secret, read_secret, secret_file
 from .settings import Auth, SettingsError
 from .shell import command
@@ -93,11 +98,24 @@ def htpasswd_lines(logins: tuple[Login, ...], current: Mapping[str, str]) -> str
     return "".join(f"{login.user}:{_hash(login, current.get(login.user))}\n" for login in logins)
 
 
+# this run's bcrypt work, by secret: kept in memory only, never printed
+_checked: dict[tuple[str, str, str], bool] = {}  # (user, password, hash) -> matches
+_hashed: dict[tuple[str, str], str] = {}  # (user, password) -> the new hash every host gets
+
+
 def _hash(login: Login, current: str | None) -> str:
-    password = login.password.encode()
-    if current and bcrypt_cost(current) == BCRYPT_ROUNDS and _matches(password, current):
-        return current
-    return bcrypt.hashpw(password, bcrypt.gensalt(BCRYPT_ROUNDS)).decode()
+    if current and bcrypt_cost(current) == BCRYPT_ROUNDS:
+        key = (login.user, login.password, current)
+        if key not in _checked:
+            _checked[key] = _matches(login, current)
+        if _checked[key]:
+            return current
+    key = (login.user, login.password)
+    if key not in _hashed:
+        _hashed[key] = bcrypt.hashpw(
+            login.password.encode(), bcrypt.gensalt(BCRYPT_ROUNDS)
+        ).decode()
+    return _hashed[key]
 
 
 def bcrypt_cost(hashed: str) -> int | None:
@@ -106,9 +124,9 @@ def bcrypt_cost(hashed: str) -> int | None:
     return int(parts[2]) if len(parts) == 4 and parts[2].isdigit() else None
 
 
-def _matches(password: bytes, hashed: str) -> bool:
+def _matches(login: Login, hashed: str) -> bool:
     try:
-        return bcrypt.checkpw(password, hashed.encode())
+        return bcrypt.checkpw(login.password.encode(), hashed.encode())
     except ValueError:  # not a bcrypt hash (e.g. written by hand): replace it
         return False
 
@@ -123,9 +141,20 @@ def read_quietly(path: str) -> str:
     arguments = host.current_op_global_arguments or {}
     connector = {key: value for key, value in arguments.items() if key in CONNECTOR_ARGUMENT_KEYS}
     ok, output = host.run_shell_command(
-        command("cat", path), print_output=False, print_input=False, **connector
+        StringCommand(command("cat", path), "2>/dev/null", "||", "true"),
+        print_output=False,
+        print_input=False,
+        **connector,
     )
-    return "\n".join(output.stdout_lines) if ok else ""
+    if not ok:
+        raise OperationError(f"could not read {path} on the host")
+    return "".join(f"{line}\n" for line in output.stdout_lines)
+
+
+def htpasswd(name: str, path: str, logins: tuple[Login, ...]) -> OperationMeta:
+    """The op below, its file's owner and mode checked with the host's other facts."""
+    facts.expect(PathStates, paths=(path,), digests=False)
+    return htpasswd_file(name=name, path=path, logins=logins)
 
 
 @operation()
@@ -134,6 +163,12 @@ def htpasswd_file(path: str, logins: tuple[Login, ...]):
     Ensure `path` holds a bcrypt hash for each login (root:www-data 0640), re-hashing only
     the passwords that changed; nothing about the logins reaches pyinfra's output.
     """
-    current = parse_htpasswd(read_quietly(path))
-    content = Secret("the dashboard logins", htpasswd_lines(logins, current))
-    yield from secret_file._inner(path, content, user="root", group=HTPASSWD_GROUP, mode=640)
+    on_disk = facts.ask(PathStates, paths=(path,), digests=False).get(path)
+    text = read_quietly(path) if on_disk else ""
+    content = htpasswd_lines(logins, parse_htpasswd(text))
+    owner = on_disk and (on_disk.user, on_disk.group, on_disk.mode)
+    if owner == ("root", HTPASSWD_GROUP, 0o640) and text == content:
+        host.noop(f"{path} is up to date (content not shown)")
+        return
+    secret = Secret("the dashboard logins", content)
+    yield from secret_file._inner(path, secret, user="root", group=HTPASSWD_GROUP, mode=640)

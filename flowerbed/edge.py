@@ -11,13 +11,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from pyinfra.api import deploy
-from pyinfra.operations import files
 
-from .auth import HTPASSWD, Login, dashboard_logins, htpasswd_file
+from .auth import HTPASSWD, Login, dashboard_logins, htpasswd
+from .hostfiles import Absent, root_files
 from .nginx import Dashboard, nginx_http, nginx_https, site_names
+from .packages import system_packages
 from .secrets import Secret, check_password
 from .settings import Auth, Settings, duplicate_names
-from .tls import CertificateRequest, certbot, dns_credentials, tls_certificate
+from .tls import CertificateRequest, certbot, certbot_packages, dns_credentials, tls_certificate
 from .validation import Problems
 
 
@@ -73,15 +74,12 @@ def dashboard_site(settings: Settings, host_name: str) -> Dashboard:
 @deploy("Edge: nginx, TLS, logins")
 def edge(settings: Settings, inputs: EdgeInputs) -> None:
     site = inputs.site
+    system_packages(["nginx", *certbot_packages(settings.tls)])
     nginx_http(site)
     certbot(settings.tls, inputs.dns_credentials)
     certificate = tls_certificate(CertificateRequest(site.names, settings.tls))
     if site.basic_auth:
-        logins = htpasswd_file(
-            name="Dashboard logins (bcrypt)", path=HTPASSWD, logins=inputs.logins
-        )
+        logins = htpasswd("Dashboard logins (bcrypt)", HTPASSWD, inputs.logins)
     else:
-        logins = files.file(
-            name="No nginx logins (Flower does OAuth)", path=HTPASSWD, present=False
-        )
+        logins = root_files("No nginx logins (Flower does OAuth)", [Absent(HTPASSWD)])
     nginx_https(site, settings, certificate, logins)

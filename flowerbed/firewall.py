@@ -39,16 +39,16 @@ from pyinfra import host, logger
 from pyinfra.api import FactBase, FileUploadCommand, StringCommand, deploy, operation
 from pyinfra.api.command import PyinfraCommand
 from pyinfra.connectors.ssh import SSHConnector
-from pyinfra.facts.files import Sha256File
 from pyinfra.operations import systemd
-from pyinfra.operations.util import any_changed
 
-from .hostfiles import root_directory, root_file
+from . import facts
+from .hostfiles import PathStates, RootDirectory, RootFile, changed, root_files
 from .packages import system_packages
 from .render import render
 from .resources import HOST_SCRIPTS
 from .settings import Firewall
 from .shell import command
+from .units import unit_running
 
 TABLE = ("inet", "flowerbed")
 HTTP_PORT, HTTPS_PORT = 80, 443
@@ -61,6 +61,7 @@ STATE_DIR = "/var/lib/flowerbed/firewall"  # the switch script's state; passed t
 UNIT = "flowerbed-firewall.service"
 UNIT_FILE = f"/etc/systemd/system/{UNIT}"
 NFTABLES_DROP_IN_DIR = "/etc/systemd/system/nftables.service.d"
+NFTABLES_DROP_IN = f"{NFTABLES_DROP_IN_DIR}/flowerbed.conf"
 DIGEST_PREFIX = "flowerbed sha256:"
 
 ICMP_TYPES = ("echo-request", "destination-unreachable", "time-exceeded", "parameter-problem")
@@ -267,9 +268,9 @@ def roll_back_now(host, connector_arguments, rollback_seconds: int) -> bool:
 def guarded_ruleset(firewall: Firewall):
     """flowerbed's table is loaded from `firewall`, confirmed by a NEW SSH connection, or undone."""
     wanted = ruleset(firewall)
-    loaded = host.get_fact(LoadedRulesetDigest)
-    on_disk = host.get_fact(Sha256File, path=BOOT_RULESET)
-    if loaded == wanted.digest and on_disk == wanted.sha256:
+    loaded = facts.ask(LoadedRulesetDigest)
+    on_disk = facts.ask(PathStates, paths=(BOOT_RULESET,)).get(BOOT_RULESET)
+    if loaded == wanted.digest and on_disk and on_disk.sha256 == wanted.sha256:
         host.noop(f"nftables table {' '.join(TABLE)} is loaded and up to date")
         return
     yield FileUploadCommand(StringIO(wanted.text), pending_ruleset(wanted.digest))
@@ -285,38 +286,34 @@ def guarded_ruleset(firewall: Firewall):
 def inbound_firewall(firewall: Firewall) -> None:
     """Inbound traffic is limited to the configured sources; the operator is never locked out."""
     system_packages(["nftables"])
-    firewall_switch()
+    host_side()
+    facts.expect(LoadedRulesetDigest)
+    facts.expect(PathStates, paths=(BOOT_RULESET,))
     guarded_ruleset(
         name="Firewall rules (nft -c, applied atomically, confirmed by a new SSH login)",
         firewall=firewall,
     )
-    boot_unit()
-
-
-def firewall_switch() -> None:
-    """The host-side script that applies, confirms and rolls back, and its directories."""
-    for path, mode in ((SCRIPT_DIR, "755"), (BOOT_DIR, "755"), (STATE_DIR, "700")):
-        root_directory(f"Firewall directory {path}", path, mode)
-    root_file(
-        "Firewall switch script (apply, confirm, roll back)", str(SCRIPT_SOURCE), SCRIPT, "755"
-    )
-
-
-def boot_unit() -> None:
-    """flowerbed-firewall.service loads the confirmed ruleset at boot, and nftables.service
-    loads it again after its own `flush ruleset`."""
-    unit = root_file(
-        "Firewall boot unit (flowerbed-firewall.service)",
-        StringIO(render("flowerbed-firewall.service.j2", script=SCRIPT, boot_ruleset=BOOT_RULESET)),
-        UNIT_FILE,
-    )
-    root_directory("nftables.service drop-in directory", NFTABLES_DROP_IN_DIR)
-    drop_in = root_file(
-        "nftables.service reloads flowerbed's table after its flush",
-        StringIO(render("nftables-service-flowerbed.conf.j2", boot_ruleset=BOOT_RULESET)),
-        f"{NFTABLES_DROP_IN_DIR}/flowerbed.conf",
-    )
     systemd.daemon_reload(
-        name="Reload systemd (firewall units changed)", _if=any_changed(unit, drop_in)
+        name="Reload systemd (firewall units changed)", _if=changed(UNIT_FILE, NFTABLES_DROP_IN)
     )
-    systemd.service(name="Firewall boot unit is enabled", service=UNIT, running=True, enabled=True)
+    unit_running("Firewall boot unit is enabled", UNIT)
+
+
+def host_side() -> None:
+    """The script that applies, confirms and rolls back (with its directories);
+    flowerbed-firewall.service, which loads the confirmed ruleset at boot; and nftables.service's
+    drop-in, which loads it again after its own `flush ruleset`."""
+    unit = render("flowerbed-firewall.service.j2", script=SCRIPT, boot_ruleset=BOOT_RULESET)
+    drop_in = render("nftables-service-flowerbed.conf.j2", boot_ruleset=BOOT_RULESET)
+    root_files(
+        "Firewall switch script (apply, confirm, roll back), boot unit and nftables drop-in",
+        [
+            RootDirectory(SCRIPT_DIR),
+            RootDirectory(BOOT_DIR),
+            RootDirectory(STATE_DIR, mode="700"),
+            RootFile(SCRIPT, SCRIPT_SOURCE, mode="755"),
+            RootFile(UNIT_FILE, unit),
+            RootDirectory(NFTABLES_DROP_IN_DIR),
+            RootFile(NFTABLES_DROP_IN, drop_in),
+        ],
+    )

@@ -12,23 +12,25 @@ the socket and nothing more.
 from __future__ import annotations
 
 import shlex
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from io import StringIO
 
-from pyinfra import host
-from pyinfra.api import FactBase, StringCommand, deploy
+from pyinfra.api import FactBase, StringCommand, deploy, operation
 from pyinfra.api.operation import OperationMeta
-from pyinfra.facts.systemd import SystemdStatus
-from pyinfra.operations import files, server, systemd
 from pyinfra.operations.util import any_changed
 
-from .hostfiles import root_directory, root_file
+from . import facts
+from .hostfiles import PathStates, RootDirectory, RootFile, changed, root_files
 from .packages import pip_conf, system_packages
 from .render import render
 from .secrets import FlowerSecrets, Secret, secret_file
 from .settings import Flower, FlowerOptions, Settings, local_app_dir
-from .venv import AppPackage, app_from_source, locked_venv, only_venv, venv_key
+from .shell import command
+from .units import UnitStates, unit_running, unit_state
+from .venv import AppPackage, app_from_source, linked_venv, only_the_venv, venv_key
+
+NOLOGIN = "/usr/sbin/nologin"
 
 
 @dataclass(frozen=True)
@@ -37,7 +39,6 @@ class Installed:
 
     key: str
     venv: OperationMeta
-    link: OperationMeta
 
 
 @dataclass(frozen=True)
@@ -133,122 +134,145 @@ def env_text(flower: Flower, secrets: FlowerSecrets) -> Secret:
 
 @deploy("Install Flower")
 def install_flower(settings: Settings) -> Installed:
-    """Flower's user, directories and a complete venv the service's link points at."""
+    """Flower's user and group, and a complete venv the service's link points at."""
     flower = settings.flower
     system_packages(required_packages(flower))
-    flower_user(flower)
-    root_directory("Flower's install directory (root-owned)", flower.venvs_dir)
+    flower_accounts(flower)
     plan = venv_plan(flower)
-    venv = locked_venv(
-        name=f"Flower {flower.version} venv from its hash-pinned lock",
-        path=f"{flower.venvs_dir}/{plan.key}",
+    venv = linked_venv(
+        name=f"Flower {flower.version} venv from its hash-pinned lock, linked from {flower.venv}",
+        venvs_dir=flower.venvs_dir,
+        key=plan.key,
+        link=flower.venv,
         lock=plan.lock,
         pip_conf=pip_conf(settings.egress),
         app=plan.app,
         proxy=settings.egress.egress_proxy,
     )
-    link = files.link(
-        name="Point Flower at its venv",
-        path=flower.venv,
-        target=f"{flower.venvs_dir}/{plan.key}",
-        user="root",
-        group="root",
-    )
-    return Installed(key=plan.key, venv=venv, link=link)
+    return Installed(key=plan.key, venv=venv)
 
 
-def flower_user(flower: Flower) -> None:
-    """A static system user; its group admits the socket's clients and nothing else."""
-    server.group(name="Flower's group", group=flower.group, system=True)
-    server.user(
-        name="Flower's system user",
+# --- the user and group ---------------------------------------------------------------------
+
+
+class Accounts(FactBase):
+    """`getent` lines: {"passwd": {name: fields}, "group": {name: fields}} for these names."""
+
+    def command(self, users: tuple[str, ...], groups: tuple[str, ...]) -> StringCommand:
+        return StringCommand(
+            command("getent", "passwd", *users),
+            ";",
+            command("getent", "group", *groups),
+            ";",
+            "true",
+        )
+
+    @staticmethod
+    def default() -> dict:
+        return {"passwd": {}, "group": {}}
+
+    def process(self, output: list[str]) -> dict:
+        found: dict = {"passwd": {}, "group": {}}
+        for line in output:
+            fields = line.split(":")
+            kind = "passwd" if len(fields) == 7 else "group" if len(fields) == 4 else None
+            if kind:
+                found[kind][fields[0]] = fields
+        return found
+
+
+def flower_accounts(flower: Flower) -> OperationMeta:
+    facts.expect(Accounts, users=(flower.user, *flower.socket_clients), groups=(flower.group,))
+    return accounts(
+        name=f"Flower's system user and group ({', '.join(flower.socket_clients)} in it)",
         user=flower.user,
         group=flower.group,
         home=flower.state_dir,
-        shell="/usr/sbin/nologin",
-        system=True,
-        ensure_home=False,
+        clients=flower.socket_clients,
     )
-    for client in flower.socket_clients:
-        server.user(
-            name=f"Let {client} reach Flower's socket",
-            user=client,
-            groups=[flower.group],
-            append=True,
-            ensure_home=False,
-        )
+
+
+@operation()
+def accounts(user: str, group: str, home: str, clients: tuple[str, ...]):
+    """A static system user with its own group; the group admits `clients` (the socket's)."""
+    found = facts.ask(Accounts, users=(user, *clients), groups=(group,))
+    group_entry = found["group"].get(group)
+    if not group_entry:
+        yield command("groupadd", "--system", group)
+    passwd = found["passwd"].get(user)
+    wanted = {"--gid": group, "--home": home, "--shell": NOLOGIN}
+    if not passwd:
+        yield command(
+            "useradd", "--system", "--no-create-home", "--gid", group, "--home-dir", home,
+            "--shell", NOLOGIN, user,
+        )  # fmt: skip
+    elif not group_entry or (passwd[3], passwd[5], passwd[6]) != (group_entry[2], home, NOLOGIN):
+        yield command("usermod", *(part for item in wanted.items() for part in item), user)
+    members = group_entry[3].split(",") if group_entry else []
+    for client in clients:
+        if client not in members:
+            yield command("usermod", "--append", "--groups", group, client)
+
+
+# --- the service ----------------------------------------------------------------------------
 
 
 @deploy("Flower service")
 def flower_service(settings: Settings, secrets: FlowerSecrets, installed: Installed):
     """Flower runs the installed venv with the current config; restarted only on change."""
-    config, env = configure_flower(settings, secrets)
-    provider_environment = settings.oauth_provider.environment(settings.options.auth_provider)
-    unit = flower_unit(settings.flower, provider_environment)
-    return restart_on_change(settings.flower, unit, config, env, installed.venv, installed.link)
-
-
-def configure_flower(settings: Settings, secrets: FlowerSecrets) -> tuple[OperationMeta, ...]:
-    """Root-owned config (world-readable, no secrets) and a root-only environment file."""
     flower = settings.flower
-    root_directory("Flower's config directory (root-owned)", flower.config_dir)
-    config = root_file(
-        "Flower's options (flowerconfig.py)", StringIO(config_text(settings)), flower.config_file
+    environment = settings.oauth_provider.environment(settings.options.auth_provider)
+    workdir = [RootDirectory(flower.app_workdir)] if flower.app_workdir else []
+    root_files(
+        "Flower's options (flowerconfig.py), hardened systemd unit and directories",
+        [
+            RootDirectory(flower.config_dir),
+            RootFile(flower.config_file, config_text(settings)),
+            RootFile(flower.unit_file, unit_text(flower, environment)),
+            *workdir,
+        ],
     )
+    facts.expect(PathStates, paths=(flower.env_file,), digests=False)
     env = secret_file(
         name="Flower's secrets (root-only environment file)",
         path=flower.env_file,
         content=env_text(flower, secrets),
     )
-    if flower.app_workdir:
-        root_directory("Flower's working directory for the app", flower.app_workdir)
-    return config, env
+    return restart_on_change(flower, env, installed.venv)
 
 
-def flower_unit(flower: Flower, environment: list[tuple[str, str]]) -> OperationMeta:
-    return root_file(
-        "Flower's hardened systemd unit",
-        StringIO(unit_text(flower, environment)),
-        flower.unit_file,
-    )
-
-
-def restart_on_change(flower: Flower, unit: OperationMeta, *inputs: OperationMeta) -> OperationMeta:
+def restart_on_change(flower: Flower, *inputs: OperationMeta) -> OperationMeta:
     """daemon-reload only for a new unit; one restart for any change; enabled and running.
 
     A run killed after writing an input but before the restart leaves the files right and the
     service stale: the next run sees no change, so the host itself is asked (StaleService)."""
     stale = stale_check(flower)
-    systemd.daemon_reload(
-        name="Reload systemd (Flower's unit changed)",
-        _if=lambda: unit.did_change() or stale()["reload"],
-    )
-    inputs_changed = any_changed(unit, *inputs)
-
-    def changed() -> bool:
-        return inputs_changed() or stale()["restart"]
-
-    # StartLimitBurst is there to stop crash loops, not the (re)starts a deploy asks for
-    server.shell(
-        name="Clear Flower's start limit before the deploy (re)starts it",
-        # a unit systemd has not loaded yet (never started) has no limit to clear
-        commands=[f"{shlex.join(['systemctl', 'reset-failed', flower.unit_name])} || true"],
-        _if=lambda: changed() or not is_running(flower.unit_name),
-    )
-    restart = systemd.service(
+    unit_changed = changed(flower.unit_file)
+    inputs_changed = any_changed(*inputs)
+    config_changed = changed(flower.unit_file, flower.config_file)
+    facts.expect(UnitStates, units=(flower.unit_name,))
+    restart = restarted(
         name="Restart Flower (unit, environment, config or venv changed)",
-        service=flower.unit_name,
-        running=True,
-        restarted=True,
-        _if=changed,
+        unit=flower.unit_name,
+        daemon_reload=lambda: unit_changed() or stale()["reload"],
+        _if=lambda: config_changed() or inputs_changed() or stale()["restart"],
     )
-    systemd.service(
-        name="Flower is enabled and running",
-        service=flower.unit_name,
-        running=True,
-        enabled=True,
-    )
+    unit_running("Flower is enabled and running", flower.unit_name, reset_failed=True)
     return restart
+
+
+@operation()
+def restarted(unit: str, daemon_reload: Callable[[], bool]):
+    """`unit` (re)started, after a daemon-reload if its unit file is new to systemd."""
+    state = unit_state(unit)
+    if daemon_reload():
+        yield command("systemctl", "daemon-reload")
+    # StartLimitBurst is there to stop crash loops, not the (re)starts a deploy asks for. Only
+    # a unit systemd keeps loaded (running or failed) has a limit to clear: reset-failed of a
+    # unit it has not loaded is an error
+    if state["running"] or state["failed"]:
+        yield command("systemctl", "reset-failed", unit)
+    yield command("systemctl", "restart" if state["running"] else "start", unit)
 
 
 class StaleService(FactBase):
@@ -284,21 +308,19 @@ def stale_check(flower: Flower):
     paths = (flower.unit_file, flower.config_file, flower.env_file, flower.venv)
     answer: dict = {}
 
+    facts.expect(StaleService, unit_name=flower.unit_name, paths=paths)
+
     def stale() -> dict:
         if not answer:
-            answer.update(host.get_fact(StaleService, unit_name=flower.unit_name, paths=paths))
+            answer.update(facts.ask(StaleService, unit_name=flower.unit_name, paths=paths))
         return answer
 
     return stale
 
 
-def is_running(unit_name: str) -> bool:
-    return bool(host.get_fact(SystemdStatus, services=[unit_name]).get(unit_name))
-
-
 @deploy("Tidy Flower")
 def remove_old_venvs(flower: Flower, installed: Installed) -> None:
-    only_venv(
+    only_the_venv(
         name="Remove venvs Flower no longer runs",
         venvs_dir=flower.venvs_dir,
         keep=installed.key,

@@ -16,21 +16,21 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from io import StringIO
 
 from pyinfra import host
 from pyinfra.api import StringCommand, deploy, operation
 from pyinfra.api.operation import OperationMeta
-from pyinfra.facts.files import File
-from pyinfra.operations import files, server, systemd
+from pyinfra.operations import server
 from pyinfra.operations.util import any_changed
 
+from . import facts
 from .auth import HTPASSWD
-from .packages import system_packages
+from .hostfiles import Absent, PathStates, RootFile, entry_commands
 from .render import render
 from .settings import Settings, dns_name
 from .shell import command
 from .tls import WEBROOT, CertificatePaths
+from .units import unit_running
 
 CONF_DIR = "/etc/nginx/conf.d"
 HTTP_SITE = f"{CONF_DIR}/flowerbed-http.conf"
@@ -108,19 +108,28 @@ def checked_or_restored(path: str, backup: str | None) -> StringCommand:
     )  # fmt: skip
 
 
+def nginx_file(name: str, path: str, content: str, remove: tuple[str, ...] = ()) -> OperationMeta:
+    """`path` holds `content` and nginx accepts it (and the files in `remove` are gone)."""
+    facts.expect(PathStates, paths=(path, *remove))
+    return nginx_config(name=name, path=path, content=content, remove=remove)
+
+
 @operation()
-def nginx_config(path: str, content: str):
+def nginx_config(path: str, content: str, remove: tuple[str, ...] = ()):
     """
     Ensure `path` holds `content` and nginx accepts the configuration with it; a file that
     fails `nginx -t` is taken back out (the previous one restored) and the host fails.
     """
-    upload = list(
-        files.put._inner(src=StringIO(content), dest=path, user="root", group="root", mode="644")
-    )
-    if not upload:
+    current = facts.ask(PathStates, paths=(path, *remove))
+    removals = [c for gone in remove for c in entry_commands(Absent(gone), current.get(gone))]
+    upload = list(entry_commands(RootFile(path, content), current.get(path)))
+    if not upload and not removals:
         host.noop(f"{path} is up to date")
         return
-    backup = f"{path}.flowerbed-old" if host.get_fact(File, path=path) else None
+    yield from removals
+    if not upload:
+        return
+    backup = f"{path}.flowerbed-old" if current.get(path) else None
     if backup:
         yield command("cp", "-p", path, backup)
     yield from upload
@@ -141,26 +150,22 @@ def reload_nginx(name: str, *changes: OperationMeta) -> OperationMeta:
 
 @deploy("nginx: port 80")
 def nginx_http(site: Dashboard) -> None:
-    """nginx runs and answers the ACME challenge on port 80 (and redirects the rest)."""
-    system_packages(["nginx"])
-    systemd.service(
-        name="nginx is enabled and running", service="nginx", running=True, enabled=True
+    """nginx (installed by the edge) runs and answers the ACME challenge on port 80 (and
+    redirects the rest)."""
+    unit_running("nginx is enabled and running", "nginx")
+    http = nginx_file(
+        "Port 80 site: ACME challenge, redirect to HTTPS (Debian's default site disabled)",
+        HTTP_SITE,
+        http_site_text(site),
+        remove=(DEFAULT_SITE,),
     )
-    default = files.link(name="Disable Debian's default site", path=DEFAULT_SITE, present=False)
-    http = nginx_config(
-        name="Port 80 site: ACME challenge, redirect to HTTPS",
-        path=HTTP_SITE,
-        content=http_site_text(site),
-    )
-    reload_nginx("Test and reload nginx (port 80 site changed)", default, http)
+    reload_nginx("Test and reload nginx (port 80 site changed)", http)
 
 
 @deploy("nginx: the dashboard")
 def nginx_https(site: Dashboard, settings: Settings, *changes: OperationMeta) -> None:
     """The HTTPS site in front of Flower; reloaded if it, the certificate or logins changed."""
-    https = nginx_config(
-        name="HTTPS site: TLS, logins, Flower's socket",
-        path=HTTPS_SITE,
-        content=https_site_text(site, settings),
+    https = nginx_file(
+        "HTTPS site: TLS, logins, Flower's socket", HTTPS_SITE, https_site_text(site, settings)
     )
     reload_nginx("Test and reload nginx (site, certificate or logins changed)", https, *changes)

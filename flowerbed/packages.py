@@ -1,22 +1,22 @@
-"""How hosts reach package registries: apt and pip through an egress proxy, extra CAs trusted.
-
-Shared by every concern that installs packages (Flower's venv here; nginx/certbot later).
+"""How hosts reach package registries: apt and pip through an egress proxy, extra CAs trusted;
+and the Debian packages each concern needs.
 """
 
 from __future__ import annotations
 
-from io import StringIO
 from pathlib import Path
 
 from pyinfra import host
-from pyinfra.api import deploy
-from pyinfra.facts.deb import DebPackages
-from pyinfra.operations import apt, files, server
-from pyinfra.operations.util import any_changed
+from pyinfra.api import FactBase, StringCommand, deploy, operation
+from pyinfra.api.operation import OperationMeta
+from pyinfra.operations import server
 
+from . import facts
+from .hostfiles import Absent, RootFile, changed, root_files
 from .render import render
 from .resources import local_path
 from .settings import Egress
+from .shell import command
 
 APT_PROXY_CONF = "/etc/apt/apt.conf.d/80flowerbed-proxy"
 EXTRA_CA_DIR = "/usr/local/share/ca-certificates/flowerbed"
@@ -26,47 +26,60 @@ SYSTEM_CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
 @deploy("Package sources")
 def package_sources(egress: Egress) -> None:
     """apt uses the egress proxy (if any) and the system trusts the extra CAs (if any)."""
-    if egress.egress_proxy:
-        files.put(
-            name="Route apt through the egress proxy",
-            src=StringIO(render("apt-proxy.conf.j2", proxy=egress.egress_proxy)),
-            dest=APT_PROXY_CONF,
-            user="root",
-            group="root",
-            mode="644",
-        )
-    else:
-        files.file(name="No apt egress proxy", path=APT_PROXY_CONF, present=False)
-
-    uploads = [
-        files.put(
-            name=f"Trust the CA {Path(local).name}",
-            src=str(local_path(local)),
-            dest=f"{EXTRA_CA_DIR}/{Path(local).stem}.crt",
-            user="root",
-            group="root",
-            mode="644",
-        )
+    proxy = (
+        RootFile(APT_PROXY_CONF, render("apt-proxy.conf.j2", proxy=egress.egress_proxy))
+        if egress.egress_proxy
+        else Absent(APT_PROXY_CONF)
+    )
+    certificates = [
+        RootFile(f"{EXTRA_CA_DIR}/{Path(local).stem}.crt", local_path(local))
         for local in egress.egress_ca_certificates
     ]
-    if uploads:
+    root_files("apt's egress proxy and the extra CAs to trust", [proxy, *certificates])
+    if certificates:
         server.shell(
             name="Rebuild the system CA bundle",
             commands=["update-ca-certificates"],
-            _if=any_changed(*uploads),
+            _if=changed(*(certificate.path for certificate in certificates)),
         )
 
 
-@deploy("System packages")
-def system_packages(packages: list[str]) -> None:
+class InstalledPackages(FactBase):
+    """Which of `packages` dpkg has installed."""
+
+    merge_argument = "packages"  # with others of its kind, one command (flowerbed.facts)
+
+    def command(self, packages: tuple[str, ...]) -> StringCommand:
+        query = command("dpkg-query", "--show", "--showformat=${Package} ${db:Status-Abbrev}\\n")
+        return StringCommand(query, *packages, "2>/dev/null", "||", "true")
+
+    @staticmethod
+    def default() -> set:
+        return set()
+
+    def process(self, output: list[str]) -> set[str]:
+        return {line.split()[0] for line in output if line.split()[1:2] == ["ii"]}
+
+
+def system_packages(packages: list[str]) -> OperationMeta:
     """The Debian packages are installed; apt's lists are refreshed only when one is missing."""
-    apt.update(name="Refresh apt lists (a package is missing)", _if=lambda: missing(packages))
-    apt.packages(name=f"Install {', '.join(packages)}", packages=packages, no_recommends=True)
+    facts.expect(InstalledPackages, packages=tuple(packages))
+    return apt_installed(name=f"Install {', '.join(packages)}", packages=tuple(packages))
 
 
-def missing(packages: list[str]) -> bool:
-    installed = host.get_fact(DebPackages)
-    return any(package not in installed for package in packages)
+@operation()
+def apt_installed(packages: tuple[str, ...]):
+    installed = facts.ask(InstalledPackages, packages=packages)
+    missing = [package for package in packages if package not in installed]
+    if not missing:
+        host.noop(f"{', '.join(packages)}: installed")
+        return
+    yield command("apt-get", "update")
+    yield command(
+        "env", "DEBIAN_FRONTEND=noninteractive", "apt-get", "--yes",
+        "-o", "Dpkg::Options::=--force-confdef", "-o", "Dpkg::Options::=--force-confold",
+        "install", "--no-install-recommends", *missing,
+    )  # fmt: skip
 
 
 def pip_conf(egress: Egress) -> str:

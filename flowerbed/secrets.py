@@ -22,8 +22,9 @@ from dotenv import load_dotenv
 from pyinfra import host, state
 from pyinfra.api import FileUploadCommand, StringCommand, operation
 from pyinfra.api.arguments import CONNECTOR_ARGUMENT_KEYS, pop_global_arguments
-from pyinfra.facts.files import File
 
+from . import facts
+from .hostfiles import PathStates
 from .settings import BROKER_SCHEMES, Flower, SettingsError
 from .shell import command
 from .validation import (
@@ -194,10 +195,10 @@ def secret_file(
     if not isinstance(content, Secret):
         raise TypeError("secret_file takes a Secret, so its value can never be printed")
     desired = content.value.encode()
-    remote = host.get_fact(File, path=path)
+    remote = facts.ask(PathStates, paths=(path,), digests=False).get(path)
     same_content = bool(remote) and _holds(path, desired)
-    same_owner = bool(remote) and (remote["user"], remote["group"]) == (user, group)
-    if same_content and same_owner and remote["mode"] == mode:
+    same_owner = bool(remote) and (remote.user, remote.group) == (user, group)
+    if same_content and same_owner and remote.mode == int(str(mode), 8):
         host.noop(f"{path} is up to date (content not shown)")
         return
     if same_content:

@@ -14,23 +14,26 @@ issuance and in certbot.service (a drop-in), so renewals reach the same director
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from io import StringIO
 from pathlib import Path
 
+from cryptography import x509
 from pyinfra import host
 from pyinfra.api import FactBase, StringCommand, deploy, operation
 from pyinfra.api.operation import OperationMeta
-from pyinfra.operations import files, systemd
+from pyinfra.operations import systemd
 
-from .packages import system_packages
+from . import facts
+from .hostfiles import Absent, PathStates, RootDirectory, RootFile, changed, root_files
 from .render import render
-from .resources import HOST_SCRIPTS
+from .resources import HOST_SCRIPTS, local_path
 from .secrets import Secret, read_secret, secret_file
 from .settings import SettingsError, Tls
 from .shell import command
+from .units import unit_running
 
 CERT_NAME = "flowerbed"
 LIVE_DIR = f"/etc/letsencrypt/live/{CERT_NAME}"
@@ -83,19 +86,40 @@ class CertificateRequest:
 
 
 class TlsLineage(FactBase):
-    """flowerbed's certificate lineage (names, expiry, serial, server, authenticator) or None."""
+    """flowerbed's certificate lineage (names, expiry, serial, server, authenticator) or None.
+
+    The certificate (public) is read here rather than by `openssl x509` on the host, whose
+    start alone costs the host more CPU than every other check of a run together."""
 
     def command(self) -> StringCommand:
         cert = f"{LIVE_DIR}/cert.pem"
         return StringCommand(
-            command("test", "-f", cert), "||", "exit 0;",
-            command("openssl", "x509", "-in", cert, "-noout", "-serial", "-enddate",
-                    "-ext", "subjectAltName"), ";",
+            command("test", "-f", cert), "||", "exit 0;", command("cat", cert), ";",
             command("grep", "-E", "^(server|authenticator) = ", RENEWAL_CONF), "||", "true",
         )  # fmt: skip
 
     def process(self, output: list[str]) -> Lineage | None:
-        return parse_lineage(output)
+        pem = [line for line in output if line.startswith("-----") or PEM_BODY.fullmatch(line)]
+        rest = [line for line in output if line not in pem]
+        return parse_lineage([*certificate_lines("\n".join(pem)), *rest] if pem else output)
+
+
+PEM_BODY = re.compile(r"[A-Za-z0-9+/=]{1,76}")
+
+
+def certificate_lines(pem: str) -> list[str]:
+    """What `openssl x509 -noout -serial -enddate -ext subjectAltName` prints about it."""
+    cert = x509.load_pem_x509_certificate(pem.encode())
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        names = san.get_values_for_type(x509.DNSName)
+    except x509.ExtensionNotFound:
+        names = []
+    return [
+        f"serial={cert.serial_number:X}",
+        f"notAfter={cert.not_valid_after_utc:%b %d %H:%M:%S %Y} GMT",
+        ", ".join(f"DNS:{name}" for name in names),
+    ]
 
 
 def parse_lineage(lines: list[str]) -> Lineage | None:
@@ -163,7 +187,7 @@ def dns_credentials(tls: Tls, environ: Mapping[str, str]) -> Secret | None:
 @operation()
 def certificate(request: CertificateRequest):
     """The lineage holds a valid certificate for exactly the requested names; else certbot."""
-    lineage = host.get_fact(TlsLineage)
+    lineage = facts.ask(TlsLineage)
     reason = request.reason_to_issue(lineage, datetime.now(UTC))
     if reason is None:
         host.noop(f"certificate for {', '.join(request.names)} is valid")
@@ -177,64 +201,48 @@ def certificate(request: CertificateRequest):
 
 @deploy("certbot")
 def certbot(tls: Tls, credentials: Secret | None) -> None:
-    """certbot with what it needs to reach the ACME directory, prove the names and renew."""
-    plugin = [f"python3-certbot-dns-{tls.dns_plugin}"] if tls.dns_plugin else []
-    system_packages(["certbot", *plugin])
-    files.directory(name="ACME webroot (served on port 80)", path=WEBROOT, mode="755")
-    files.directory(name="flowerbed's certbot files", path=FLOWERBED_DIR, mode="700")
-    acme_ca_bundle(tls)
-    dns_proof(tls, credentials)
-    files.put(
-        name="Renewal deploy hook: nginx -t, then reload",
-        src=str(DEPLOY_HOOK_SOURCE),
-        dest=DEPLOY_HOOK,
-        mode="755",
+    """certbot (installed: certbot_packages) with what it needs to reach the ACME directory,
+    prove the names and renew."""
+    root_files(
+        "certbot's webroot, renewal hook, ACME CA bundle and DNS-01 files",
+        [
+            RootDirectory(WEBROOT),  # served on port 80
+            RootDirectory(FLOWERBED_DIR, mode="700"),
+            RootFile(DEPLOY_HOOK, DEPLOY_HOOK_SOURCE, mode="755"),  # nginx -t, then reload
+            *acme_ca_bundle(tls),
+            RootFile(DNS_HOOK, local_path(tls.dns_hook), mode="700")
+            if tls.dns_hook
+            else Absent(DNS_HOOK),
+            *([] if credentials else [Absent(DNS_CREDENTIALS)]),
+        ],
     )
-    systemd.service(
-        name="certbot.timer renews the certificate",
-        service="certbot.timer",
-        running=True,
-        enabled=True,
-    )
-
-
-def acme_ca_bundle(tls: Tls) -> None:
-    """certbot trusts a private ACME directory's CA, at issuance and in certbot.service."""
-    if tls.acme_ca_bundle:
-        files.put(
-            name="CA bundle of the ACME directory",
-            src=tls.acme_ca_bundle,
-            dest=ACME_CA_BUNDLE,
-            mode="644",
-        )
-        drop_in = files.put(
-            name="certbot.service uses that CA bundle",
-            src=StringIO(render("certbot-service-flowerbed.conf.j2", ca_bundle=ACME_CA_BUNDLE)),
-            dest=CERTBOT_DROP_IN,
-            mode="644",
-        )
-    else:
-        files.file(name="No ACME CA bundle", path=ACME_CA_BUNDLE, present=False)
-        drop_in = files.file(
-            name="certbot.service: system CAs", path=CERTBOT_DROP_IN, present=False
-        )
-    systemd.daemon_reload(name="Reload systemd (certbot drop-in changed)", _if=drop_in.did_change)
-
-
-def dns_proof(tls: Tls, credentials: Secret | None) -> None:
-    """The DNS-01 hook script or the plugin's credentials (root-only), when DNS-01 is used."""
-    if tls.dns_hook:
-        files.put(name="DNS-01 hook script", src=tls.dns_hook, dest=DNS_HOOK, mode="700")
-    else:
-        files.file(name="No DNS-01 hook script", path=DNS_HOOK, present=False)
     if credentials:
+        facts.expect(PathStates, paths=(DNS_CREDENTIALS,), digests=False)
         secret_file(name="DNS plugin credentials", path=DNS_CREDENTIALS, content=credentials)
-    else:
-        files.file(name="No DNS plugin credentials", path=DNS_CREDENTIALS, present=False)
+    systemd.daemon_reload(
+        name="Reload systemd (certbot drop-in changed)", _if=changed(CERTBOT_DROP_IN)
+    )
+    unit_running("certbot.timer renews the certificate", "certbot.timer")
+
+
+def certbot_packages(tls: Tls) -> list[str]:
+    return ["certbot", *([f"python3-certbot-dns-{tls.dns_plugin}"] if tls.dns_plugin else [])]
+
+
+def acme_ca_bundle(tls: Tls) -> list:
+    """certbot trusts a private ACME directory's CA, at issuance and in certbot.service."""
+    if not tls.acme_ca_bundle:
+        return [Absent(ACME_CA_BUNDLE), Absent(CERTBOT_DROP_IN)]
+    drop_in = render("certbot-service-flowerbed.conf.j2", ca_bundle=ACME_CA_BUNDLE)
+    return [
+        RootFile(ACME_CA_BUNDLE, local_path(tls.acme_ca_bundle)),
+        RootFile(CERTBOT_DROP_IN, drop_in),
+    ]
 
 
 @deploy("TLS certificate")
 def tls_certificate(request: CertificateRequest) -> OperationMeta:
+    facts.expect(TlsLineage)
     return certificate(
         name="TLS certificate (certbot only when it does not match)",
         request=request,

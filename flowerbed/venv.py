@@ -17,7 +17,10 @@ from pathlib import Path
 
 from pyinfra import host
 from pyinfra.api import FactBase, FileUploadCommand, StringCommand, operation
+from pyinfra.api.operation import OperationMeta
 
+from . import facts
+from .hostfiles import Link, PathStates, RootDirectory, entry_commands
 from .shell import all_of, command
 
 COMPLETE_MARKER = ".flowerbed-complete"
@@ -107,14 +110,58 @@ class Subdirectories(FactBase):
         return [line for line in output if line]
 
 
+def linked_venv(
+    name: str,
+    venvs_dir: str,
+    key: str,
+    link: str,
+    lock: bytes,
+    pip_conf: str,
+    app: AppPackage | None = None,
+    proxy: str = "",
+) -> OperationMeta:
+    """`venvs_dir/key` holds exactly the lock's packages (and the app), and `link` points at it.
+    Checked with the host's other facts; the link is switched only once the venv is complete."""
+    path = f"{venvs_dir}/{key}"
+    facts.expect(VenvComplete, path=path)
+    facts.expect(PathStates, paths=(venvs_dir, link))
+    return locked_venv(
+        name=name,
+        venvs_dir=venvs_dir,
+        path=path,
+        link=link,
+        lock=lock,
+        pip_conf=pip_conf,
+        app=app,
+        proxy=proxy,
+    )
+
+
 @operation()
 def locked_venv(
-    path: str, lock: bytes, pip_conf: str, app: AppPackage | None = None, proxy: str = ""
+    venvs_dir: str,
+    path: str,
+    link: str,
+    lock: bytes,
+    pip_conf: str,
+    app: AppPackage | None = None,
+    proxy: str = "",
 ):
-    """The venv at `path` holds exactly the lock's packages (and the app), verified by pip."""
-    if host.get_fact(VenvComplete, path=path):
-        host.noop(f"venv {path} is complete")
-        return
+    """The venv at `path` holds exactly the lock's packages (and the app), verified by pip;
+    `link` points at it; `venvs_dir` is root's."""
+    complete = facts.ask(VenvComplete, path=path)
+    current = facts.ask(PathStates, paths=(venvs_dir, link))
+    commands = [
+        *entry_commands(RootDirectory(venvs_dir), current.get(venvs_dir)),
+        *([] if complete else _build(path, lock, pip_conf, app, proxy)),
+        *entry_commands(Link(link, path), current.get(link)),
+    ]
+    if not commands:
+        host.noop(f"venv {path} is complete and {link} points at it")
+    yield from commands
+
+
+def _build(path: str, lock: bytes, pip_conf: str, app: AppPackage | None, proxy: str):
     pip = [f"{path}/bin/python", "-m", "pip"]
     lock_file = f"{path}/requirements.lock"
     yield command("rm", "-rf", path)
@@ -143,10 +190,15 @@ def _install_app(path: str, pip: list[str], app: AppPackage, proxy: str):
     yield command("rm", "-rf", archive, source)
 
 
+def only_the_venv(name: str, venvs_dir: str, keep: str) -> OperationMeta:
+    facts.expect(Subdirectories, path=venvs_dir)
+    return only_venv(name=name, venvs_dir=venvs_dir, keep=keep)
+
+
 @operation()
 def only_venv(venvs_dir: str, keep: str):
     """`venvs_dir` holds no venv but `keep` (the one the service runs)."""
-    stale = [name for name in host.get_fact(Subdirectories, path=venvs_dir) if name != keep]
+    stale = [name for name in facts.ask(Subdirectories, path=venvs_dir) if name != keep]
     if not stale:
         host.noop(f"no stale venvs in {venvs_dir}")
     for name in sorted(stale):

@@ -21,9 +21,9 @@ from typing import TYPE_CHECKING
 
 from pyinfra import host, logger, state
 from pyinfra.api import FactBase, FunctionCommand, StringCommand, deploy, operation
-from pyinfra.operations import files
 
 from .firewall import LoadedRulesetDigest, ruleset
+from .hostfiles import root_file
 from .nginx import Dashboard
 from .probe import OperatorChecks, https_get
 from .resources import HOST_SCRIPTS
@@ -89,14 +89,7 @@ def log_unhealthy(host, message: str, report: dict) -> None:
 
 @deploy("Verify Flower")
 def verify_flower(settings: Settings) -> None:
-    files.put(
-        name="Flower's health check script",
-        src=str(HEALTHCHECK_SCRIPT),
-        dest=HEALTHCHECK_PATH,
-        user="root",
-        group="root",
-        mode="755",
-    )
+    root_file("Flower's health check script", HEALTHCHECK_SCRIPT, HEALTHCHECK_PATH, "755")
     flower_healthy(
         name="Flower answers on its socket and sees the workers",
         argv=tuple(healthcheck_argv(settings.flower, settings.options)),
