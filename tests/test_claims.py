@@ -1,13 +1,16 @@
 """README claims about the deployed edge and firewall, checked on h1 (shared; put back after).
 
 htpasswd mode and hashes, certbot.timer, the renewal hook's `nginx -t` gate, an nginx-only
-change leaving Flower alone, and the firewall's rollback timer as systemd holds it.
+change leaving Flower alone, the firewall's rollback timer as systemd holds it, and the env
+file's quoting as systemd reads it.
 """
 
 from __future__ import annotations
 
 import contextlib
 import re
+import shlex
+import string
 import threading
 import time
 from pathlib import Path
@@ -15,6 +18,8 @@ from pathlib import Path
 import pytest
 from conftest import REPO, Lab
 from deploy_helpers import run_deploy
+
+from flowerbed.render import systemd_quote
 
 pytestmark = pytest.mark.lab
 
@@ -142,3 +147,22 @@ def test_the_rollback_timer_gets_the_configured_seconds_and_is_disarmed_after_co
     assert not unit.exists(), "the timer is gone after the confirm"
     state = lab.ssh(DEPLOYED, ["systemctl", "is-active", ROLLBACK_TIMER]).stdout.strip()
     assert state == "inactive"
+
+
+def test_systemd_reads_back_every_special_character_of_an_env_file_value(lab: Lab):
+    """The env file's quoting (systemd_quote, as flower.env is written) against systemd itself:
+    a service started with it sees exactly the value, every printable character included."""
+    name = lab.base_hosts[0]["name"]
+    value = f" #{string.punctuation} {string.ascii_letters}{string.digits} é€ \\\\n %h ${{X}} "
+    env_file = "/run/flowerbed-test-quoting.env"
+    written = f"PROBE={systemd_quote(value)}\n"
+    lab.ssh(name, f"printf %s {shlex.quote(written)} > {env_file}", check=True)
+    try:
+        command = ["systemd-run", "--pipe", "--quiet", "--wait", "--collect"]
+        read = lab.ssh(
+            name, [*command, f"--property=EnvironmentFile={env_file}", "printenv", "PROBE"]
+        )
+        assert read.returncode == 0, read.stderr
+        assert read.stdout == value + "\n"
+    finally:
+        lab.ssh(name, ["rm", "-f", env_file], check=True)

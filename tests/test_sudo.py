@@ -204,6 +204,21 @@ def test_a_second_run_as_the_sudo_user_changes_nothing(sudo_host, deployed):
     print(f"no-op run as {USER} with sudo: {again.seconds:.1f} s")
 
 
+def test_a_flower_that_hit_its_start_limit_is_started_by_the_next_run(
+    lab: Lab, sudo_host, deployed
+):
+    restart = ["systemctl", "restart", "flower.service"]
+    for _ in range(10):  # more starts than StartLimitBurst (5) within its interval
+        if run(ssh_as(lab, sudo_host, USER, shlex.join(["sudo", "-n", *restart]))).returncode:
+            break
+    state = ["systemctl", "show", "-P", "Result", "flower.service"]
+    assert sudo(lab, sudo_host, state).strip() == "start-limit-hit"
+    again = deploy_as_deploy(sudo_host)
+    assert again.ok, again.explain()
+    active = sudo(lab, sudo_host, ["systemctl", "is-active", "flower.service"]).strip()
+    assert active == "active", "the deploy cleared the start limit and started Flower"
+
+
 def test_verify_runs_as_the_sudo_user(sudo_host, deployed, tmp_path: Path):
     summary = tmp_path / "verify.json"
     result = deploy_as_deploy(
