@@ -8,14 +8,13 @@
 
 from __future__ import annotations
 
-import os
 import re
 import shlex
 import socket
 import time
 
 import pytest
-from conftest import Lab, lab_cli
+from conftest import Lab
 from deploy_helpers import run_deploy
 
 from flowerbed.firewall import BOOT_RULESET, SCRIPT, STATE_DIR, pending_ruleset
@@ -28,22 +27,17 @@ DIGEST = re.compile(r'comment "flowerbed sha256:([0-9a-f]+)"')
 
 
 @pytest.fixture(scope="module")
-def guarded(lab: Lab) -> str:
+def guarded(module_hosts) -> str:
     """A fresh host with flowerbed's confirmed firewall (firewall-only deploy)."""
-    name = f"fe{os.getpid() % 1000}"
-    lab_cli("host-up", name)
-    lab.state = Lab.load().state
-    try:
-        result = run_deploy(name, deploy_file=FIREWALL_ONLY)
-        assert result.ok, result.explain()
-        yield name
-    finally:
-        lab_cli("host-down", name)
-        lab.state = Lab.load().state
+    name = module_hosts(prefix="fe")["name"]
+    result = run_deploy(name, deploy_file=FIREWALL_ONLY)
+    assert result.ok, result.explain()
+    return name
 
 
 def table(lab: Lab, host: str) -> str:
-    return lab.ssh(host, "nft -s list table inet flowerbed 2>/dev/null || true", check=True).stdout
+    """flowerbed's live table; every test here expects it loaded, so its absence fails."""
+    return lab.ssh(host, ["nft", "-s", "list", "table", "inet", "flowerbed"], check=True).stdout
 
 
 def boot_file(lab: Lab, host: str) -> str:
