@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import REPO, Lab, lab_cli, run
+from conftest import REPO, Lab, lab_cli, restore_users_lab, run, users_lab
 from deploy_helpers import run_deploy
 
 pytestmark = pytest.mark.lab
@@ -203,6 +203,14 @@ def test_a_half_alive_lab_is_rebuilt_and_down_leaves_nothing(lab: Lab):
     lab_processes = "systemd-nspawn|pebble|tinyproxy|redis-server .*6379|flowerbed_demo"
     assert wait_until(lambda: not live_processes(lab_processes)), live_processes(lab_processes)
     assert not (REPO / ".lab").exists()
+
+    # a lab the user had up before the session (`make demo`) is put back as it was
+    restore_users_lab(lab)
+    if users := users_lab():
+        assert Path(lab.state["secrets_file"]).read_text() == users.secrets, "the same login"
+        for name in users.hosts:
+            flower = lab.ssh(name, ["systemctl", "is-active", "flower.service"]).stdout.strip()
+            assert flower == ("active" if users.deployed else "inactive"), name
 
 
 def pids_of_machine(name: str) -> list[str]:
