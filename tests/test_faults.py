@@ -394,7 +394,7 @@ def test_a_deploy_killed_between_the_unit_and_the_restart_restarts_on_the_next_r
         assert converged(deploy(broker, [a], new)).totals["success"] == 0
     finally:
         converged(deploy(broker, [a]))
-    assert serves_the_worker(lab, a)
+    wait_until(lambda: serves_the_worker(lab, a), 60, f"{a} shows {WORKER} after its restart")
 
 
 def test_a_deploy_killed_during_the_firewall_switch_never_locks_the_admin_out(
@@ -573,7 +573,7 @@ def test_a_broken_flower_option_fails_its_host_with_the_journal_and_spares_the_o
         assert not any(b in op["success"] for op in result.report["results"]["operations"])
     finally:
         converged(deploy(broker, [a]))
-    assert serves_the_worker(lab, a)
+    wait_until(lambda: serves_the_worker(lab, a), 60, f"{a} shows {WORKER} after its restart")
 
 
 # --- 7: Flower killed -----------------------------------------------------------------------
