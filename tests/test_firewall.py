@@ -79,9 +79,9 @@ def boot_id(lab: Lab, host: str) -> str:
 
 
 def firewall_ops(result: DeployResult) -> list[dict]:
-    return [
-        op for op in result.report["results"]["operations"] if op["name"].startswith("Firewall")
-    ]
+    """The Firewall deploy's operations (named `flowerbed | Firewall | ...` in deploy_flowerbed)."""
+    operations = result.report["results"]["operations"]
+    return [op for op in operations if "Firewall" in op["name"].split(" | ")[:-1]]
 
 
 # --- h1, fully deployed ---------------------------------------------------------------------
