@@ -3,7 +3,10 @@ SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
 HOSTS ?= 3
-DISTRO ?= bookworm
+# The lab hosts' Debian: trixie (13), bookworm (12), or mixed: `make test` then runs h1 and h3
+# on trixie, h2 on bookworm and fresh hosts alternating (tests/conftest.py); lab-up boots trixie.
+DISTRO ?= mixed
+LAB_DISTRO := $(if $(filter mixed,$(DISTRO)),trixie,$(DISTRO))
 PYTEST_ARGS ?=
 
 # What the lab and the tests need on this machine (the lab installs its own part too).
@@ -30,7 +33,7 @@ machine-packages:
 	fi
 
 lab-up: setup
-	python3 lab/lab.py up --hosts $(HOSTS) --distro $(DISTRO)
+	python3 lab/lab.py up --hosts $(HOSTS) --distro $(LAB_DISTRO)
 
 lab-down:
 	python3 lab/lab.py down
@@ -43,7 +46,7 @@ demo: lab-up
 	$(PY) lab/demo_info.py
 
 test: setup machine-packages
-	$(VENV)/bin/pytest $(PYTEST_ARGS)
+	env -u DISTRO FLOWERBED_TEST_DISTRO=$(DISTRO) $(VENV)/bin/pytest $(PYTEST_ARGS)
 
 test-unit: setup
 	$(VENV)/bin/pytest -m "not lab" $(PYTEST_ARGS)
