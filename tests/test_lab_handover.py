@@ -7,7 +7,8 @@ keep the machine's ports and this lab's clients meet the other lab's pebble (a T
 Redis (a refused password). The same for a lab whose processes were killed, with the
 machine's active-lab marker naming a checkout that no longer exists.
 
-Both cases rebuild the shared lab's hosts: they run last (lab_lifecycle) and leave it up.
+Both cases rebuild the shared lab's hosts: they run last (lab_lifecycle) and leave it up, with
+a lab the user had up before the session (`make demo`) deployed again.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from pathlib import Path
 
 import pytest
 import redis
-from conftest import LAB_HOSTS, REPO, Lab, lab_cli, run
+from conftest import LAB_HOSTS, REPO, Lab, lab_cli, restore_users_lab, run
 
 pytestmark = [pytest.mark.lab, pytest.mark.lab_lifecycle]
 
@@ -173,7 +174,7 @@ def assert_gone(foreign: ForeignCheckout, processes: dict[str, tuple[int, str]])
     assert wait_until(lambda: not left(), 5), f"the other lab's processes still run: {left()}"
 
 
-def test_up_stops_a_lab_alive_in_another_checkout_and_one_whose_processes_were_killed():
+def test_up_stops_a_lab_alive_in_another_checkout_and_one_whose_processes_were_killed(lab: Lab):
     foreign = ForeignCheckout()
     try:
         # Alive: its hosts and services hold the machine's ports and addresses.
@@ -202,3 +203,4 @@ def test_up_stops_a_lab_alive_in_another_checkout_and_one_whose_processes_were_k
         assert_gone(foreign, alive)
     finally:
         foreign.remove()
+        restore_users_lab(lab)  # the hosts were rebuilt: a `make demo` lab is deployed again
