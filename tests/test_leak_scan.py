@@ -272,12 +272,15 @@ def repository_matches(forms: dict[str, str]) -> dict[str, list[str]]:
 def local_temp_matches(
     forms: dict[str, str], roots: list[Path], since: float, mine: Path
 ) -> dict[str, list[str]]:
-    """Files under `roots` changed since `since` (this test's own tmp_path aside: it holds the
-    operator's env file on purpose) that hold a secret."""
+    """Files under `roots` changed since `since` that hold a secret. Left out: this test's own
+    tmp_path (it holds the operator's env file on purpose) and the lab's directory, where the
+    lab hosts' own filesystems live (a checkout under /tmp has them there; the hosts' files are
+    scanned as the hosts' users see them)."""
+    skipped = {mine, REPO / ".lab"}
     matches = {}
     for root in roots:
         for current, dirs, files in os.walk(root):
-            dirs[:] = [d for d in dirs if Path(current, d) != mine]
+            dirs[:] = [d for d in dirs if Path(current, d) not in skipped]
             for name in files:
                 path = Path(current, name)
                 try:
