@@ -137,6 +137,10 @@ def make_acme_listener_cert(acme: Path) -> None:
             "3650",
             "-subj",
             "/CN=flowerbed lab ACME listener CA",
+            # Python 3.13 (Debian 13) verifies strictly (VERIFY_X509_STRICT): a CA without key
+            # usage is refused, so Flower's OAuth client on trixie could not reach the lab's OIDC
+            "-addext",
+            "keyUsage=critical,keyCertSign,cRLSign",
             "-keyout",
             str(acme / "ca.key"),
             "-out",
@@ -154,7 +158,10 @@ def make_acme_listener_cert(acme: Path) -> None:
             str(acme / "csr.pem"),
         ]
     )
-    (acme / "ext.cnf").write_text(f"subjectAltName=IP:{GATEWAY},DNS:localhost\n")
+    (acme / "ext.cnf").write_text(
+        f"subjectAltName=IP:{GATEWAY},DNS:localhost\n"
+        "keyUsage=critical,digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n"
+    )
     run(
         [
             "openssl",
