@@ -62,7 +62,7 @@ def deploy_flowerbed() -> None:
     installed = install_flower(settings)
     flower_service(settings, checked_host.secrets, installed)
     edge(settings, checked_host.edge)
-    verify_flower(settings)
+    verify_flower(settings, after_changes_only=True)
     remove_old_venvs(settings.flower, installed)
 
 
@@ -113,7 +113,8 @@ def deploy_firewall() -> None:
 @deploy("flowerbed: Flower", data_defaults=DEFAULTS)
 def deploy_flower() -> None:
     """Flower from a hash-pinned lock in its own venv, as a hardened systemd service on a unix
-    socket; then its health check, then old venvs go.
+    socket; then its health check (after a change, or when Flower is not running), then old
+    venvs go.
 
     + flower_version, flower_user, flower_group, flower_socket_clients, flower_service,
       flower_config_dir, flower_install_dir: what is installed where, run as whom
@@ -143,7 +144,7 @@ def deploy_flower() -> None:
     settings = checked_host.settings
     installed = install_flower(settings)
     flower_service(settings, checked_host.secrets, installed)
-    verify_flower(settings)
+    verify_flower(settings, after_changes_only=True)
     remove_old_venvs(settings.flower, installed)
 
 

@@ -1,8 +1,10 @@
 """Health: Flower answers /healthcheck on its socket and sees the broker's workers.
 
-Checked on every run, as a fact: a healthy Flower is "no change"; an unhealthy one fails its
-host with the problem and the last lines of its journal. After a (re)start the check waits
-for Flower to come up (flower_healthcheck_timeout).
+Checked as a fact: a healthy Flower is "no change"; an unhealthy one fails its host with the
+problem and the last lines of its journal. After a (re)start the check waits for Flower to come
+up (flower_healthcheck_timeout). The whole deploy checks only after an operation changed the
+host or when Flower's unit is not running, so its drift check stays one round trip; the health
+check alone (deploy_health_check) always checks, and verify.py checks a quiet fleet.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from typing import TYPE_CHECKING
 from pyinfra import host, logger, state
 from pyinfra.api import FactBase, FunctionCommand, StringCommand, deploy, operation
 
+from . import facts
 from .firewall import LoadedRulesetDigest, ruleset
 from .hostfiles import root_file
 from .nginx import Dashboard
@@ -29,6 +32,7 @@ from .probe import OperatorChecks, https_get
 from .resources import HOST_SCRIPTS
 from .settings import Flower, FlowerOptions, Settings
 from .shell import command
+from .units import UnitStates, full_name, unit_state
 
 if TYPE_CHECKING:
     from .edge import EdgeInputs
@@ -60,10 +64,14 @@ class FlowerHealth(FactBase):
 
 
 @operation(is_idempotent=True)
-def flower_healthy(argv: tuple[str, ...]):
-    """Flower is healthy; otherwise this host fails with the reason and Flower's journal."""
+def flower_healthy(argv: tuple[str, ...], unit: str, after_changes_only: bool = False):
+    """Flower is healthy; otherwise this host fails with the reason and Flower's journal.
+    `after_changes_only`: skipped when no operation changed the host and `unit` runs."""
     if not state.is_executing:
         host.noop("Flower's health is checked when the deploy runs")
+        return
+    if after_changes_only and not facts.changed_operations() and unit_state(unit)["running"]:
+        host.noop(f"nothing changed and {unit} is running: verify.py checks its health")
         return
     report = host.get_fact(FlowerHealth, argv=argv)
     if report and report["ok"]:
@@ -88,11 +96,16 @@ def log_unhealthy(host, message: str, report: dict) -> None:
 
 
 @deploy("Verify Flower")
-def verify_flower(settings: Settings) -> None:
+def verify_flower(settings: Settings, after_changes_only: bool = False) -> None:
+    """Flower's health check; `after_changes_only`: not on a run that changed nothing while
+    Flower's unit runs (the whole deploy's way: its drift check stays one round trip)."""
     root_file("Flower's health check script", HEALTHCHECK_SCRIPT, HEALTHCHECK_PATH, "755")
+    facts.expect(UnitStates, units=(full_name(settings.flower.unit_name),))
     flower_healthy(
         name="Flower answers on its socket and sees the workers",
         argv=tuple(healthcheck_argv(settings.flower, settings.options)),
+        unit=settings.flower.unit_name,
+        after_changes_only=after_changes_only,
     )
 
 

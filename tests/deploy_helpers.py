@@ -51,6 +51,11 @@ class DeployResult:
     def failed_hosts(self) -> list[str]:
         return self.report["results"]["failed_hosts"]
 
+    def failed_operations(self, host: str) -> list[str]:
+        """The names of the operations that failed on `host` (pyinfra stops it at the first)."""
+        operations = self.report["results"]["operations"]
+        return [op["name"] for op in operations if host in op["error"]]
+
     def changed_hosts(self, operation: str) -> list[str]:
         """Hosts where an operation whose name contains `operation` made a change.
 

@@ -279,14 +279,20 @@ def test_unhealthy_flower_fails_its_host_with_its_journal(lab: Lab, first_deploy
     ]
     lab.ssh("h2", " && ".join(cut_off_broker), check=True)
     try:
-        checked = run_deploy(["h2", "h3"], data={"flower_healthcheck_timeout": 5})
+        quiet = run_deploy(["h2"], data={"flower_healthcheck_timeout": 5})
+        assert quiet.ok and quiet.totals["success"] == 0, "a run that changes nothing passes"
+        assert "flower.service is running: verify.py checks its health" in quiet.log
+        # a change Flower restarts for: the check runs, waits, and fails h2 alone
+        restarted = {"flower_healthcheck_timeout": 5, "flower_max_tasks": 5001}
+        checked = run_deploy(["h2", "h3"], data=restarted)
         assert checked.returncode != 0
         assert checked.failed_hosts == ["h2"], checked.explain()
         assert re.search(r"\[h2\] +Flower is unhealthy: 0 worker\(s\) answer", checked.log)
         assert re.search(r"\[h2\] +journal: .*celery", checked.log), "the journal's last lines"
     finally:
         lab.ssh("h2", "nft delete table inet flowerbed_test", check=True)
-    restart_flower(lab, "h2")
+    restored = run_deploy(["h2", "h3"])
+    assert restored.ok, restored.explain()
 
 
 # --- Debian 13 ------------------------------------------------------------------------------
