@@ -32,6 +32,10 @@ from pyinfra import host, state
 from pyinfra.api import FactBase, StringCommand
 from pyinfra.api.arguments import pop_global_arguments
 
+from . import oporder
+
+oporder.install()  # the other half of a cheap no-op: operations ordered without source reads
+
 BEGIN = "@@flowerbed-fact"
 END = "@@flowerbed-status"
 MISSING_COMMAND = "@@flowerbed-missing-command"

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pyinfra.api import Host, Inventory
 from pyinfra.api.exceptions import PyinfraError
 
+from .connection import send_without_delay
 from .edge import EdgeInputs, edge_inputs
 from .resources import DEFAULTS
 from .secrets import FlowerSecrets, load_flower_secrets, load_operator_env
@@ -118,7 +119,9 @@ def _source(host: Host, key: str) -> str:
 
 
 def checked(host: Host, inventory: Inventory) -> Checked:
-    """This host's settings and secrets, once every targeted host passed the checks."""
+    """This host's settings and secrets, once every targeted host passed the checks; the
+    host's SSH connection sends without delay from here on (flowerbed/connection.py)."""
+    send_without_delay(host)
     if not _checked:
         try:
             load_operator_env()
