@@ -26,7 +26,7 @@ from pyinfra.api import FactBase, FunctionCommand, StringCommand, deploy, operat
 
 from . import facts
 from .firewall import LoadedRulesetDigest, ruleset
-from .hostfiles import root_file
+from .hostfiles import PathStates, root_file
 from .nginx import Dashboard
 from .probe import OperatorChecks, https_get
 from .resources import HOST_SCRIPTS
@@ -39,6 +39,8 @@ if TYPE_CHECKING:
 
 HEALTHCHECK_SCRIPT = HOST_SCRIPTS / "flower-healthcheck"
 HEALTHCHECK_PATH = "/usr/local/libexec/flowerbed/flower-healthcheck"
+# left by a failed check, removed by a passing one: a run that changes nothing checks again
+UNHEALTHY_MARKER = "/var/lib/flowerbed/flower-unhealthy"
 
 
 def healthcheck_argv(flower: Flower, options: FlowerOptions) -> list[str]:
@@ -50,6 +52,7 @@ def healthcheck_argv(flower: Flower, options: FlowerOptions) -> list[str]:
         f"--env-file={flower.env_file}",
         f"--min-workers={flower.healthcheck_min_workers}",
         f"--timeout={flower.healthcheck_timeout}",
+        f"--unhealthy-marker={UNHEALTHY_MARKER}",
     ]
 
 
@@ -70,14 +73,24 @@ def flower_healthy(argv: tuple[str, ...], unit: str, after_changes_only: bool = 
     if not state.is_executing:
         host.noop("Flower's health is checked when the deploy runs")
         return
-    if after_changes_only and not facts.changed_operations() and unit_state(unit)["running"]:
-        host.noop(f"nothing changed and {unit} is running: verify.py checks its health")
+    if after_changes_only and quiet_and_running(unit):
+        healthy(f"nothing changed, {unit} is running, no failed check: verify.py checks its health")
         return
     report = host.get_fact(FlowerHealth, argv=argv)
     if report and report["ok"]:
         healthy(f"Flower is healthy and sees {len(report['workers'])} worker(s)")
         return
     yield FunctionCommand(_report_unhealthy, (report or {},), {})
+
+
+def quiet_and_running(unit: str) -> bool:
+    """No operation changed the host in this run, `unit` runs and the last check passed."""
+    if facts.changed_operations() or not unit_state(unit)["running"]:
+        return False
+    return (
+        facts.ask(PathStates, paths=(UNHEALTHY_MARKER,), digests=False).get(UNHEALTHY_MARKER)
+        is None
+    )
 
 
 def _report_unhealthy(state, host, report: dict) -> bool:
@@ -101,6 +114,7 @@ def verify_flower(settings: Settings, after_changes_only: bool = False) -> None:
     Flower's unit runs (the whole deploy's way: its drift check stays one round trip)."""
     root_file("Flower's health check script", HEALTHCHECK_SCRIPT, HEALTHCHECK_PATH, "755")
     facts.expect(UnitStates, units=(full_name(settings.flower.unit_name),))
+    facts.expect(PathStates, paths=(UNHEALTHY_MARKER,), digests=False)
     flower_healthy(
         name="Flower answers on its socket and sees the workers",
         argv=tuple(healthcheck_argv(settings.flower, settings.options)),
@@ -290,7 +304,8 @@ def host_layers_checked(settings: Settings, checks: OperatorChecks):
         f"{flower.unit_name} is {unit.get('active', 'unknown')}, {unit.get('enabled', 'unknown')}",
     )
     argv = healthcheck_argv(flower, settings.options)
-    argv = [a for a in argv if not a.startswith(("--timeout=", "--min-workers="))]
+    # the verify run changes nothing: no marker either
+    argv = [a for a in argv if not a.startswith(("--timeout=", "--min-workers=", "--unhealthy"))]
     health = _fact(InstalledFlowerHealth, argv=(*argv, "--timeout=1", "--min-workers=0")) or {}
     layer(
         "socket",

@@ -52,7 +52,8 @@ class DeployResult:
         return self.report["results"]["failed_hosts"]
 
     def failed_operations(self, host: str) -> list[str]:
-        """The names of the operations that failed on `host` (pyinfra stops it at the first)."""
+        """The operations `host` failed, in order: the one that failed, then every one it never
+        ran (pyinfra's --json lists a failed host's skipped operations as errors too)."""
         operations = self.report["results"]["operations"]
         return [op["name"] for op in operations if host in op["error"]]
 

@@ -428,7 +428,7 @@ def test_acme_ca_unreachable_on_a_first_deploy_leaves_that_host_on_port_80(
     assert not result.ok and b in result.failed_hosts, result.explain()
     assert a not in result.failed_hosts
     failed = result.failed_operations(b)
-    assert len(failed) == 1 and "TLS certificate" in failed[0], f"{b} failed at {failed}"
+    assert failed and "TLS certificate" in failed[0], f"{b} failed first at {failed}"
     assert "10.77.0.1:14001" in result.log, "the error names the ACME directory it could not reach"
     assert first.b_ports == {80: "open", 443: "refused"}, first.b_ports
     assert first.b_http == 301, "port 80 redirects (and answers ACME challenges)"

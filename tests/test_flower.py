@@ -278,21 +278,30 @@ def test_unhealthy_flower_fails_its_host_with_its_journal(lab: Lab, first_deploy
         " reject with tcp reset",
     ]
     lab.ssh("h2", " && ".join(cut_off_broker), check=True)
+    h2_changed = {"h2": {"flower_healthcheck_timeout": 5, "flower_max_tasks": 5001}}
     try:
         quiet = run_deploy(["h2"], data={"flower_healthcheck_timeout": 5})
         assert quiet.ok and quiet.totals["success"] == 0, "a run that changes nothing passes"
-        assert "flower.service is running: verify.py checks its health" in quiet.log
+        assert "flower.service is running, no failed check: verify.py checks" in quiet.log
         # a change Flower restarts for: the check runs, waits, and fails h2 alone
-        restarted = {"flower_healthcheck_timeout": 5, "flower_max_tasks": 5001}
-        checked = run_deploy(["h2", "h3"], data=restarted)
+        checked = run_deploy(
+            ["h2", "h3"],
+            inventory="tests/inventories/lab.py",
+            env={"FLOWERBED_TEST_HOST_DATA": json.dumps(h2_changed)},
+        )
         assert checked.returncode != 0
         assert checked.failed_hosts == ["h2"], checked.explain()
         assert re.search(r"\[h2\] +Flower is unhealthy: 0 worker\(s\) answer", checked.log)
         assert re.search(r"\[h2\] +journal: .*celery", checked.log), "the journal's last lines"
+        # run again: nothing changes now, but the failed check left its marker: checked again
+        again = run_deploy(["h2"], data=h2_changed["h2"])
+        assert again.totals["success"] == 0, again.totals
+        assert again.failed_hosts == ["h2"], "a rerun after a failed check checks again"
     finally:
         lab.ssh("h2", "nft delete table inet flowerbed_test", check=True)
-    restored = run_deploy(["h2", "h3"])
+        restored = run_deploy(["h2"])
     assert restored.ok, restored.explain()
+    assert on_host(lab, "h2", ["ls", "/var/lib/flowerbed"]).split().count("flower-unhealthy") == 0
 
 
 # --- Debian 13 ------------------------------------------------------------------------------

@@ -57,8 +57,21 @@ def test_the_ssh_socket_sends_without_delay():
         assert client.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
 
 
+class NotATcpSocket:
+    """paramiko's sock through a ProxyCommand or a jump host's Channel: no `family`."""
+
+    def __init__(self):
+        self.options = []
+
+    def setsockopt(self, *option):
+        self.options.append(option)
+
+
 def test_other_connections_are_left_alone():
-    left, right = socket.socketpair()  # a unix socket, as a ProxyCommand's pipe would be
+    proxied = NotATcpSocket()
+    send_without_delay(host_on(proxied))
+    assert proxied.options == []
+    left, right = socket.socketpair()  # a unix socket
     with left, right:
         send_without_delay(host_on(left))
     send_without_delay(SimpleNamespace(connector=SimpleNamespace(client=None)))  # not connected
