@@ -53,6 +53,7 @@ class Timed:
 
     result: DeployResult
     cpu: float
+    machine_cpu: float  # every core's busy time during the run: pyinfra's and the lab hosts'
     lines: list[tuple[float, str]]
 
     @property
@@ -83,6 +84,7 @@ def timed_deploy(names: list[str], deploy_file: str = "deploy.py", verbose: bool
     """run_deploy's command, with each log line's time and the run's CPU (os.wait4)."""
     flags = ("-y", "--json", "-v") if verbose else ("-y", "--json")
     args = deploy_args(names, flags=flags, deploy_file=deploy_file)
+    busy_before = machine_busy_seconds()
     started = time.monotonic()
     process = subprocess.Popen(
         args, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=deploy_env()
@@ -99,10 +101,19 @@ def timed_deploy(names: list[str], deploy_file: str = "deploy.py", verbose: bool
     reader.join()
     _, status, usage = os.wait4(process.pid, 0)
     seconds = time.monotonic() - started
+    machine_cpu = machine_busy_seconds() - busy_before
     process.returncode = os.waitstatus_to_exitcode(status)
     log = "".join(line for _, line in lines)
     result = DeployResult(args, process.returncode, stdout, log, seconds)
-    return Timed(result, usage.ru_utime + usage.ru_stime, lines)
+    return Timed(result, usage.ru_utime + usage.ru_stime, machine_cpu, lines)
+
+
+def machine_busy_seconds() -> float:
+    """CPU seconds all cores spent not idle since boot (/proc/stat): the lab's hosts run on
+    this machine's cores, so their share of a run shows here and not in pyinfra's own CPU."""
+    fields = [int(value) for value in Path("/proc/stat").read_text().split("\n")[0].split()[1:]]
+    idle = fields[3] + fields[4]  # idle, iowait
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
 
 
 def no_op(names: list[str], deploy_file: str = "deploy.py", verbose: bool = False) -> Timed:
@@ -154,16 +165,24 @@ def measure(lab: Lab, runs: int) -> None:
     base = {size: median(r.seconds for r in baselines[size]) for size in SIZES}
     cpu = {size: median(r.cpu for r in noops[size]) for size in SIZES}
     base_cpu = {size: median(r.cpu for r in baselines[size]) for size in SIZES}
+    machine = {size: median(r.machine_cpu for r in noops[size]) for size in SIZES}
     print(f"\nno-op converge, median of {runs} (one-operation deploy on the same hosts beside it):")
-    print("hosts   no-op s   baseline s   ratio   CPU s   baseline CPU s")
+    print("hosts   no-op s   baseline s   ratio   CPU s   baseline CPU s   machine CPU s")
     for size in SIZES:
         print(
             f"{size:>5}   {wall[size]:>7.2f}   {base[size]:>10.2f}"
             f"   {wall[size] / base[size]:>5.2f}   {cpu[size]:>5.2f}   {base_cpu[size]:>14.2f}"
+            f"   {machine[size]:>13.2f}"
         )
-    cpu_per_host = (cpu[max(SIZES)] - cpu[1]) / (max(SIZES) - 1)
-    scale = wall[max(SIZES)] / wall[1]
+    largest = max(SIZES)
+    cpu_per_host = (cpu[largest] - cpu[1]) / (largest - 1)
+    machine_per_host = (machine[largest] - machine[1]) / (largest - 1)
+    scale = wall[largest] / wall[1]
     print(f"controller CPU per added host: {cpu_per_host:.3f} s")
+    print(f"machine CPU per added host (pyinfra and the host, on {os.cpu_count()} cores): "
+          f"{machine_per_host:.3f} s")  # fmt: skip
+    print(f"one-operation deploy, {largest} hosts / 1 host: {base[largest] / base[1]:.2f} "
+          f"(pyinfra's own scaling on this machine)")  # fmt: skip
     print(f"start, connect and prepare (to the first operation, 1 host): "
           f"{median(r.until_first_operation() for r in noops[1]):.2f} s")  # fmt: skip
 
