@@ -23,15 +23,13 @@ from dataclasses import dataclass, field
 
 import bcrypt
 from pyinfra import host
-from pyinfra.api import OperationError, StringCommand, operation
-from pyinfra.api.arguments import CONNECTOR_ARGUMENT_KEYS
+from pyinfra.api import operation
 from pyinfra.api.operation import OperationMeta
 
-from . import facts
+from . import facts, quiet
 from .hostfiles import PathStates
 from .secrets import Secret, read_secret, secret_file
 from .settings import Auth, SettingsError
-from .shell import command
 
 HTPASSWD = "/etc/nginx/flowerbed.htpasswd"
 HTPASSWD_GROUP = "www-data"  # nginx's workers read it at every request
@@ -136,24 +134,10 @@ def parse_htpasswd(text: str) -> dict[str, str]:
     return {user: hashed for user, colon, hashed in lines if colon}
 
 
-def read_quietly(path: str) -> str:
-    """A host file's content, read without pyinfra printing it (a fact would, with -vvv)."""
-    arguments = host.current_op_global_arguments or {}
-    connector = {key: value for key, value in arguments.items() if key in CONNECTOR_ARGUMENT_KEYS}
-    ok, output = host.run_shell_command(
-        StringCommand(command("cat", path), "2>/dev/null", "||", "true"),
-        print_output=False,
-        print_input=False,
-        **connector,
-    )
-    if not ok:
-        raise OperationError(f"could not read {path} on the host")
-    return "".join(f"{line}\n" for line in output.stdout_lines)
-
-
 def htpasswd(name: str, path: str, logins: tuple[Login, ...]) -> OperationMeta:
     """The op below, its file's owner and mode checked with the host's other facts."""
     facts.expect(PathStates, paths=(path,), digests=False)
+    quiet.expect_read(path)
     return htpasswd_file(name=name, path=path, logins=logins)
 
 
@@ -164,7 +148,7 @@ def htpasswd_file(path: str, logins: tuple[Login, ...]):
     the passwords that changed; nothing about the logins reaches pyinfra's output.
     """
     on_disk = facts.ask(PathStates, paths=(path,), digests=False).get(path)
-    text = read_quietly(path) if on_disk else ""
+    text = quiet.read(path) if on_disk else ""
     content = htpasswd_lines(logins, parse_htpasswd(text))
     owner = on_disk and (on_disk.user, on_disk.group, on_disk.mode)
     if owner == ("root", HTPASSWD_GROUP, 0o640) and text == content:

@@ -21,10 +21,10 @@ from pyinfra.api.operation import OperationMeta
 from pyinfra.operations.util import any_changed
 
 from . import facts
-from .hostfiles import PathStates, RootDirectory, RootFile, changed, root_files
+from .hostfiles import RootDirectory, RootFile, changed, root_files
 from .packages import pip_conf, system_packages
 from .render import render
-from .secrets import FlowerSecrets, Secret, secret_file
+from .secrets import FlowerSecrets, Secret, checked_secret_file
 from .settings import Flower, FlowerOptions, Settings, local_app_dir
 from .shell import command
 from .units import UnitStates, unit_running, unit_state
@@ -232,8 +232,7 @@ def flower_service(settings: Settings, secrets: FlowerSecrets, installed: Instal
             *workdir,
         ],
     )
-    facts.expect(PathStates, paths=(flower.env_file,), digests=False)
-    env = secret_file(
+    env = checked_secret_file(
         name="Flower's secrets (root-only environment file)",
         path=flower.env_file,
         content=env_text(flower, secrets),

@@ -11,7 +11,6 @@ only when its content differs, and never shown in --diff, -vvv, --json or the op
 
 from __future__ import annotations
 
-import base64
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -19,11 +18,11 @@ from io import BytesIO
 from pathlib import Path
 
 from dotenv import load_dotenv
-from pyinfra import host, state
-from pyinfra.api import FileUploadCommand, StringCommand, operation
-from pyinfra.api.arguments import CONNECTOR_ARGUMENT_KEYS, pop_global_arguments
+from pyinfra import host
+from pyinfra.api import FileUploadCommand, operation
+from pyinfra.api.operation import OperationMeta
 
-from . import facts
+from . import facts, quiet
 from .hostfiles import PathStates
 from .settings import BROKER_SCHEMES, Flower, SettingsError
 from .shell import command
@@ -180,6 +179,14 @@ def load_flower_secrets(flower: Flower, environ: Mapping[str, str]) -> FlowerSec
 # --- the no-diff secret file --------------------------------------------------------------
 
 
+def checked_secret_file(name: str, path: str, content: Secret, **arguments) -> OperationMeta:
+    """secret_file, its state and content checked with the host's other facts and compares
+    (flowerbed.facts, flowerbed.quiet): no round trip of its own on a run that changes nothing."""
+    facts.expect(PathStates, paths=(path,), digests=False)
+    quiet.expect_compare(path, content.value.encode())
+    return secret_file(name=name, path=path, content=content, **arguments)
+
+
 @operation()
 def secret_file(
     path: str, content: Secret, user: str = "root", group: str = "root", mode: int = 600
@@ -196,7 +203,7 @@ def secret_file(
         raise TypeError("secret_file takes a Secret, so its value can never be printed")
     desired = content.value.encode()
     remote = facts.ask(PathStates, paths=(path,), digests=False).get(path)
-    same_content = bool(remote) and _holds(path, desired)
+    same_content = bool(remote) and quiet.holds(path, desired)
     same_owner = bool(remote) and (remote.user, remote.group) == (user, group)
     if same_content and same_owner and remote.mode == int(str(mode), 8):
         host.noop(f"{path} is up to date (content not shown)")
@@ -226,24 +233,3 @@ def _upload_into(existing_0600_file: str, content: bytes):
         unprivileged = {"_sudo": False, "_doas": False, "_su_user": None}
         yield command("install", "-m", "0600", "/dev/null", temp_file, **unprivileged)
     yield FileUploadCommand(BytesIO(content), existing_0600_file, remote_temp_filename=temp_file)
-
-
-def _holds(path: str, content: bytes) -> bool:
-    """Whether the host's `path` holds exactly `content`, compared on the host.
-
-    Not a digest fact: pyinfra prints fact output at -vvv (and commands at -vv), and a secret's
-    digest lets anyone guess it offline. The content goes over the SSH channel's stdin
-    (base64: pyinfra ends stdin with a newline), and all that comes back is same/differs.
-    """
-    compare = StringCommand(
-        command("base64", "-d"), "|", command("cmp", "-s", "--", path, "-"),
-        "&&", "echo", "same", "||", "echo", "differs",
-    )  # fmt: skip
-    # how pyinfra runs a fact: the operation's arguments (_sudo...), else the host's data
-    arguments, _ = pop_global_arguments(state, host, dict(host.current_op_global_arguments or {}))
-    connector_arguments = {k: v for k, v in arguments.items() if k in CONNECTOR_ARGUMENT_KEYS}
-    connector_arguments["_stdin"] = base64.b64encode(content).decode()
-    ran, output = host.run_shell_command(
-        compare, print_output=False, print_input=False, **connector_arguments
-    )
-    return ran and output.stdout_lines == ["same"]

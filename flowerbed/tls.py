@@ -27,10 +27,10 @@ from pyinfra.api.operation import OperationMeta
 from pyinfra.operations import systemd
 
 from . import facts
-from .hostfiles import Absent, PathStates, RootDirectory, RootFile, changed, root_files
+from .hostfiles import Absent, RootDirectory, RootFile, changed, root_files
 from .render import render
 from .resources import HOST_SCRIPTS, local_path
-from .secrets import Secret, read_secret, secret_file
+from .secrets import Secret, checked_secret_file, read_secret
 from .settings import SettingsError, Tls
 from .shell import command
 from .units import unit_running
@@ -217,8 +217,7 @@ def certbot(tls: Tls, credentials: Secret | None) -> None:
         ],
     )
     if credentials:
-        facts.expect(PathStates, paths=(DNS_CREDENTIALS,), digests=False)
-        secret_file(name="DNS plugin credentials", path=DNS_CREDENTIALS, content=credentials)
+        checked_secret_file("DNS plugin credentials", DNS_CREDENTIALS, credentials)
     systemd.daemon_reload(
         name="Reload systemd (certbot drop-in changed)", _if=changed(CERTBOT_DROP_IN)
     )

@@ -110,31 +110,14 @@ class Subdirectories(FactBase):
         return [line for line in output if line]
 
 
-def linked_venv(
-    name: str,
-    venvs_dir: str,
-    key: str,
-    link: str,
-    lock: bytes,
-    pip_conf: str,
-    app: AppPackage | None = None,
-    proxy: str = "",
-) -> OperationMeta:
-    """`venvs_dir/key` holds exactly the lock's packages (and the app), and `link` points at it.
-    Checked with the host's other facts; the link is switched only once the venv is complete."""
+def linked_venv(name: str, venvs_dir: str, key: str, link: str, **venv) -> OperationMeta:
+    """`venvs_dir/key` holds exactly the lock's packages (and the app), and `link` points at it:
+    locked_venv (`venv`: its lock, pip_conf, app, proxy), checked with the host's other facts;
+    the link is switched only once the venv is complete."""
     path = f"{venvs_dir}/{key}"
     facts.expect(VenvComplete, path=path)
     facts.expect(PathStates, paths=(venvs_dir, link))
-    return locked_venv(
-        name=name,
-        venvs_dir=venvs_dir,
-        path=path,
-        link=link,
-        lock=lock,
-        pip_conf=pip_conf,
-        app=app,
-        proxy=proxy,
-    )
+    return locked_venv(name=name, venvs_dir=venvs_dir, path=path, link=link, **venv)
 
 
 @operation()
