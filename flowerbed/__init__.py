@@ -14,7 +14,8 @@ Modules, one concern each:
   egress, flower, firewall, edge, oauth, verify: their sections and rules); validation: its
   rules and error reporting
 - preflight: every host's data and secrets checked before any host changes
-- secrets: the operator's secrets (environment or .env) and the no-diff secret file
+- secrets: the operator's secrets (environment or .env) and the no-diff secret file; quiet:
+  secret files compared or read on a host without printing them, in one round trip
 - packages: apt and pip egress (proxy, CAs, mirror); venv: the locked venvs
 - flower: Flower's install, configuration and service
 - firewall: the nftables table with its rollback
