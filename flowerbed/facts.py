@@ -108,12 +108,11 @@ class Batch(FactBase):
 
 
 @dataclass
-class HostFacts:
-    """One host's declared facts and the answers fetched since its last change."""
+class Answers:
+    """Answers fetched from the current host, kept until an operation changes something there,
+    the stage changes (preparing to executing) or other privileges ask (flowerbed.quiet too)."""
 
-    expected: dict[Key, None] = field(default_factory=dict)  # an ordered set
-    asked: set[Key] = field(default_factory=set)
-    answers: dict[Key, Any] = field(default_factory=dict)
+    answers: dict = field(default_factory=dict)
     fetched_when: tuple = ()  # (changed operations, executing, privileges) at the fetch
 
     def forget_if_stale(self) -> bool:
@@ -124,10 +123,24 @@ class HostFacts:
             return False
         changed = bool(self.fetched_when) and now[0] != self.fetched_when[0]
         if self.fetched_when and now[1] != self.fetched_when[1]:
-            self.asked.clear()  # asked while preparing (a preview): asked again to execute
+            self.new_stage()
         self.answers.clear()
         self.fetched_when = now
         return changed
+
+    def new_stage(self) -> None:
+        """The stage changed since the last fetch."""
+
+
+@dataclass
+class HostFacts(Answers):
+    """One host's declared facts and the answers fetched since its last change."""
+
+    expected: dict[Key, None] = field(default_factory=dict)  # an ordered set
+    asked: set[Key] = field(default_factory=set)
+
+    def new_stage(self) -> None:
+        self.asked.clear()  # asked while preparing (a preview): asked again to execute
 
 
 _hosts: dict[tuple[int, str], HostFacts] = {}

@@ -21,7 +21,7 @@ from pyinfra import host, state
 from pyinfra.api import OperationError, StringCommand
 from pyinfra.api.arguments import CONNECTOR_ARGUMENT_KEYS, pop_global_arguments
 
-from .facts import changed_operations
+from .facts import Answers
 from .shell import command
 
 MARK = "@@flowerbed-quiet"
@@ -29,12 +29,10 @@ Ask = tuple[str, str, bytes]  # ("compare", path, desired content) or ("read", p
 
 
 @dataclass
-class HostAsks:
+class HostAsks(Answers):
     """One host's declared compares and reads, and the answers fetched since its last change."""
 
     expected: dict[Ask, None] = field(default_factory=dict)  # an ordered set
-    answers: dict[Ask, bool | str] = field(default_factory=dict)
-    fetched_when: tuple = ()
 
 
 _hosts: dict[tuple[int, str], HostAsks] = {}
@@ -66,18 +64,11 @@ def read(path: str) -> str:
 
 def _answer(ask: Ask) -> bool | str:
     asks = _host_asks()
-    arguments = _connector_arguments()
-    now = (changed_operations(), repr(sorted(arguments.items())))
-    if now != asks.fetched_when:
-        just_changed = bool(asks.fetched_when) and now[0] != asks.fetched_when[0]
-        asks.answers.clear()
-        asks.fetched_when = now
-    else:
-        just_changed = False
+    just_changed = asks.forget_if_stale()
     if ask not in asks.answers:
         # right after a change only what is asked; otherwise every declared one not yet answered
-        pending = [] if just_changed else [a for a in asks.expected if a != ask]
-        asks.answers.update(_run([ask, *pending], arguments))
+        pending = [] if just_changed else [a for a in asks.expected if a not in asks.answers]
+        asks.answers.update(_run(list(dict.fromkeys([ask, *pending])), _connector_arguments()))
     return asks.answers[ask]
 
 
