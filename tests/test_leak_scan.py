@@ -42,7 +42,6 @@ import json
 import os
 import re
 import secrets
-import shlex
 import subprocess
 import threading
 import time
@@ -55,6 +54,7 @@ from deploy_helpers import DeployResult, run_deploy
 from dotenv import dotenv_values, set_key
 from test_rotate import redis_cli
 from test_secret_output import fingerprints
+from watch_helpers import HostSecretWatch
 
 pytestmark = pytest.mark.lab
 
@@ -142,7 +142,7 @@ class ProcessSampler:
         self.reader.join(10)
 
 
-class SecretWatch:
+class SecretWatch(HostSecretWatch):
     """tests/secret_watch.py on the host as root for the length of a `with`: every file under
     the watched directories that others can read while it holds a secret, however briefly
     (inotify), and every file holding one left in a temp directory."""
@@ -151,44 +151,15 @@ class SecretWatch:
     TEMP = ("/tmp", "/var/tmp", "/dev/shm")
 
     def __init__(self, lab: Lab, name: str, forms: dict[str, str]):
-        script = (REPO / "tests" / "secret_watch.py").read_text()
-        command = shlex.join(
-            ["python3", "-c", script, *self.WATCHED, "--left-behind-only-under", *self.TEMP]
-        )
-        self.argv = [*ssh_argv(lab, name), command]
-        self.pairs = [[label, form] for form, label in forms.items()]
-        self.events: list[dict] = []
-
-    def __enter__(self):
-        self.process = subprocess.Popen(
-            self.argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
-        )
-        self.process.stdin.write(json.dumps(self.pairs) + "\n")  # stdin: never on a command line
-        self.process.stdin.flush()
-        self.ready = threading.Event()
-        self.reader = threading.Thread(target=self.read, daemon=True)
-        self.reader.start()
-        assert self.ready.wait(60), "the watcher on the host never got ready"
-        return self
-
-    def read(self) -> None:
-        for line in self.process.stdout:
-            self.events.append(json.loads(line))
-            if self.events[-1]["event"] == "ready":
-                self.ready.set()
-
-    def __exit__(self, *exc):
-        self.process.stdin.close()  # the watcher's stop signal
-        self.process.wait(120)
-        self.reader.join(10)
+        pairs = [[label, form] for form, label in forms.items()]
+        super().__init__(lambda command: [*ssh_argv(lab, name), command], pairs, self.WATCHED,
+                         self.TEMP)  # fmt: skip
 
     def leaks(self) -> dict[str, list[str]]:
-        assert self.events and self.events[-1]["event"] == "done", self.events[-3:]
         found: dict[str, list[str]] = {}
-        for event in self.events:
-            if event["event"] in ("readable", "left"):
-                where = f"host, {event['event']} (watched): {event['path']}"
-                found.setdefault(where, []).append(event["secret"])
+        for event in [*self.found("readable"), *self.found("left")]:
+            where = f"host, {event['event']} (watched): {event['path']}"
+            found.setdefault(where, []).append(event["secret"])
         return found
 
 

@@ -16,15 +16,14 @@ import json
 import secrets
 import shlex
 import shutil
-import subprocess
-import threading
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
-from conftest import REPO, Lab, run
+from conftest import Lab, run
 from deploy_helpers import DeployResult, assert_no_secret, run_deploy
 from dotenv import dotenv_values
+from watch_helpers import HostSecretWatch
 
 pytestmark = pytest.mark.lab
 
@@ -33,7 +32,6 @@ HOME = f"/home/{USER}"
 KEYS = f"{HOME}/.ssh/authorized_keys"
 SUDO_DATA = {"ssh_user": USER, "_sudo": True}
 INVENTORY = "tests/inventories/lab.py"  # inventory/lab.py plus per-host data
-WATCHER = (REPO / "tests" / "secret_watch.py").read_text()
 BOOT_RULESET = "/etc/flowerbed/firewall.nft"
 HTPASSWD = "/etc/nginx/flowerbed.htpasswd"
 SSH_OPTIONS = [
@@ -99,53 +97,24 @@ def secrets_of(env_file: str | Path) -> list[list[str]]:
     return [pair for pair in found if len(pair[1]) >= 8] + [["a bcrypt hash", "$2b$"]]
 
 
-class SecretWatch:
-    """tests/secret_watch.py on the host, from a background thread, for the length of a `with`."""
+class SecretWatch(HostSecretWatch):
+    """tests/secret_watch.py on the host, through the deploy user's sudo, for a `with`."""
 
     def __init__(self, lab: Lab, host: dict, secrets: list[list[str]]):
-        self.lab, self.host, self.secrets = lab, host, secrets
-        self.events: list[dict] = []
         temp = sudo(lab, host, ["-u", USER, "sh", "-c", 'echo "${TMPDIR:-/tmp}"']).strip()
-        self.temp_dirs = sorted({temp, "/tmp", "/var/tmp", "/dev/shm", HOME})
-        self.watched = [*self.temp_dirs, "/etc"]
-
-    def __enter__(self) -> SecretWatch:
-        arguments = [*self.watched, "--left-behind-only-under", *self.temp_dirs]
-        command = shlex.join(["sudo", "-n", "python3", "-c", WATCHER, *arguments])
-        self.process = subprocess.Popen(
-            ssh_as(self.lab, self.host, USER, command),
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
+        temp_dirs = sorted({temp, "/tmp", "/var/tmp", "/dev/shm", HOME})
+        super().__init__(
+            lambda command: ssh_as(lab, host, USER, command),
+            secrets,
+            watched=[*temp_dirs, "/etc"],
+            temp_dirs=temp_dirs,
+            as_root=["sudo", "-n"],
         )
-        self.process.stdin.write(json.dumps(self.secrets) + "\n")
-        self.process.stdin.flush()
-        self.ready = threading.Event()
-        self.reader = threading.Thread(target=self._read, daemon=True)
-        self.reader.start()
-        assert self.ready.wait(60), "the watcher on the host never got ready"
-        return self
-
-    def _read(self) -> None:
-        for line in self.process.stdout:
-            event = json.loads(line)
-            self.events.append(event)
-            if event["event"] == "ready":
-                self.ready.set()
-
-    def __exit__(self, *exc) -> None:
-        self.process.stdin.close()  # the watcher's stop signal
-        self.process.wait(timeout=120)
-        self.reader.join(timeout=10)
 
     def saw_a_temp_upload(self) -> bool:
         """Whether pyinfra's sudo uploads went through a watched temp directory."""
         names = [Path(event["path"]).name for event in self.found("created")]
         return any(name.startswith("pyinfra-") for name in names)
-
-    def found(self, kind: str) -> list[dict]:
-        assert self.events[-1]["event"] == "done", f"the watcher did not finish: {self.events}"
-        return [event for event in self.events if event["event"] == kind]
 
 
 def deploy_as_deploy(host: dict, **kwargs) -> DeployResult:
