@@ -7,7 +7,6 @@ worker alert is seen to survive Flower's purge. The lab worker is put back in `f
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import time
@@ -15,8 +14,9 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
+import lab_worker
 import pytest
-from conftest import LAB_HOSTS, REPO, Lab, lab_cli
+from conftest import REPO, Lab
 from deploy_helpers import run_deploy
 
 pytestmark = pytest.mark.lab
@@ -146,15 +146,10 @@ def test_a_prometheus_outside_monitoring_sources_gets_403(monitored: Lab, tmp_pa
         outsider.wait(timeout=20)
 
 
-def worker_pid() -> int:
-    return int((REPO / ".lab" / "run" / "worker.pid").read_text())
-
-
 def test_stopping_the_worker_fires_the_worker_alert(monitored: Lab):
     assert not alerts("CeleryWorkersMissing") and not alerts("CeleryWorkersMissing", "pending")
-    pid = worker_pid()
     try:
-        os.kill(pid, signal.SIGTERM)  # a warm shutdown: the worker sends worker-offline
+        lab_worker.stop_mid_task(monitored)  # a warm shutdown: the worker sends worker-offline
         seconds = wait_until(
             lambda: alerts("CeleryWorkersMissing") == set(HOSTS), 120, "CeleryWorkersMissing"
         )
@@ -164,20 +159,16 @@ def test_stopping_the_worker_fires_the_worker_alert(monitored: Lab):
         assert {r["metric"]["instance"].split(".")[0] for r in purged} == set(HOSTS) - {PURGING}
         assert alerts("CeleryWorkerOffline") == set(HOSTS) - {PURGING}
     finally:
-        lab_cli("up", "--hosts", str(LAB_HOSTS))  # starts the lab worker again
+        lab_worker.put_back(monitored, HOSTS)
     wait_until(lambda: not alerts("CeleryWorkersMissing"), 120, "the worker alert to resolve")
 
 
 def test_failing_tasks_fire_the_failure_ratio_alert(monitored: Lab):
     assert not alerts("CeleryTaskFailureRatioHigh"), "the producer alone stays under 50 %"
-    send = "from flowerbed_demo.app import fail\nfor _ in range(150): fail.delay('on purpose')"
-    env = {
-        **os.environ,
-        "CELERY_BROKER_URL": monitored.secrets["FLOWERBED_BROKER_URL"],
-        "PYTHONPATH": str(REPO / "lab" / "demo_app"),
-    }
-    python = str(REPO / ".venv" / "bin" / "python")
-    subprocess.run([python, "-c", send], env=env, check=True, timeout=60, capture_output=True)
+    lab_worker.demo(
+        monitored,
+        "from flowerbed_demo.app import fail\nfor _ in range(150): fail.delay('on purpose')",
+    )
     seconds = wait_until(
         lambda: alerts("CeleryTaskFailureRatioHigh") == set(HOSTS), 120, "the failure alert"
     )

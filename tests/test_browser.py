@@ -18,8 +18,9 @@ import sys
 import time
 from pathlib import Path
 
+import lab_worker
 import pytest
-from conftest import LAB_HOSTS, Lab, lab_cli
+from conftest import Lab
 from deploy_helpers import run_deploy
 
 pytestmark = pytest.mark.lab
@@ -51,15 +52,17 @@ def sync_api():
     return api
 
 
+def site_host() -> str:
+    return os.environ.get("FLOWERBED_BROWSER_HOST") or DEPLOYED
+
+
 @pytest.fixture(scope="module")
 def site(lab: Lab) -> str:
     """h1, deployed; FLOWERBED_BROWSER_HOST=name uses a deployed host as it is (development)."""
-    name = os.environ.get("FLOWERBED_BROWSER_HOST")
-    if not name:
-        name = DEPLOYED
-        result = run_deploy([name])
+    if not os.environ.get("FLOWERBED_BROWSER_HOST"):
+        result = run_deploy([site_host()])
         assert result.ok, result.explain()
-    return f"https://{lab.host(name)['fqdn']}"
+    return f"https://{lab.host(site_host())['fqdn']}"
 
 
 @pytest.fixture(scope="module")
@@ -274,14 +277,8 @@ def test_a_page_elsewhere_cannot_drive_the_dashboard_but_its_own_buttons_can(
             assert time.monotonic() < deadline, "the dashboard's own revoke did not revoke"
             time.sleep(2)
     finally:  # the lab's worker is shared: put it back as it was
-        if not worker_online(page, site):
-            lab_cli("up", "--hosts", str(LAB_HOSTS))  # restarts the lab's worker
         control(page, site, f"/api/task/revoke/{task_id}", {"terminate": "true"})
-        missing = processes - pool_processes(page, site)
-        if missing:
-            grow_or_shrink = "grow" if missing > 0 else "shrink"
-            path = f"/api/worker/pool/{grow_or_shrink}/{WORKER}"
-            control(page, site, path, {"n": str(abs(missing))})
+        lab_worker.put_back(lab, [site_host()])
 
 
 def hostile_page_changes_nothing(page, site, elsewhere, task_id, processes, tmp_path) -> None:

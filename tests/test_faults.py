@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 from conftest import LAB_CLI, REPO, Lab
 from deploy_helpers import DeployResult, deploy_args, deploy_env, run_deploy
+from labkit.celery_lab import broker_password, redis_answers
 
 from flowerbed.render import TEMPLATES
 
@@ -63,9 +64,9 @@ class Broker:
         self.url = f"redis://:{secrets.token_urlsafe(24)}@{self.address}:{BROKER_PORT}/0"
         self.conf = workdir / "redis.conf"
         self.conf.touch(mode=0o600)
-        password = self.url.split(":", 2)[2].split("@", 1)[0]
+        self.password = broker_password(self.url)
         self.conf.write_text(
-            f"bind {self.address}\nport {BROKER_PORT}\nrequirepass {password}\n"
+            f"bind {self.address}\nport {BROKER_PORT}\nrequirepass {self.password}\n"
             f'dir {workdir}\nsave ""\nappendonly no\n'
         )
         self.logs = workdir
@@ -75,7 +76,7 @@ class Broker:
     def start(self) -> None:
         assert not self.listening(), f"something already listens on {BROKER_PORT}"
         self.redis = self.spawn("redis", ["redis-server", str(self.conf)])
-        wait_until(self.listening, 10, "the module's redis listens")
+        wait_until(self.answers, 10, "the module's redis answers PING")
         self.start_helpers()
 
     def start_helpers(self) -> None:
@@ -99,6 +100,9 @@ class Broker:
             sock.settimeout(0.5)
             return sock.connect_ex((self.address, BROKER_PORT)) == 0
 
+    def answers(self) -> bool:
+        return redis_answers(self.password, self.address, BROKER_PORT)
+
     def freeze(self) -> None:
         self.redis.send_signal(signal.SIGSTOP)
 
@@ -112,7 +116,7 @@ class Broker:
             self.redis.send_signal(signal.SIGCONT)
         else:
             self.redis = self.spawn("redis", ["redis-server", str(self.conf)])
-            wait_until(self.listening, 10, "the module's redis listens again")
+            wait_until(self.answers, 10, "the module's redis answers PING again")
         died = [name for name, process in self.helpers.items() if process.poll() is not None]
         self.start_helpers()
         return died

@@ -14,6 +14,7 @@ from urllib.parse import urlsplit
 import pytest
 from conftest import Lab
 from deploy_helpers import DeployResult, assert_no_secret, run_deploy
+from lab_worker import flower_api
 
 pytestmark = pytest.mark.lab
 
@@ -42,11 +43,6 @@ def first_deploy(lab: Lab, broker_password: str) -> DeployResult:
 def on_host(lab: Lab, host: str, argv: list[str], check: bool = True) -> str:
     result = lab.ssh(host, argv, check=check)
     return result.stdout
-
-
-def flower_api(lab: Lab, host: str, path: str):
-    curl = ["curl", "-sS", "--fail", "--max-time", "20", "--unix-socket", SOCKET]
-    return json.loads(on_host(lab, host, [*curl, f"http://localhost{path}"]))
 
 
 def flower_process(lab: Lab, host: str) -> tuple[str, str]:

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import json
+import os
 import shlex
+import signal
 import time
 from pathlib import Path
 
+import lab_worker
 import pytest
 from conftest import REPO, Lab, lab_cli, restore_users_lab, run, users_lab
 from deploy_helpers import run_deploy
+from labkit.celery_lab import broker_password, redis_answers
 
 pytestmark = pytest.mark.lab
 
@@ -224,3 +228,23 @@ def live_processes(pattern: str) -> list[str]:
         return []
     states = run(["ps", "-o", "pid=,stat=,args=", "-p", ",".join(matching)]).stdout
     return [line for line in states.splitlines() if line.split()[1][0] != "Z"]
+
+
+def test_a_worker_finishing_its_tasks_is_waited_for_and_replaced_by_lab_up(lab: Lab):
+    """A warm shutdown keeps the worker alive while its long tasks end: alive is not running."""
+    old = lab_worker.stop_mid_task(lab)
+    try:
+        assert Path(f"/proc/{old}").exists(), "the worker is still finishing its tasks"
+    finally:
+        lab_worker.put_back(lab, [])
+    assert not Path(f"/proc/{old}").exists() and lab_worker.pid() != old
+
+
+def test_a_frozen_broker_is_replaced_by_lab_up_and_the_worker_answers_through_it(lab: Lab):
+    redis = int((REPO / ".lab" / "run" / "redis.pid").read_text())
+    os.kill(redis, signal.SIGSTOP)  # alive, its port open, and silent
+    try:
+        assert not redis_answers(broker_password(lab.secrets["FLOWERBED_BROKER_URL"]))
+    finally:
+        lab_worker.put_back(lab, [])
+    assert not Path(f"/proc/{redis}").exists(), "the frozen Redis was replaced"

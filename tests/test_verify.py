@@ -8,15 +8,13 @@ and JSON summary, and puts the thing back in a `finally`.
 from __future__ import annotations
 
 import json
-import os
 import re
-import signal
-import subprocess
 import time
 from pathlib import Path
 
+import lab_worker
 import pytest
-from conftest import REPO, Lab, lab_cli
+from conftest import Lab
 from deploy_helpers import DeployResult, run_deploy
 
 pytestmark = pytest.mark.lab
@@ -143,22 +141,7 @@ def test_a_never_deployed_host_is_reported_beside_a_healthy_one(fleet, fresh_hos
 
 def demo(code: str) -> str:
     """Run Python with the lab's demo app on this machine (a client of the lab's broker)."""
-    secrets = Lab.load().secrets
-    env = {
-        **os.environ,
-        "CELERY_BROKER_URL": secrets["FLOWERBED_BROKER_URL"],
-        "PYTHONPATH": str(REPO / "lab" / "demo_app"),
-    }
-    run = subprocess.run(
-        [str(REPO / ".venv" / "bin" / "python"), "-c", code],
-        env=env, capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
-    assert run.returncode == 0, run.stderr
-    return run.stdout.strip()
-
-
-def worker_pid() -> int:
-    return int((REPO / ".lab" / "run" / "worker.pid").read_text())
+    return lab_worker.demo(Lab.load(), code)
 
 
 def wait_until(check, timeout: float, what: str):
@@ -172,10 +155,8 @@ def wait_until(check, timeout: float, what: str):
 
 
 def test_a_stopped_worker_is_reported_offline(lab: Lab, fleet, tmp_path: Path):
-    pid = worker_pid()
-    os.kill(pid, signal.SIGTERM)  # the lab's own worker, by its PID file
     try:
-        wait_until(lambda: not Path(f"/proc/{pid}").exists(), 30, "the worker to stop")
+        lab_worker.stop_mid_task(lab)  # the lab's own worker, in a warm shutdown
         verified = wait_until(
             lambda: (v := verify(fleet, tmp_path)) and "workers" in v.failing(fleet[0]) and v,
             60,
@@ -186,7 +167,7 @@ def test_a_stopped_worker_is_reported_offline(lab: Lab, fleet, tmp_path: Path):
             assert "0 worker(s) online" in problem and f"offline: {WORKER}" in problem
             assert verified.layer(name, "socket")["ok"]
     finally:
-        lab_cli("up", "--hosts", str(len(lab.base_hosts)))  # starts the worker again
+        lab_worker.put_back(lab, fleet)
     wait_until(lambda: verify(fleet, tmp_path).ok, 60, "the worker to be back")
 
 

@@ -19,7 +19,8 @@ One module per concern:
   process    commands, and the lab's processes tracked by PID files in .lab/run
   image      the machine's packages and the cached base images
   network    the bridge, the client namespaces, /etc/hosts
-  services   tinyproxy, DNS, pebble, Redis, the demo worker and producer
+  services   tinyproxy, DNS, pebble
+  celery_lab Redis, the demo worker and producer, each ensured to answer (not just to run)
   hosts      booting, reaching and removing hosts
   state      .lab/state.json, .lab/lab.env and the lab's lock
   handover   one lab per machine: stopping what a lab in another checkout left running

@@ -22,6 +22,7 @@ import subprocess
 import sys
 import time
 
+from .celery_lab import ensure_broker, ensure_worker
 from .config import (
     ACTIVE_LAB,
     BRIDGE,
@@ -44,13 +45,7 @@ from .network import (
     write_etc_hosts,
 )
 from .process import LabError, log, stop
-from .services import (
-    ensure_acme,
-    ensure_broker,
-    ensure_dns,
-    ensure_proxy,
-    ensure_worker,
-)
+from .services import ensure_acme, ensure_dns, ensure_proxy
 from .state import lab_lock, lab_secrets, load_state, save_state
 
 

@@ -57,12 +57,16 @@ def spawn(name: str, args: list[str], env: dict | None = None, cwd: Path | None 
 
 
 def stop(name: str, timeout: float = 10) -> None:
-    """Stop a lab process by its PID file: SIGTERM, then SIGKILL after `timeout`."""
+    """Stop a lab process by its PID file: SIGTERM, then SIGKILL after `timeout`; then SIGKILL
+    to what is left of its session (spawn gives each its own)."""
     pid = pid_alive(name)
     if pid:
         signal_process(pid, signal.SIGTERM)
         if not wait_for(lambda: pid_gone_or_zombie(pid), timeout, ignore=True):
             signal_process(pid, signal.SIGKILL)
+        # its session's leftovers too (a worker's pool processes), so nothing outlives it
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pid, signal.SIGKILL)
     (RUN / f"{name}.pid").unlink(missing_ok=True)
 
 

@@ -1,5 +1,5 @@
-"""The services on the bridge: tinyproxy, the lab's DNS, pebble (ACME), Redis and the demo
-worker with its producer."""
+"""The services on the bridge: tinyproxy, the lab's DNS and pebble (ACME); the Celery side is
+celery_lab."""
 
 from __future__ import annotations
 
@@ -16,11 +16,9 @@ from .config import (
     LAB,
     NETWORK,
     PROXY_PORT,
-    REDIS_PORT,
-    REPO,
     RUN,
 )
-from .process import LabError, pid_alive, port_open, run, spawn, wait_for
+from .process import pid_alive, port_open, run, spawn, wait_for
 
 
 def ensure_proxy() -> None:
@@ -182,46 +180,3 @@ def make_acme_listener_cert(acme: Path) -> None:
             str(acme / "cert.pem"),
         ]
     )
-
-
-def ensure_broker(broker_url: str) -> None:
-    if pid_alive("redis"):
-        return
-    password = broker_url.split(":", 2)[2].split("@", 1)[0]
-    conf = RUN / "redis.conf"
-    (LAB / "redis").mkdir(exist_ok=True)
-    conf.touch(mode=0o600)
-    conf.write_text(
-        f"bind {GATEWAY}\nport {REDIS_PORT}\nprotected-mode yes\nrequirepass {password}\n"
-        f'dir {LAB / "redis"}\nsave ""\nappendonly no\ndaemonize no\n'
-    )
-    spawn("redis", ["redis-server", str(conf)])
-    wait_for(lambda: port_open(GATEWAY, REDIS_PORT), 10, what="redis")
-
-
-def ensure_worker(broker_url: str) -> None:
-    env = {
-        "CELERY_BROKER_URL": broker_url,
-        "PYTHONPATH": str(REPO / "lab" / "demo_app"),
-    }
-    celery = REPO / ".venv" / "bin" / "celery"
-    python = REPO / ".venv" / "bin" / "python"
-    if not celery.exists():
-        raise LabError("the lab's worker needs the project venv: run `make setup` first")
-    if not pid_alive("worker"):
-        spawn(
-            "worker",
-            [
-                str(celery),
-                "-A",
-                "flowerbed_demo.app",
-                "worker",
-                "-E",
-                "--loglevel=INFO",
-                "--concurrency=2",
-                "--hostname=demo@labmachine",
-            ],
-            env=env,
-        )
-    if not pid_alive("producer"):
-        spawn("producer", [str(python), "-m", "flowerbed_demo.producer"], env=env)
