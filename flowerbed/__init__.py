@@ -18,7 +18,8 @@ Modules, one concern each:
   secret files compared or read on a host without printing them, in one round trip
 - packages: apt and pip egress (proxy, CAs, mirror); venv: the locked venvs
 - flower: Flower's install, configuration and service
-- firewall: the nftables table with its rollback
+- firewall: the nftables table with its rollback; listeners: what else listens on the host,
+  which a new ruleset must not close unless declared
 - edge: nginx, TLS, logins, in order; nginx: the sites; tls: the certificate (certbot);
   auth: the dashboard's logins
 - verify: the health check in a deploy and the fleet check (verify.py); probe: HTTPS checks

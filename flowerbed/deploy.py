@@ -27,7 +27,7 @@ from pyinfra import host, inventory
 from pyinfra.api import deploy
 
 from .edge import edge
-from .firewall import inbound_firewall
+from .firewall import inbound_firewall, other_services_kept
 from .flower import flower_service, install_flower, remove_old_venvs
 from .packages import package_sources
 from .preflight import Checked, checked
@@ -57,6 +57,7 @@ def deploy_flowerbed() -> None:
     """
     checked_host = this_host()
     settings = checked_host.settings
+    other_services_kept(settings.firewall)
     package_sources(settings.egress)
     inbound_firewall(settings.firewall)
     installed = install_flower(settings)
@@ -98,6 +99,9 @@ def deploy_firewall() -> None:
     + flower_firewall_rollback_seconds: undo a ruleset no new SSH connection confirms in time
     + flower_firewall_allow_ssh_from_anywhere: let flower_admin_sources hold 0.0.0.0/0 or ::/0
     + flower_firewall_allow_metrics_from_anywhere: the same for flower_monitoring_sources
+    + flower_firewall_openings: more ports to open, for the host's other services
+    + flower_firewall_close_listeners: listening ports you agree the ruleset closes (a deploy
+      that would close a listening port otherwise fails the host before any firewall change)
 
     + Example:
 
@@ -107,7 +111,9 @@ def deploy_firewall() -> None:
 
         deploy_firewall()
     """
-    inbound_firewall(this_host().settings.firewall)
+    firewall = this_host().settings.firewall
+    other_services_kept(firewall)
+    inbound_firewall(firewall)
 
 
 @deploy("flowerbed: Flower", data_defaults=DEFAULTS)

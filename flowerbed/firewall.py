@@ -36,13 +36,21 @@ from dataclasses import dataclass
 from io import StringIO
 
 from pyinfra import host, logger
-from pyinfra.api import FactBase, FileUploadCommand, StringCommand, deploy, operation
+from pyinfra.api import (
+    FactBase,
+    FileUploadCommand,
+    FunctionCommand,
+    StringCommand,
+    deploy,
+    operation,
+)
 from pyinfra.api.command import PyinfraCommand
 from pyinfra.connectors.ssh import SSHConnector
 from pyinfra.operations import systemd
 
 from . import facts
 from .hostfiles import PathStates, RootDirectory, RootFile, changed, root_files
+from .listeners import TABLE, ListeningSockets, LoadedOpenPorts, cut_off, refusal
 from .packages import system_packages
 from .render import render
 from .resources import HOST_SCRIPTS
@@ -50,7 +58,6 @@ from .settings import Firewall
 from .shell import command
 from .units import unit_running
 
-TABLE = ("inet", "flowerbed")
 HTTP_PORT, HTTPS_PORT = 80, 443
 SCRIPT_SOURCE = HOST_SCRIPTS / "flowerbed-firewall"
 SCRIPT_DIR = "/usr/local/libexec/flowerbed"
@@ -90,12 +97,13 @@ class SourceSet:
 
 @dataclass(frozen=True)
 class Opening:
-    """A TCP port open to some source networks."""
+    """A port open to some source networks."""
 
     name: str
     port: int
     sources: tuple[str, ...]
     purpose: str
+    protocol: str = "tcp"
 
     @property
     def families(self) -> list[SourceSet]:
@@ -126,6 +134,16 @@ def openings(firewall: Firewall) -> list[Opening]:
             HTTPS_PORT,
             firewall.monitoring_sources,
             "HTTPS: flower_monitoring_sources",
+        ),
+        *(
+            Opening(
+                f"open_{o.protocol}_{o.port}",
+                o.port,
+                o.sources,
+                f"{o.purpose}: flower_firewall_openings",
+                o.protocol,
+            )
+            for o in firewall.firewall_openings
         ),
     ]
 
@@ -277,6 +295,48 @@ def guarded_ruleset(firewall: Firewall):
     seconds = str(firewall.firewall_rollback_seconds)
     yield script("apply", wanted.digest, seconds, pending_ruleset(wanted.digest))
     yield ConfirmOverNewConnection(wanted.digest, firewall.firewall_rollback_seconds)
+
+
+# --- the host's other services -------------------------------------------------------------
+
+# the ruleset's own DHCP client rules keep these open for their replies; 80 and 443 are
+# flowerbed's own, opened as flower_acme_sources and flower_allowed_sources say
+KEPT_ANYWAY = {(68, "udp"), (546, "udp"), (HTTP_PORT, "tcp"), (HTTPS_PORT, "tcp")}
+
+
+def kept_ports(firewall: Firewall) -> set[tuple[int, str]]:
+    """(port, protocol) pairs the ruleset for `firewall` keeps open, or the operator agreed to
+    close."""
+    opened = {(o.port, o.protocol) for o in openings(firewall) if o.sources}
+    return opened | KEPT_ANYWAY | set(firewall.firewall_close_listeners)
+
+
+@operation()
+def listeners_kept(firewall: Firewall):
+    """Before a changed ruleset: no service listening beyond loopback is newly closed to every
+    other machine unless flower_firewall_openings opens it or flower_firewall_close_listeners
+    agrees. Refused, the host fails here, before its firewall or anything after changes."""
+    if facts.ask(LoadedRulesetDigest) == ruleset(firewall).digest:
+        host.noop("the loaded ruleset is the wanted one: it closes nothing new")
+        return
+    cut = cut_off(facts.ask(ListeningSockets), kept_ports(firewall), facts.ask(LoadedOpenPorts))
+    if not cut:
+        host.noop("every service listening beyond loopback stays reachable, or is agreed closed")
+        return
+    yield FunctionCommand(_refuse, (refusal(cut),), {})
+
+
+def _refuse(state, host, message: str) -> bool:
+    host.log_styled(message, fg="red", log_func=logger.error)
+    return False
+
+
+@deploy("Firewall: the host's other services")
+def other_services_kept(firewall: Firewall) -> None:
+    """No other service of the host's is cut off unless the operator said so. Runs before
+    anything else changes the host, so a refused host is left exactly as it was."""
+    facts.expect(LoadedRulesetDigest)
+    listeners_kept(name="No listening service closed unless declared", firewall=firewall)
 
 
 # --- the deploy -----------------------------------------------------------------------------

@@ -82,6 +82,13 @@ flower_firewall_rollback_seconds = 90  # undo a new ruleset unless a NEW ssh con
 # 0.0.0.0/0 or ::/0 in flower_admin_sources / flower_monitoring_sources is refused unless its switch says so:
 flower_firewall_allow_ssh_from_anywhere = False  # True: flower_admin_sources may open SSH to the internet
 flower_firewall_allow_metrics_from_anywhere = False  # True: flower_monitoring_sources may make /metrics public
+# The host's other services: flowerbed's table drops every new inbound connection it does not list,
+# so open each port other machines use, e.g. the broker for the workers' network:
+#   [{"port": 6379, "protocol": "tcp", "sources": ["10.0.0.0/24"], "purpose": "Redis for the workers"}]
+flower_firewall_openings = []  # port, protocol ("tcp" default, "udp"), sources (CIDRs), purpose
+# A deploy that would close a port something listens on (beyond loopback) to every other machine is
+# refused, naming the port and its process:
+flower_firewall_close_listeners = []  # such ports you agree to close, e.g. ["8080/tcp", "5353/udp"]
 
 # --- The edge: nginx, TLS, dashboard logins (flowerbed/edge.py) ----------------------------
 # The site: https://<fqdn>/ (or /<flower_url_prefix>/), certificate for flower_fqdn + flower_server_aliases.

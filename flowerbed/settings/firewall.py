@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ..validation import SettingsError
-from .checks import Check, boolean, expect, integer, setting
+from .checks import Check, boolean, expect, integer, one_of, setting, text
 from .edge import LETS_ENCRYPT
 
 if TYPE_CHECKING:
@@ -19,6 +19,14 @@ EVERYWHERE = ("0.0.0.0/0", "::/0")
 
 
 RESERVED_PORTS = {80: "HTTP (ACME challenge, redirect)", 443: "HTTPS (the dashboard)"}
+PROTOCOLS = ("tcp", "udp")
+# an opening's purpose lands inside an nftables comment's double quotes: no quote, no backslash
+PURPOSE = r"[A-Za-z0-9][A-Za-z0-9 ._:/()+,-]{0,63}"
+PURPOSE_HINT = "a short purpose: letters, digits, spaces and ._:/()+,- (at most 64)"
+OPENING_EXAMPLE = (
+    "{'port': 6379, 'protocol': 'tcp', 'sources': ['10.0.0.0/24'], "
+    "'purpose': 'Redis for the workers'}"
+)
 
 
 def networks(empty: tuple[str, str] | None = None) -> Check:
@@ -60,6 +68,72 @@ def port() -> Check:
         if not 1 <= value <= 65535:
             raise SettingsError(key, f"{value} is not a TCP port", "use a port from 1 to 65535")
         return value
+
+    return check
+
+
+@dataclass(frozen=True)
+class ExtraOpening:
+    """One more port flowerbed's table opens: a service of the host's that is not Flower's."""
+
+    port: int
+    protocol: str
+    sources: tuple[str, ...]
+    purpose: str
+
+
+def extra_openings() -> Check:
+    hint = f"a list of openings like {OPENING_EXAMPLE}"
+
+    def check(key: str, value: Any) -> tuple[ExtraOpening, ...]:
+        expect(key, value, (list, tuple), hint)
+        return tuple(_extra_opening(f"{key}[{i}]", item) for i, item in enumerate(value))
+
+    return check
+
+
+def _extra_opening(key: str, item: Any) -> ExtraOpening:
+    expect(key, item, dict, f"an opening like {OPENING_EXAMPLE}")
+    unknown = sorted(str(k) for k in set(item) - {"port", "protocol", "sources", "purpose"})
+    missing = sorted({"port", "sources", "purpose"} - set(item))
+    if unknown or missing:
+        problem = "; ".join(
+            part
+            for part in (
+                f"unknown key(s) {', '.join(map(repr, unknown))}" if unknown else "",
+                f"missing {', '.join(map(repr, missing))}" if missing else "",
+            )
+            if part
+        )
+        raise SettingsError(key, problem, f"write it as {OPENING_EXAMPLE} ('protocol' is optional)")
+    empty = ("an opening with no sources opens nothing", "list the networks that use the port")
+    return ExtraOpening(
+        port=port()(f"{key}['port']", item["port"]),
+        protocol=one_of(PROTOCOLS, optional=False)(
+            f"{key}['protocol']", item.get("protocol", "tcp")
+        ),
+        sources=networks(empty=empty)(f"{key}['sources']", item["sources"]),
+        purpose=text(PURPOSE, PURPOSE_HINT)(f"{key}['purpose']", item["purpose"]),
+    )
+
+
+port_protocol = text(r"[0-9]{1,5}/(tcp|udp)", "'PORT/PROTOCOL' like '8080/tcp'")
+
+
+def port_protocols() -> Check:
+    """["8080/tcp", "5353/udp"]: listening ports the operator agrees to close to other machines."""
+    hint = "a list of 'PORT/PROTOCOL' like ['8080/tcp', '5353/udp']"
+
+    def check(key: str, value: Any) -> tuple[tuple[int, str], ...]:
+        expect(key, value, (list, tuple), hint)
+        found = []
+        for i, item in enumerate(value):
+            one = text(r"[0-9]{1,5}/(tcp|udp)", "'PORT/PROTOCOL' like '8080/tcp'")(
+                f"{key}[{i}]", item
+            )
+            number, protocol = one.split("/")
+            found.append((port()(f"{key}[{i}]", int(number)), protocol))
+        return tuple(found)
 
     return check
 
@@ -108,6 +182,14 @@ class Firewall:
     firewall_allow_metrics_from_anywhere: bool = setting(
         boolean(), "the only way flower_monitoring_sources may hold 0.0.0.0/0 or ::/0"
     )
+    firewall_openings: tuple[ExtraOpening, ...] = setting(
+        extra_openings(),
+        "more ports to open (the host's other services: a broker, the app, an exporter)",
+    )
+    firewall_close_listeners: tuple[tuple[int, str], ...] = setting(
+        port_protocols(),
+        "listening ports the new ruleset may close to other machines (otherwise refused)",
+    )
 
     prefix = "flower_"
 
@@ -125,6 +207,7 @@ def check_firewall(s: Settings) -> Iterator[SettingsError]:
             "set it to the port sshd listens on (usually 22)",
         )
     yield from _opened_to_everyone(s.firewall)
+    yield from _extra_openings_conflicts(s.firewall)
     if tls.challenge == "http-01" and not acme:
         yield SettingsError(
             "flower_acme_sources",
@@ -160,3 +243,27 @@ def _opened_to_everyone(firewall: Firewall) -> Iterator[SettingsError]:
                 f"list your own networks, e.g. {key} = ['198.51.100.7/32']; if you really mean "
                 f"everyone, also set {opt_in} = True",
             )
+
+
+def _extra_openings_conflicts(firewall: Firewall) -> Iterator[SettingsError]:
+    """An extra opening never widens flowerbed's own ports, and names each port once."""
+    own = {**RESERVED_PORTS, firewall.firewall_ssh_port: "SSH"}
+    seen: set[tuple[int, str]] = set()
+    for i, opening in enumerate(firewall.firewall_openings):
+        key = f"flower_firewall_openings[{i}]"
+        if opening.protocol == "tcp" and opening.port in own:
+            setting_for = {80: "flower_acme_sources", 443: "flower_allowed_sources"}.get(
+                opening.port, "flower_admin_sources"
+            )
+            yield SettingsError(
+                key,
+                f"{opening.port}/tcp is flowerbed's {own[opening.port]} port",
+                f"list its sources in {setting_for} instead",
+            )
+        if (opening.port, opening.protocol) in seen:
+            yield SettingsError(
+                key,
+                f"{opening.port}/{opening.protocol} is opened twice",
+                "declare each port once, with all of its sources",
+            )
+        seen.add((opening.port, opening.protocol))
