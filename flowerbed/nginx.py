@@ -3,8 +3,12 @@
 Two files in /etc/nginx/conf.d, so a first deploy can prove its names before any certificate
 exists: flowerbed-http.conf (port 80: the ACME challenge from the webroot, a redirect to HTTPS
 for everything else) and flowerbed.conf (port 443: TLS per Mozilla's "intermediate" profile,
-the logins, and Flower's unix socket). Debian's default site is disabled; certbot never edits
-these files (`certonly`).
+the logins, and Flower's unix socket). certbot never edits these files (`certonly`).
+
+nginx may serve other sites on the host, and they keep answering as they did. No other site's
+file is ever edited or removed: Debian's default site is disabled only while it is the file
+nginx-common shipped (its conffile checksum). flowerbed's servers claim `default_server` on 80
+and 443 only where no other site listens; where one does, requests for other names stay its.
 
 A changed file goes live only through `nginx -t`: the new file replaces the old one, nginx
 checks the whole configuration, and on failure the old file is put back and the host fails
@@ -15,10 +19,12 @@ a file, the certificate or the logins changed.
 from __future__ import annotations
 
 import re
+import shlex
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from pyinfra import host
-from pyinfra.api import StringCommand, deploy, operation
+from pyinfra.api import FactBase, StringCommand, deploy, operation
 from pyinfra.api.operation import OperationMeta
 from pyinfra.operations import server
 from pyinfra.operations.util import any_changed
@@ -36,6 +42,8 @@ CONF_DIR = "/etc/nginx/conf.d"
 HTTP_SITE = f"{CONF_DIR}/flowerbed-http.conf"
 HTTPS_SITE = f"{CONF_DIR}/flowerbed.conf"
 DEFAULT_SITE = "/etc/nginx/sites-enabled/default"
+STOCK_DEFAULT = "/etc/nginx/sites-available/default"  # a conffile of nginx-common
+LISTEN = re.compile(r"^\s*listen\s")
 LOOPBACK = ("127.0.0.1", "::1")
 # Where the dashboard's server counts failed logins: a loopback address of its own, so nginx
 # gives requests to it (and only those) to the counting server, on the port 80 listener.
@@ -76,14 +84,88 @@ def origin_patterns(names: tuple[str, ...]) -> tuple[str, ...]:
     )
 
 
-def http_site_text(site: Dashboard) -> str:
-    return render("nginx-http.conf.j2", site=site, webroot=WEBROOT)
+# --- the host's other sites -----------------------------------------------------------------
 
 
-def https_site_text(site: Dashboard, settings: Settings) -> str:
+@dataclass(frozen=True)
+class Neighbours:
+    """What the host's other nginx sites decide for flowerbed's."""
+
+    stock_default_enabled: bool  # Debian's default site, enabled and as nginx-common shipped it
+    listen_ports: frozenset[int]  # ports other sites listen on
+
+    def claims_default(self, port: int) -> bool:
+        """flowerbed's server is `port`'s default only where no other site listens: there, the
+        requests for names nobody serves (or an address) stay what they were."""
+        return port not in self.listen_ports
+
+
+ALONE = Neighbours(stock_default_enabled=False, listen_ports=frozenset())  # a host of its own
+
+# Each site's `listen` lines (file:line), then Debian's default site:
+# the md5 nginx-common shipped, the file's own, and what sites-enabled/default points to.
+NEIGHBOURS_SCRIPT = "; ".join(
+    (
+        "for f in /etc/nginx/sites-enabled/* /etc/nginx/conf.d/*.conf",
+        'do [ -f "$f" ] && grep -HE "^[[:space:]]*listen[[:space:]]" "$f"',
+        "done",
+        "printf 'shipped '",
+        "dpkg-query -W -f='${Conffiles}\\n' nginx-common 2>/dev/null"
+        f" | awk '$1 == \"{STOCK_DEFAULT}\" {{print $2}}'",
+        f"printf '\\npresent '; md5sum {STOCK_DEFAULT} 2>/dev/null | cut -d' ' -f1",
+        f"printf '\\nenabled '; readlink -f {DEFAULT_SITE} 2>/dev/null",
+        "echo",
+    )
+)
+
+
+class NginxNeighbours(FactBase):
+    """The ports other sites listen on and whether Debian's default site is as shipped."""
+
+    def command(self) -> StringCommand:
+        return StringCommand("sh", "-c", shlex.quote(NEIGHBOURS_SCRIPT))
+
+    def process(self, output: list[str]) -> Neighbours:
+        found = dict(
+            line.split(" ", 1)
+            for line in output
+            if line.split(" ", 1)[0] in ("shipped", "present", "enabled") and " " in line
+        )
+        shipped, present = found.get("shipped", "").strip(), found.get("present", "").strip()
+        stock = bool(shipped) and shipped == present
+        enabled = found.get("enabled", "").strip() == STOCK_DEFAULT
+        ours = {HTTP_SITE, HTTPS_SITE} | ({DEFAULT_SITE} if stock and enabled else set())
+        ports = set()
+        for line in output:
+            path, _, text = line.partition(":")
+            if path.startswith("/etc/nginx/") and path not in ours and LISTEN.match(text):
+                ports.add(listen_port(text))
+        return Neighbours(stock and enabled, frozenset(ports))
+
+
+def listen_port(line: str) -> int:
+    """The port of a `listen` line: `80`, `[::]:443 ssl`, `10.0.0.1:8080`, `unix:...` (0)."""
+    address = line.split("listen", 1)[1].split()[0].rstrip(";")
+    if address.startswith("unix:"):
+        return 0
+    port = address.rpartition(":")[2] if ":" in address else address
+    return int(port) if port.isdigit() else 80
+
+
+def http_site_text(site: Dashboard, neighbours: Neighbours = ALONE) -> str:
+    return render(
+        "nginx-http.conf.j2",
+        site=site,
+        webroot=WEBROOT,
+        default_server=neighbours.claims_default(80),
+    )
+
+
+def https_site_text(site: Dashboard, settings: Settings, neighbours: Neighbours = ALONE) -> str:
     return render(
         "nginx-https.conf.j2",
         site=site,
+        default_server=neighbours.claims_default(443),
         nginx=settings.nginx,
         certificate=CertificatePaths(),
         htpasswd=HTPASSWD,
@@ -108,21 +190,33 @@ def checked_or_restored(path: str, backup: str | None) -> StringCommand:
     )  # fmt: skip
 
 
-def nginx_file(name: str, path: str, content: str, remove: tuple[str, ...] = ()) -> OperationMeta:
-    """`path` holds `content` and nginx accepts it (and the files in `remove` are gone)."""
-    facts.expect(PathStates, paths=(path, *remove))
-    return nginx_config(name=name, path=path, content=content, remove=remove)
+SiteText = Callable[[Neighbours], str]
+
+
+def nginx_file(name: str, path: str, text: SiteText, disable_stock_default: bool = False):
+    """`path` holds what `text` renders for the host's other sites, and nginx accepts it."""
+    facts.expect(NginxNeighbours)
+    facts.expect(PathStates, paths=(path, DEFAULT_SITE))
+    return nginx_config(
+        name=name, path=path, text=text, disable_stock_default=disable_stock_default
+    )
 
 
 @operation()
-def nginx_config(path: str, content: str, remove: tuple[str, ...] = ()):
+def nginx_config(path: str, text: SiteText, disable_stock_default: bool = False):
     """
-    Ensure `path` holds `content` and nginx accepts the configuration with it; a file that
-    fails `nginx -t` is taken back out (the previous one restored) and the host fails.
+    Ensure `path` holds the site rendered for the host's other sites, and nginx accepts the
+    configuration with it; a file that fails `nginx -t` is taken back out (the previous one
+    restored) and the host fails. With `disable_stock_default`, Debian's default site is
+    disabled while it is the file nginx-common shipped (an edited one is the operator's).
     """
-    current = facts.ask(PathStates, paths=(path, *remove))
-    removals = [c for gone in remove for c in entry_commands(Absent(gone), current.get(gone))]
-    upload = list(entry_commands(RootFile(path, content), current.get(path)))
+    neighbours = facts.ask(NginxNeighbours)
+    current = facts.ask(PathStates, paths=(path, DEFAULT_SITE))
+    stock = disable_stock_default and neighbours.stock_default_enabled
+    removals = (
+        list(entry_commands(Absent(DEFAULT_SITE), current.get(DEFAULT_SITE))) if stock else []
+    )
+    upload = list(entry_commands(RootFile(path, text(neighbours)), current.get(path)))
     if not upload and not removals:
         host.noop(f"{path} is up to date")
         return
@@ -154,10 +248,10 @@ def nginx_http(site: Dashboard) -> None:
     redirects the rest)."""
     unit_running("nginx is enabled and running", "nginx")
     http = nginx_file(
-        "Port 80 site: ACME challenge, redirect to HTTPS (Debian's default site disabled)",
+        "Port 80 site: ACME challenge, redirect to HTTPS (Debian's unedited default disabled)",
         HTTP_SITE,
-        http_site_text(site),
-        remove=(DEFAULT_SITE,),
+        lambda neighbours: http_site_text(site, neighbours),
+        disable_stock_default=True,
     )
     reload_nginx("Test and reload nginx (port 80 site changed)", http)
 
@@ -166,6 +260,8 @@ def nginx_http(site: Dashboard) -> None:
 def nginx_https(site: Dashboard, settings: Settings, *changes: OperationMeta) -> None:
     """The HTTPS site in front of Flower; reloaded if it, the certificate or logins changed."""
     https = nginx_file(
-        "HTTPS site: TLS, logins, Flower's socket", HTTPS_SITE, https_site_text(site, settings)
+        "HTTPS site: TLS, logins, Flower's socket",
+        HTTPS_SITE,
+        lambda neighbours: https_site_text(site, settings, neighbours),
     )
     reload_nginx("Test and reload nginx (site, certificate or logins changed)", https, *changes)

@@ -11,7 +11,13 @@ from settings_helpers import REPO
 
 from flowerbed.auth import htpasswd_lines, parse_htpasswd
 from flowerbed.edge import dashboard_logins, dashboard_site, edge_inputs
-from flowerbed.nginx import http_site_text, https_site_text
+from flowerbed.nginx import (
+    Neighbours,
+    NginxNeighbours,
+    http_site_text,
+    https_site_text,
+    listen_port,
+)
 from flowerbed.settings import LETS_ENCRYPT, SettingsError
 from flowerbed.tls import CertificateRequest, certbot_argv, parse_lineage
 
@@ -300,3 +306,61 @@ def test_port_80_serves_challenges_and_redirects_to_the_first_name():
     assert "location ^~ /.well-known/acme-challenge/ {" in site
     assert "return 301 https://flower.example.com$request_uri;" in site
     assert "proxy_pass" not in site
+
+
+# --- beside other sites -----------------------------------------------------------------------
+
+NEIGHBOUR_OUTPUT = [
+    "/etc/nginx/sites-enabled/default:\tlisten 80 default_server;",
+    "/etc/nginx/sites-enabled/default:\tlisten [::]:80 default_server;",
+    "/etc/nginx/sites-enabled/app:    listen 10.0.0.5:443 ssl;",
+    "/etc/nginx/sites-enabled/app:    # listen 8443 ssl;",
+    "/etc/nginx/conf.d/flowerbed-http.conf:    listen 80 default_server;",
+    "/etc/nginx/conf.d/flowerbed.conf:    listen 127.0.0.80:80;",
+    "shipped 3e3f1f1ab8fa8e9fd2d2f8f9c8f0b0ad",
+    "",
+    "present 3e3f1f1ab8fa8e9fd2d2f8f9c8f0b0ad",
+    "",
+    "enabled /etc/nginx/sites-available/default",
+]
+
+
+def test_debians_unedited_default_site_is_flowerbeds_to_disable_and_claims_nothing():
+    neighbours = NginxNeighbours().process(NEIGHBOUR_OUTPUT)
+    assert neighbours.stock_default_enabled
+    assert neighbours.listen_ports == {443}, "only the app's; flowerbed's own never count"
+    assert neighbours.claims_default(80) and not neighbours.claims_default(443)
+
+
+def test_an_edited_default_site_is_the_operators_and_keeps_port_80():
+    edited = [line.replace("present 3e3f", "present 0000") for line in NEIGHBOUR_OUTPUT]
+    neighbours = NginxNeighbours().process(edited)
+    assert not neighbours.stock_default_enabled
+    assert neighbours.listen_ports == {80, 443}
+
+
+def test_a_default_site_that_is_a_copy_not_the_link_is_the_operators():
+    linked, copied = "enabled /etc/nginx/sites-available/", "enabled /etc/nginx/sites-enabled/"
+    copied = [line.replace(linked, copied) for line in NEIGHBOUR_OUTPUT]
+    assert not NginxNeighbours().process(copied).stock_default_enabled
+
+
+def test_no_default_server_where_another_site_listens():
+    settings = settings_with(flower_fqdn="h1.example.com")
+    site = dashboard_site(settings, "h1")
+    both = Neighbours(stock_default_enabled=False, listen_ports=frozenset({80, 443}))
+    assert "default_server" not in http_site_text(site, both)
+    https = https_site_text(site, settings, both)
+    assert "default_server" not in https and "ssl_reject_handshake" not in https
+    alone = https_site_text(site, settings)
+    assert "listen 443 ssl default_server;" in alone and "ssl_reject_handshake on;" in alone
+    assert "listen 80 default_server;" in http_site_text(site)
+
+
+@pytest.mark.parametrize(
+    ("line", "port"),
+    [("listen 80;", 80), ("  listen [::]:443 ssl;", 443), ("listen 10.0.0.1:8080 default;", 8080),
+     ("listen unix:/run/app.sock;", 0), ("listen localhost;", 80)],
+)  # fmt: skip
+def test_the_port_of_a_listen_line(line, port):
+    assert listen_port(line) == port
