@@ -45,7 +45,7 @@ else:
         name="Flower on the new broker URL, one host at a time",
         settings=settings,
         flower_secrets=this_host.secrets,
-        healthcheck=tuple(healthcheck_argv(settings.flower, settings.options)),
+        healthcheck=tuple(healthcheck_argv(settings)),
         _serial=True,
     )
 rotation_finished(name="Rotation report", rotation=rotation)

@@ -54,7 +54,7 @@ from .listeners import TABLE, ListeningSockets, LoadedOpenPorts, cut_off, refusa
 from .packages import system_packages
 from .render import render
 from .resources import HOST_SCRIPTS
-from .settings import Firewall
+from .settings import Firewall, PortOpening
 from .shell import command
 from .units import unit_running
 
@@ -96,14 +96,10 @@ class SourceSet:
 
 
 @dataclass(frozen=True)
-class Opening:
-    """A port open to some source networks."""
+class Opening(PortOpening):
+    """A port open to some source networks, as the ruleset names its sets."""
 
-    name: str
-    port: int
-    sources: tuple[str, ...]
-    purpose: str
-    protocol: str = "tcp"
+    name: str = ""
 
     @property
     def families(self) -> list[SourceSet]:
@@ -121,28 +117,22 @@ def merged(sources: tuple[str, ...], version: int) -> tuple[str, ...]:
 
 
 def openings(firewall: Firewall) -> list[Opening]:
+    own = (
+        ("admin", firewall.firewall_ssh_port, firewall.admin_sources, "SSH: flower_admin_sources"),
+        ("acme", HTTP_PORT, firewall.acme_sources, "HTTP, ACME challenge: flower_acme_sources"),
+        ("allowed", HTTPS_PORT, firewall.allowed_sources, "HTTPS: flower_allowed_sources"),
+        ("monitoring", HTTPS_PORT, firewall.monitoring_sources, "HTTPS: flower_monitoring_sources"),
+    )
     return [
-        Opening(
-            "admin", firewall.firewall_ssh_port, firewall.admin_sources, "SSH: flower_admin_sources"
-        ),
-        Opening(
-            "acme", HTTP_PORT, firewall.acme_sources, "HTTP, ACME challenge: flower_acme_sources"
-        ),
-        Opening("allowed", HTTPS_PORT, firewall.allowed_sources, "HTTPS: flower_allowed_sources"),
-        Opening(
-            "monitoring",
-            HTTPS_PORT,
-            firewall.monitoring_sources,
-            "HTTPS: flower_monitoring_sources",
-        ),
+        *(Opening(port, "tcp", sources, purpose, name) for name, port, sources, purpose in own),
         *(
             Opening(
-                f"open_{o.protocol}_{o.port}",
                 o.port,
+                o.protocol,
                 o.sources,
                 f"{o.purpose}: flower_firewall_openings",
-                o.protocol,
-            )
+                f"open_{o.protocol}_{o.port}",
+            )  # fmt: skip
             for o in firewall.firewall_openings
         ),
     ]

@@ -23,6 +23,7 @@ from pyinfra.operations.util import any_changed
 from . import facts
 from .hostfiles import RootDirectory, RootFile, changed, root_files
 from .packages import pip_conf, system_packages
+from .proxy_login import env_files, proxy_login
 from .render import render
 from .secrets import FlowerSecrets, Secret, checked_secret_file
 from .settings import Flower, FlowerOptions, Settings, local_app_dir
@@ -106,11 +107,15 @@ def exec_start(flower: Flower) -> list[str]:
     return [f"{flower.venv}/bin/celery", *app, "flower", f"--conf={flower.config_file}"]
 
 
-def unit_text(flower: Flower, environment: list[tuple[str, str]] | None = None) -> str:
-    """The unit; `environment` = what the OAuth provider's handler reads (not secret)."""
+def unit_text(
+    flower: Flower, environment: list[tuple[str, str]] | None = None, auth_mode: str = "basic"
+) -> str:
+    """The unit; `environment` = what the OAuth provider's handler reads (not secret); with
+    logins at nginx, Flower also reads its proxy login (flowerbed/proxy_login.py)."""
     return render(
         "flower.service.j2",
         flower=flower,
+        env_files=env_files(flower, auth_mode),
         exec_start=" ".join(exec_start(flower)),
         environment=[unit_quote(f"{name}={value}") for name, value in environment or []],
     )
@@ -228,7 +233,7 @@ def flower_service(settings: Settings, secrets: FlowerSecrets, installed: Instal
         [
             RootDirectory(flower.config_dir),
             RootFile(flower.config_file, config_text(settings)),
-            RootFile(flower.unit_file, unit_text(flower, environment)),
+            RootFile(flower.unit_file, unit_text(flower, environment, settings.auth.mode)),
             *workdir,
         ],
     )
@@ -237,7 +242,8 @@ def flower_service(settings: Settings, secrets: FlowerSecrets, installed: Instal
         path=flower.env_file,
         content=env_text(flower, secrets),
     )
-    return restart_on_change(flower, env, installed.venv)
+    logins = [proxy_login(flower)] if settings.auth.mode == "basic" else []
+    return restart_on_change(flower, env, installed.venv, *logins)
 
 
 def restart_on_change(flower: Flower, *inputs: OperationMeta) -> OperationMeta:

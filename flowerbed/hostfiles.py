@@ -245,6 +245,11 @@ def _changed_paths() -> set[str]:
     return _changed.setdefault((id(state), host.name), set())
 
 
+def mark_changed(*paths: str) -> None:
+    """An operation other than root_files changed `paths` in this run (for `changed`)."""
+    _changed_paths().update(paths)
+
+
 def changed(*paths: str) -> Callable[[], bool]:
     """For `_if`: whether this run changed any of `paths` on the host (through root_files)."""
     return lambda: not _changed_paths().isdisjoint(paths)

@@ -31,7 +31,7 @@ from pyinfra.operations.util import any_changed
 
 from . import facts
 from .auth import HTPASSWD
-from .hostfiles import Absent, PathStates, RootFile, entry_commands
+from .hostfiles import Absent, PathStates, RootFile, changed, entry_commands
 from .render import render
 from .settings import Settings, dns_name
 from .shell import command
@@ -169,6 +169,7 @@ def https_site_text(site: Dashboard, settings: Settings, neighbours: Neighbours 
         nginx=settings.nginx,
         certificate=CertificatePaths(),
         htpasswd=HTPASSWD,
+        proxy_login=settings.flower.proxy_login_nginx,
         monitoring_sources=settings.firewall.monitoring_sources,
         local_sources=LOOPBACK,
         origins=origin_patterns(site.names),
@@ -230,12 +231,14 @@ def nginx_config(path: str, text: SiteText, disable_stock_default: bool = False)
     yield checked_or_restored(path, backup)
 
 
-def reload_nginx(name: str, *changes: OperationMeta) -> OperationMeta:
-    """One `nginx -t` and reload, only if one of `changes` changed something."""
+def reload_nginx(name: str, *changes: OperationMeta, paths: tuple[str, ...] = ()) -> OperationMeta:
+    """One `nginx -t` and reload, only if one of `changes` (or this run, one of `paths`)
+    changed something."""
+    operations_changed, files_changed = any_changed(*changes), changed(*paths)
     return server.shell(
         name=name,
         commands=[command("nginx", "-t", "-q"), command("systemctl", "reload", "nginx")],
-        _if=any_changed(*changes),
+        _if=lambda: operations_changed() or files_changed(),
     )
 
 
@@ -264,4 +267,9 @@ def nginx_https(site: Dashboard, settings: Settings, *changes: OperationMeta) ->
         HTTPS_SITE,
         lambda neighbours: https_site_text(site, settings, neighbours),
     )
-    reload_nginx("Test and reload nginx (site, certificate or logins changed)", https, *changes)
+    reload_nginx(
+        "Test and reload nginx (site, certificate or logins changed)",
+        https,
+        *changes,
+        paths=(settings.flower.proxy_login_nginx,),
+    )

@@ -29,6 +29,7 @@ from .firewall import LoadedRulesetDigest, ruleset
 from .hostfiles import PathStates, root_file
 from .nginx import Dashboard
 from .probe import OperatorChecks, https_get
+from .proxy_login import env_files
 from .resources import HOST_SCRIPTS
 from .settings import Flower, FlowerOptions, Settings
 from .shell import command
@@ -43,13 +44,14 @@ HEALTHCHECK_PATH = "/usr/local/libexec/flowerbed/flower-healthcheck"
 UNHEALTHY_MARKER = "/var/lib/flowerbed/flower-unhealthy"
 
 
-def healthcheck_argv(flower: Flower, options: FlowerOptions) -> list[str]:
+def healthcheck_argv(settings: Settings) -> list[str]:
+    flower, options = settings.flower, settings.options
     return [
         HEALTHCHECK_PATH,
         f"--socket={flower.socket}",
         f"--prefix={options.url_prefix}",
         f"--unit={flower.unit_name}",
-        f"--env-file={flower.env_file}",
+        *(f"--env-file={path}" for path in env_files(flower, settings.auth.mode)),
         f"--min-workers={flower.healthcheck_min_workers}",
         f"--timeout={flower.healthcheck_timeout}",
         f"--unhealthy-marker={UNHEALTHY_MARKER}",
@@ -117,7 +119,7 @@ def verify_flower(settings: Settings, after_changes_only: bool = False) -> None:
     facts.expect(PathStates, paths=(UNHEALTHY_MARKER,), digests=False)
     flower_healthy(
         name="Flower answers on its socket and sees the workers",
-        argv=tuple(healthcheck_argv(settings.flower, settings.options)),
+        argv=tuple(healthcheck_argv(settings)),
         unit=settings.flower.unit_name,
         after_changes_only=after_changes_only,
     )
@@ -303,7 +305,7 @@ def host_layers_checked(settings: Settings, checks: OperatorChecks):
         f"{unit.get('active', '?')}/{unit.get('enabled', '?')}",
         f"{flower.unit_name} is {unit.get('active', 'unknown')}, {unit.get('enabled', 'unknown')}",
     )
-    argv = healthcheck_argv(flower, settings.options)
+    argv = healthcheck_argv(settings)
     # the verify run changes nothing: no marker either
     argv = [a for a in argv if not a.startswith(("--timeout=", "--min-workers=", "--unhealthy"))]
     health = _fact(InstalledFlowerHealth, argv=(*argv, "--timeout=1", "--min-workers=0")) or {}

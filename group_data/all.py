@@ -64,7 +64,7 @@ flower_gitlab_auth_allowed_groups = []  # GitLab: group full paths, e.g. ["acme/
 flower_gitlab_min_access_level = 20  # GitLab: level needed in one of those groups (20 = reporter)
 
 # --- Service --------------------------------------------------------------------------------
-flower_unauthenticated_api = True  # API without Flower auth: only root and the proxy reach it
+flower_unauthenticated_api = False  # True opens Flower's API to every process that reaches its socket
 flower_restart_sec = 5  # wait before restarting a crashed Flower
 flower_start_limit_burst = 5  # at most this many starts ...
 flower_start_limit_interval_sec = 300  # ... within this many seconds, then systemd gives up

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import signal
 import subprocess
 import time
@@ -23,6 +24,7 @@ from labkit.celery_lab import (
 )
 
 SOCKET = "/run/flower/flower.sock"
+PROXY_LOGIN = "/etc/flower/flower-proxy-login.env"  # the lab's defaults (flowerbed/proxy_login.py)
 PYTHON = str(REPO / ".venv" / "bin" / "python")
 LONG_TASK_S = 25
 
@@ -38,9 +40,15 @@ def demo(lab: Lab, code: str, timeout: float = 60) -> str:
 
 
 def flower_api(lab: Lab, host: str, path: str):
-    """Flower's own API on a host, through its socket (as root, as the health check asks)."""
-    curl = ["curl", "-sS", "--fail", "--max-time", "20", "--unix-socket", SOCKET]
-    return json.loads(lab.ssh(host, [*curl, f"http://localhost{path}"], check=True).stdout)
+    """Flower's own API on a host, through its socket, as root with Flower's proxy login (as
+    the health check asks; the login goes to curl on stdin, never on a command line)."""
+    curl = shlex.join(["curl", "-K", "-", "-sS", "--fail", "--max-time", "20",
+                       "--unix-socket", SOCKET, f"http://localhost{path}"])  # fmt: skip
+    login = (
+        f"if [ -f {PROXY_LOGIN} ]; then "
+        f"printf 'user = \"%s\"\\n' \"$(sed -n 's/^FLOWER_BASIC_AUTH=//p' {PROXY_LOGIN})\"; fi"
+    )
+    return json.loads(lab.ssh(host, f"{login} | {curl}", check=True).stdout)
 
 
 def pid() -> int:

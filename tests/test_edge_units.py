@@ -90,7 +90,7 @@ def test_names_are_checked_and_the_host_name_is_the_fallback():
         ({"flower_tls_dns_hook": "no/such/hook"}, "flower_tls_dns_hook"),
         ({"flower_nginx_proxy_read_timeout": 1}, "flower_nginx_proxy_read_timeout"),
         ({"flower_basic_auth": {"alice": "PW"}}, "flower_auth_mode"),
-        ({"flower_unauthenticated_api": False}, "flower_auth_mode"),
+        ({"flower_unauthenticated_api": True}, "flower_auth_mode"),
         ({"flower_auth_mode": "oauth"}, "flower_auth_mode"),
         ({"flower_auth_users_env": ""}, "flower_auth_users_env"),
         ({"flower_nginx_server_snippets": ["add_header X 1"]}, "flower_nginx_server_snippets[0]"),

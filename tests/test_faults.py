@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 from conftest import LAB_CLI, REPO, Lab
 from deploy_helpers import DeployResult, deploy_args, deploy_env, run_deploy
+from lab_worker import flower_api
 from labkit.celery_lab import broker_password, redis_answers
 
 from flowerbed.render import TEMPLATES
@@ -192,8 +193,7 @@ def online_workers(lab: Lab, name: str) -> list[str]:
 
 def tasks(lab: Lab, name: str) -> dict[str, float]:
     """Every task Flower knows on the host: uuid -> when it first heard of it (its socket)."""
-    curl = ["curl", "-sS", "-m", "20", "--unix-socket", "/run/flower/flower.sock"]
-    known = json.loads(sh(lab, name, [*curl, "http://localhost/api/tasks"]))
+    known = flower_api(lab, name, "/api/tasks")
     return {
         uuid: min(t for t in (task.get("sent"), task.get("received"), task["timestamp"]) if t)
         for uuid, task in known.items()

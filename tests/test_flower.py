@@ -9,12 +9,13 @@ import json
 import re
 import subprocess
 import time
+import uuid
 from urllib.parse import urlsplit
 
 import pytest
 from conftest import Lab
 from deploy_helpers import DeployResult, assert_no_secret, run_deploy
-from lab_worker import flower_api
+from lab_worker import PROXY_LOGIN, flower_api
 
 pytestmark = pytest.mark.lab
 
@@ -167,6 +168,27 @@ def test_flower_is_unreachable_from_other_hosts_and_local_users(
         assert as_proxy.stdout == "OK", as_proxy.stderr
     from_other_host = lab.ssh("h2", ["curl", "-sS", "--max-time", "3", "http://10.77.0.11:5555/"])
     assert from_other_host.returncode != 0, "Flower's default port answers"
+
+
+def test_the_proxys_user_cannot_use_flowers_api_without_the_login_only_nginx_holds(
+    lab: Lab, first_deploy: DeployResult
+):
+    """Other processes of nginx's user (PHP, an app) reach the socket, not the API."""
+    for host in HOSTS:
+
+        def as_proxy(method: str, path: str, host: str = host) -> str:
+            curl = ["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "10",
+                    "--unix-socket", SOCKET, "-X", method, f"http://localhost{path}"]  # fmt: skip
+            return lab.ssh(host, ["runuser", "-u", "www-data", "--", *curl]).stdout
+
+        assert as_proxy("POST", f"/api/task/revoke/{uuid.uuid4()}") in ("401", "403"), host
+        assert as_proxy("POST", "/api/worker/pool/shrink/demo@labmachine") in ("401", "403")
+        assert as_proxy("GET", "/api/workers") == "401", host
+        assert as_proxy("GET", "/healthcheck") == "200", "Flower never guards its health check"
+        for secret in (PROXY_LOGIN, PROXY_LOGIN.replace(".env", ".nginx.conf")):
+            mode = on_host(lab, host, ["stat", "-c", "%a %U", secret]).split()
+            assert mode == ["600", "root"], (secret, mode)
+        assert flower_api(lab, host, "/api/workers"), "root with the login (the health check)"
 
 
 def test_second_run_changes_nothing(lab: Lab, first_deploy: DeployResult):

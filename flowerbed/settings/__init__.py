@@ -34,15 +34,16 @@ from ..validation import Problems, SettingsError, reject_control_characters
 from .checks import Check
 from .edge import LETS_ENCRYPT, Auth, Nginx, Site, Tls, check_edge, dns_name, duplicate_names
 from .egress import Egress, check_egress
-from .firewall import Firewall, check_firewall
+from .firewall import Firewall, PortOpening, check_firewall
 from .flower import BROKER_SCHEMES, MANAGED_KEYS, Flower, FlowerOptions, check_flower, local_app_dir
 from .oauth import GITHUB, GITLAB, OKTA, OAuthProvider, check_oauth_provider
 from .verify import Verify, operator_checks
 
 __all__ = [  # what the operation modules, the operator's runs and the tests import from here
     "BROKER_SCHEMES", "GITHUB", "GITLAB", "LETS_ENCRYPT", "OKTA", "OWNED_PREFIXES", "RENAMED",
-    "Auth", "Egress", "Firewall", "Flower", "FlowerOptions", "Nginx", "OAuthProvider", "Settings",
-    "SettingsError", "Site", "Tls", "Verify", "dns_name", "duplicate_names", "known_keys",
+    "Auth", "Egress", "Firewall", "Flower", "FlowerOptions", "Nginx", "OAuthProvider",
+    "PortOpening", "Settings", "SettingsError", "Site", "Tls", "Verify", "dns_name",
+    "duplicate_names", "known_keys",
     "load_settings", "local_app_dir", "operator_checks", "validate",
 ]  # fmt: skip
 

@@ -209,12 +209,12 @@ def check_edge(s: Settings) -> Iterator[SettingsError]:
                 "basic auth needs its logins",
                 "name the variable that holds them",
             )
-        if options.auth or flower.basic_auth or not flower.unauthenticated_api:
+        if options.auth or flower.basic_auth or flower.unauthenticated_api:
             yield SettingsError(
                 "flower_auth_mode",
-                "with logins at nginx, Flower must not authenticate (nginx strips the login "
-                "before Flower sees it) and its API must be open to the proxy",
-                "set flower_auth = '', flower_basic_auth = {}, flower_unauthenticated_api = True"
+                "with logins at nginx, Flower's only login is the one flowerbed makes for nginx "
+                "(an open API would trust every process of nginx's user)",
+                "set flower_auth = '', flower_basic_auth = {}, flower_unauthenticated_api = False"
                 ", or flower_auth_mode = 'oauth'",
             )
     if auth.mode == "oauth" and (not options.auth or flower.unauthenticated_api):

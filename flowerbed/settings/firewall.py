@@ -73,8 +73,9 @@ def port() -> Check:
 
 
 @dataclass(frozen=True)
-class ExtraOpening:
-    """One more port flowerbed's table opens: a service of the host's that is not Flower's."""
+class PortOpening:
+    """A port flowerbed's table opens to some networks (flower_firewall_openings: a service of
+    the host's that is not Flower's)."""
 
     port: int
     protocol: str
@@ -85,14 +86,14 @@ class ExtraOpening:
 def extra_openings() -> Check:
     hint = f"a list of openings like {OPENING_EXAMPLE}"
 
-    def check(key: str, value: Any) -> tuple[ExtraOpening, ...]:
+    def check(key: str, value: Any) -> tuple[PortOpening, ...]:
         expect(key, value, (list, tuple), hint)
         return tuple(_extra_opening(f"{key}[{i}]", item) for i, item in enumerate(value))
 
     return check
 
 
-def _extra_opening(key: str, item: Any) -> ExtraOpening:
+def _extra_opening(key: str, item: Any) -> PortOpening:
     expect(key, item, dict, f"an opening like {OPENING_EXAMPLE}")
     unknown = sorted(str(k) for k in set(item) - {"port", "protocol", "sources", "purpose"})
     missing = sorted({"port", "sources", "purpose"} - set(item))
@@ -107,7 +108,7 @@ def _extra_opening(key: str, item: Any) -> ExtraOpening:
         )
         raise SettingsError(key, problem, f"write it as {OPENING_EXAMPLE} ('protocol' is optional)")
     empty = ("an opening with no sources opens nothing", "list the networks that use the port")
-    return ExtraOpening(
+    return PortOpening(
         port=port()(f"{key}['port']", item["port"]),
         protocol=one_of(PROTOCOLS, optional=False)(
             f"{key}['protocol']", item.get("protocol", "tcp")
@@ -182,7 +183,7 @@ class Firewall:
     firewall_allow_metrics_from_anywhere: bool = setting(
         boolean(), "the only way flower_monitoring_sources may hold 0.0.0.0/0 or ::/0"
     )
-    firewall_openings: tuple[ExtraOpening, ...] = setting(
+    firewall_openings: tuple[PortOpening, ...] = setting(
         extra_openings(),
         "more ports to open (the host's other services: a broker, the app, an exporter)",
     )

@@ -254,6 +254,16 @@ class Flower:
         return f"{self.config_dir}/flowerconfig.py"
 
     @property
+    def proxy_login_env(self) -> str:
+        """Flower's own basic auth (FLOWER_BASIC_AUTH): the login only nginx sends; root-only."""
+        return f"{self.config_dir}/{self.service}-proxy-login.env"
+
+    @property
+    def proxy_login_nginx(self) -> str:
+        """The same login as nginx sends it (an include its master reads as root); root-only."""
+        return f"{self.config_dir}/{self.service}-proxy-login.nginx.conf"
+
+    @property
     def venvs_dir(self) -> str:
         return f"{self.install_dir}/venvs"
 
