@@ -232,3 +232,30 @@ def test_switch_script_passes_shellcheck():
     )
     result = subprocess.run(["shellcheck", str(SCRIPT_SOURCE)], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout
+
+
+@pytest.mark.parametrize(
+    "sources",
+    [["0.0.0.0/1", "128.0.0.0/1"], ["0.0.0.0/2", "64.0.0.0/2", "128.0.0.0/1"], ["10.0.0.0/7"],
+     ["2000::/3"], ["198.51.100.7/32", "::/1", "8000::/1"]],
+)  # fmt: skip
+def test_networks_that_add_up_to_the_internet_need_the_opt_in(sources):
+    message = error_for(flower_admin_sources=sources)
+    assert message.startswith("flower_admin_sources: ") and "whole internet" in message
+    assert "flower_firewall_allow_ssh_from_anywhere = True" in message
+    opted_in = firewall_with(
+        flower_admin_sources=sources, flower_firewall_allow_ssh_from_anywhere=True
+    )
+    assert opted_in.admin_sources
+
+
+def test_a_private_slash_8_is_not_the_internet():
+    assert firewall_with(flower_admin_sources=["10.0.0.0/8", "fd00::/16"]).admin_sources
+
+
+@pytest.mark.parametrize(
+    "value", ["198.51.100.7/24 ", "10.0.0.0/8; drop", "10.0.0.0 /8", "10.0.0.0/8\u200b", ""]
+)
+def test_a_bad_network_is_a_clean_error_never_a_crash(value):
+    message = error_for(flower_allowed_sources=[value])
+    assert message.startswith("flower_allowed_sources[0]: ") and "Fix: " in message

@@ -22,6 +22,9 @@ from ..validation import (
 )
 
 DAY = 86400  # seconds
+# What RFC 3986 lets a URL hold: unreserved, reserved and percent-encoded characters. A URL
+# lands inside quotes (apt.conf), in ini files (pip.conf) and in environment files.
+URL_CHARACTERS = re.compile(r"[A-Za-z0-9._~:/?#\[\]@!$&'()*+,;=%-]+")
 
 
 # Checks: each returns the normalised value or raises SettingsError.
@@ -153,6 +156,12 @@ def url(schemes: tuple[str, ...], optional: bool = True) -> Check:
         if not value and optional:
             return ""
         example = f"{schemes[0]}://host.example.com:3128"
+        if not URL_CHARACTERS.fullmatch(value):
+            raise SettingsError(
+                key,
+                "has characters no URL holds (quotes, spaces, braces, backslashes...; not shown)",
+                f"percent-encode them, or use e.g. {example}",
+            )
         parts = split_url(key, value, example)
         if parts.scheme not in schemes or not parts.hostname:
             raise SettingsError(

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import ipaddress
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from ..validation import SettingsError
+from ..validation import SettingsError, shown
 from .checks import Check, boolean, expect, integer, one_of, setting, text
 from .edge import LETS_ENCRYPT
 
@@ -42,10 +43,21 @@ def networks(empty: tuple[str, str] | None = None) -> Check:
     return check
 
 
+CIDR = re.compile(r"[0-9A-Fa-f:.]{2,39}(/[0-9]{1,3})?")
+
+
 def _network(key: str, value: Any) -> str:
     expect(key, value, str, "a CIDR like '203.0.113.0/24' or '2001:db8::/48'")
+    value = value.strip()  # a pasted value's stray spaces
+    if not CIDR.fullmatch(value):
+        raise SettingsError(
+            key,
+            f"{shown(value)} is not an IPv4/IPv6 address or network (only digits, hex letters, "
+            "'.', ':' and one '/prefix')",
+            "use CIDR notation, e.g. '203.0.113.0/24', '198.51.100.7/32' or '2001:db8::/48'",
+        )
     try:
-        return str(ipaddress.ip_network(value.strip()))
+        return str(ipaddress.ip_network(value))
     except ValueError as error:
         if "has host bits set" not in str(error):
             raise SettingsError(
@@ -236,14 +248,32 @@ def _opened_to_everyone(firewall: Firewall) -> Iterator[SettingsError]:
             "/metrics without a login",
         ),
     ):
-        everywhere = [n for n in getattr(firewall, key.removeprefix("flower_")) if n.endswith("/0")]
+        everywhere = too_wide(getattr(firewall, key.removeprefix("flower_")))
         if everywhere and not getattr(firewall, opt_in.removeprefix("flower_")):
             yield SettingsError(
                 key,
-                f"{everywhere[0]} opens {what} to the whole internet",
+                f"{', '.join(everywhere)} opens {what} to the whole internet"
+                + ("" if everywhere[0].endswith("/0") else " (or as good as: wider than a /8)"),
                 f"list your own networks, e.g. {key} = ['198.51.100.7/32']; if you really mean "
                 f"everyone, also set {opt_in} = True",
             )
+
+
+# The widest a source list may reach without an opt-in, per family: a /8 of IPv4 (a large
+# company's private range), a /16 of IPv6. Counted over the whole list, so halves that add up
+# to everything (0.0.0.0/1 with 128.0.0.0/1) are caught like 0.0.0.0/0.
+WIDEST = {4: 2**24, 6: 2**112}
+
+
+def too_wide(sources: tuple[str, ...]) -> list[str]:
+    """The networks of each family whose union covers more than WIDEST allows."""
+    wide = []
+    for version, limit in WIDEST.items():
+        family = [ipaddress.ip_network(s) for s in sources]
+        family = [n for n in family if n.version == version]
+        if sum(n.num_addresses for n in ipaddress.collapse_addresses(family)) > limit:
+            wide += [str(n) for n in family]
+    return wide
 
 
 def _extra_openings_conflicts(firewall: Firewall) -> Iterator[SettingsError]:
