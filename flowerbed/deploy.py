@@ -102,6 +102,8 @@ def deploy_firewall() -> None:
     + flower_firewall_openings: more ports to open, for the host's other services
     + flower_firewall_close_listeners: listening ports you agree the ruleset closes (a deploy
       that would close a listening port otherwise fails the host before any firewall change)
+    + flower_firewall_manage: False leaves the firewall to the host's own (ufw, firewalld...):
+      flowerbed's table is removed and what must be open is logged
 
     + Example:
 

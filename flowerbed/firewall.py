@@ -49,14 +49,14 @@ from pyinfra.connectors.ssh import SSHConnector
 from pyinfra.operations import systemd
 
 from . import facts
-from .hostfiles import PathStates, RootDirectory, RootFile, changed, root_files
+from .hostfiles import Absent, PathStates, RootDirectory, RootFile, changed, root_files
 from .listeners import TABLE, ListeningSockets, LoadedOpenPorts, cut_off, refusal
 from .packages import system_packages
 from .render import render
 from .resources import HOST_SCRIPTS
 from .settings import Firewall, PortOpening
 from .shell import command
-from .units import unit_running
+from .units import UnitStates, unit_running
 
 HTTP_PORT, HTTPS_PORT = 80, 443
 SCRIPT_SOURCE = HOST_SCRIPTS / "flowerbed-firewall"
@@ -325,6 +325,8 @@ def _refuse(state, host, message: str) -> bool:
 def other_services_kept(firewall: Firewall) -> None:
     """No other service of the host's is cut off unless the operator said so. Runs before
     anything else changes the host, so a refused host is left exactly as it was."""
+    if not firewall.firewall_manage:
+        return  # no table of flowerbed's closes anything
     facts.expect(LoadedRulesetDigest)
     listeners_kept(name="No listening service closed unless declared", firewall=firewall)
 
@@ -334,7 +336,11 @@ def other_services_kept(firewall: Firewall) -> None:
 
 @deploy("Firewall")
 def inbound_firewall(firewall: Firewall) -> None:
-    """Inbound traffic is limited to the configured sources; the operator is never locked out."""
+    """Inbound traffic is limited to the configured sources; the operator is never locked out.
+    With flower_firewall_manage = False, the host's own firewall decides instead."""
+    if not firewall.firewall_manage:
+        firewall_left_to_the_host(firewall)
+        return
     system_packages(["nftables"])
     host_side()
     facts.expect(LoadedRulesetDigest)
@@ -347,6 +353,49 @@ def inbound_firewall(firewall: Firewall) -> None:
         name="Reload systemd (firewall units changed)", _if=changed(UNIT_FILE, NFTABLES_DROP_IN)
     )
     unit_running("Firewall boot unit is enabled", UNIT)
+
+
+def firewall_left_to_the_host(firewall: Firewall) -> None:
+    """flower_firewall_manage = False: no flowerbed table, boot unit or drop-in stays; what the
+    host's own firewall must let in is logged for the operator."""
+    facts.expect(LoadedRulesetDigest)
+    facts.expect(UnitStates, units=(UNIT,))
+    flowerbed_table_removed(name="No flowerbed table is loaded, none loads at boot")
+    root_files(
+        "No flowerbed firewall boot files",
+        [Absent(UNIT_FILE), Absent(NFTABLES_DROP_IN), Absent(BOOT_RULESET)],
+    )
+    systemd.daemon_reload(
+        name="Reload systemd (firewall units removed)", _if=changed(UNIT_FILE, NFTABLES_DROP_IN)
+    )
+    must_be_open(name="What the host's own firewall must let in", firewall=firewall)
+
+
+@operation()
+def flowerbed_table_removed():
+    """flowerbed's table is not loaded and its boot unit is neither enabled nor running."""
+    unit = facts.ask(UnitStates, units=(UNIT,)).get(UNIT, {})
+    loaded = facts.ask(LoadedRulesetDigest)
+    if not (unit.get("enabled") or unit.get("running") or loaded):
+        host.noop("no flowerbed table is loaded and none loads at boot")
+        return
+    if unit.get("enabled") or unit.get("running"):
+        yield command("systemctl", "disable", "--now", UNIT)
+    if loaded:
+        yield command("nft", "delete", "table", *TABLE)
+
+
+@operation()
+def must_be_open(firewall: Firewall):
+    """Logs each opening the ruleset would have had: the host's own firewall's to keep."""
+    needed = "; ".join(
+        f"{o.port}/{o.protocol} from {', '.join(o.sources)} ({o.purpose})"
+        for o in openings(firewall)
+        if o.sources
+    )
+    host.noop(f"flower_firewall_manage = False: the host's own firewall must let in {needed}")
+    return
+    yield
 
 
 def host_side() -> None:

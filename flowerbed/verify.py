@@ -250,6 +250,23 @@ class StateSaved(FactBase):
         return {"age": age, "used": values.get("used", "?").strip()}
 
 
+def firewall_layer(settings: Settings, loaded: str | None) -> None:
+    """flowerbed's table is the wanted one; with flower_firewall_manage = False, none is loaded
+    (the host's own firewall decides: the HTTPS layer shows whether it lets the operator in)."""
+    if not settings.firewall.firewall_manage:
+        layer("firewall", loaded is None, "the host's own" if loaded is None else "flowerbed's",
+              "flowerbed's table is still loaded: run the deploy")  # fmt: skip
+        return
+    digest = ruleset(settings.firewall).digest
+    problem = "no flowerbed table is loaded" if loaded is None else "a different table is loaded"
+    layer(
+        "firewall",
+        loaded == digest,
+        "current" if loaded == digest else "missing" if loaded is None else "stale",
+        f"{problem}: run the deploy",
+    )
+
+
 def state_verdict(flower: Flower, options: FlowerOptions) -> Verdict:
     """Flower saves its state every state_save_interval: a file older than a few intervals means
     the saves fail (a full disk, most often)."""
@@ -323,14 +340,7 @@ def host_layers_checked(settings: Settings, checks: OperatorChecks):
         bool(edge.get("nginx_config")),
         problem="nginx's configuration fails `nginx -t`",
     )
-    loaded, digest = _fact(LoadedRulesetDigest), ruleset(settings.firewall).digest
-    problem = "no flowerbed table is loaded" if loaded is None else "a different table is loaded"
-    layer(
-        "firewall",
-        loaded == digest,
-        "current" if loaded == digest else "missing" if loaded is None else "stale",
-        f"{problem}: run the deploy",
-    )
+    firewall_layer(settings, _fact(LoadedRulesetDigest))
     for name, verdict in (
         ("state", state_verdict(flower, settings.options)),
         ("renewal", renewal_verdict()),

@@ -82,6 +82,8 @@ flower_firewall_rollback_seconds = 90  # undo a new ruleset unless a NEW ssh con
 # 0.0.0.0/0 or ::/0 in flower_admin_sources / flower_monitoring_sources is refused unless its switch says so:
 flower_firewall_allow_ssh_from_anywhere = False  # True: flower_admin_sources may open SSH to the internet
 flower_firewall_allow_metrics_from_anywhere = False  # True: flower_monitoring_sources may make /metrics public
+# A host with a firewall of its own (ufw, firewalld, your nftables rules) may keep it alone:
+flower_firewall_manage = True  # False: flowerbed loads no table (removes its own) and logs what must be open
 # The host's other services: flowerbed's table drops every new inbound connection it does not list,
 # so open each port other machines use, e.g. the broker for the workers' network:
 #   [{"port": 6379, "protocol": "tcp", "sources": ["10.0.0.0/24"], "purpose": "Redis for the workers"}]

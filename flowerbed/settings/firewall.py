@@ -195,6 +195,11 @@ class Firewall:
     firewall_allow_metrics_from_anywhere: bool = setting(
         boolean(), "the only way flower_monitoring_sources may hold 0.0.0.0/0 or ::/0"
     )
+    firewall_manage: bool = setting(
+        boolean(),
+        "False: the host's own firewall (ufw, firewalld, nftables) decides; flowerbed loads no "
+        "table, removes its own, and says what must be open",
+    )
     firewall_openings: tuple[PortOpening, ...] = setting(
         extra_openings(),
         "more ports to open (the host's other services: a broker, the app, an exporter)",
