@@ -16,6 +16,7 @@ from .auth import HTPASSWD, Login, dashboard_logins, htpasswd
 from .hostfiles import Absent, root_files
 from .nginx import Dashboard, nginx_http, nginx_https, site_names
 from .packages import system_packages
+from .proxy_login import proxy_login
 from .secrets import Secret, check_password
 from .settings import Auth, Settings, duplicate_names
 from .tls import CertificateRequest, certbot, certbot_packages, dns_credentials, tls_certificate
@@ -79,6 +80,7 @@ def edge(settings: Settings, inputs: EdgeInputs) -> None:
     certbot(settings.tls, inputs.dns_credentials)
     certificate = tls_certificate(CertificateRequest(site.names, settings.tls))
     if site.basic_auth:
+        proxy_login(settings.flower)  # what the HTTPS site includes (made by Flower's part)
         logins = htpasswd("Dashboard logins (bcrypt)", HTPASSWD, inputs.logins)
     else:
         logins = root_files("No nginx logins (Flower does OAuth)", [Absent(HTPASSWD)])

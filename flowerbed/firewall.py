@@ -35,7 +35,7 @@ import time
 from dataclasses import dataclass
 from io import StringIO
 
-from pyinfra import host, logger
+from pyinfra import host, logger, state
 from pyinfra.api import (
     FactBase,
     FileUploadCommand,
@@ -51,10 +51,12 @@ from pyinfra.operations import systemd
 from . import facts
 from .hostfiles import Absent, PathStates, RootDirectory, RootFile, changed, root_files
 from .listeners import TABLE, ListeningSockets, LoadedOpenPorts, cut_off, refusal
+from .nginx import ALONE, Neighbours, NginxNeighbours
 from .packages import system_packages
 from .render import render
 from .resources import HOST_SCRIPTS
 from .settings import Firewall, PortOpening
+from .settings.firewall import EVERYWHERE
 from .shell import command
 from .units import UnitStates, unit_running
 
@@ -289,16 +291,37 @@ def guarded_ruleset(firewall: Firewall):
 
 # --- the host's other services -------------------------------------------------------------
 
-# the ruleset's own DHCP client rules keep these open for their replies; 80 and 443 are
-# flowerbed's own, opened as flower_acme_sources and flower_allowed_sources say
-KEPT_ANYWAY = {(68, "udp"), (546, "udp"), (HTTP_PORT, "tcp"), (HTTPS_PORT, "tcp")}
+# the ruleset's own DHCP client rules keep these open for their replies
+DHCP_CLIENT_PORTS = {(68, "udp"), (546, "udp")}
+SHARED_PORT_SETTINGS = {
+    HTTP_PORT: "flower_acme_sources",
+    HTTPS_PORT: "flower_allowed_sources and flower_monitoring_sources",
+}
 
 
-def kept_ports(firewall: Firewall) -> set[tuple[int, str]]:
-    """(port, protocol) pairs the ruleset for `firewall` keeps open, or the operator agreed to
-    close."""
+def shared_ports(firewall: Firewall, neighbours: Neighbours) -> dict[int, str]:
+    """flowerbed's own ports (80, 443) that another nginx site listens on too, and that the
+    ruleset does not open to everyone: that site would be cut off from the rest."""
+    return {
+        port: setting
+        for port, setting in SHARED_PORT_SETTINGS.items()
+        if port in neighbours.listen_ports and not open_to_all(firewall, port)
+    }
+
+
+def open_to_all(firewall: Firewall, port: int) -> bool:
+    sources = {s for o in openings(firewall) if (o.port, o.protocol) == (port, "tcp")
+               for s in o.sources}  # fmt: skip
+    return set(EVERYWHERE) <= sources
+
+
+def kept_ports(firewall: Firewall, neighbours: Neighbours = ALONE) -> set[tuple[int, str]]:
+    """(port, protocol) pairs the ruleset for `firewall` keeps open to whoever listens there,
+    or the operator agreed to close."""
+    shared = shared_ports(firewall, neighbours)
     opened = {(o.port, o.protocol) for o in openings(firewall) if o.sources}
-    return opened | KEPT_ANYWAY | set(firewall.firewall_close_listeners)
+    opened -= {(port, "tcp") for port in shared}
+    return opened | DHCP_CLIENT_PORTS | set(firewall.firewall_close_listeners)
 
 
 @operation()
@@ -309,11 +332,16 @@ def listeners_kept(firewall: Firewall):
     if facts.ask(LoadedRulesetDigest) == ruleset(firewall).digest:
         host.noop("the loaded ruleset is the wanted one: it closes nothing new")
         return
-    cut = cut_off(facts.ask(ListeningSockets), kept_ports(firewall), facts.ask(LoadedOpenPorts))
+    neighbours = facts.ask(NginxNeighbours)
+    kept = kept_ports(firewall, neighbours)
+    cut = cut_off(facts.ask(ListeningSockets), kept, facts.ask(LoadedOpenPorts))
     if not cut:
         host.noop("every service listening beyond loopback stays reachable, or is agreed closed")
         return
-    yield FunctionCommand(_refuse, (refusal(cut),), {})
+    message = refusal(cut, shared_ports(firewall, neighbours))
+    if not state.is_executing:  # a preview shows the refusal it would meet
+        host.log_styled(f"would fail: {message}", fg="red", log_func=logger.error)
+    yield FunctionCommand(_refuse, (message,), {})
 
 
 def _refuse(state, host, message: str) -> bool:

@@ -23,7 +23,7 @@ from pyinfra.operations.util import any_changed
 from . import facts
 from .hostfiles import RootDirectory, RootFile, changed, root_files
 from .packages import pip_conf, system_packages
-from .proxy_login import env_files, proxy_login
+from .proxy_login import env_files, no_proxy_login, proxy_login
 from .render import render
 from .secrets import FlowerSecrets, Secret, checked_secret_file
 from .settings import Flower, FlowerOptions, Settings, local_app_dir
@@ -242,8 +242,8 @@ def flower_service(settings: Settings, secrets: FlowerSecrets, installed: Instal
         path=flower.env_file,
         content=env_text(flower, secrets),
     )
-    logins = [proxy_login(flower)] if settings.auth.mode == "basic" else []
-    return restart_on_change(flower, env, installed.venv, *logins)
+    login = proxy_login(flower) if settings.auth.mode == "basic" else no_proxy_login(flower)
+    return restart_on_change(flower, env, installed.venv, login)
 
 
 def restart_on_change(flower: Flower, *inputs: OperationMeta) -> OperationMeta:
@@ -309,8 +309,9 @@ class StaleService(FactBase):
 
 def stale_check(flower: Flower):
     """For `_if`: asks the host once, when the first operation that needs it runs (not at plan
-    time), whether Flower predates its unit, config, environment file or venv link."""
-    paths = (flower.unit_file, flower.config_file, flower.env_file, flower.venv)
+    time), whether Flower predates its unit, config, environment files or venv link."""
+    paths = (flower.unit_file, flower.config_file, flower.env_file, flower.proxy_login_env,
+             flower.venv)  # fmt: skip
     answer: dict = {}
 
     facts.expect(StaleService, unit_name=flower.unit_name, paths=paths)

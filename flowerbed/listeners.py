@@ -36,17 +36,40 @@ class Listener:
             return True
 
 
+@dataclass(frozen=True)
+class Listening:
+    """The host's listening sockets, and its ephemeral port range (where a UDP socket with no
+    fixed port lives: a DHCP or DNS client's, different at every start)."""
+
+    sockets: tuple[Listener, ...] = ()
+    ephemeral: tuple[int, int] = (32768, 60999)  # Linux's default
+
+    def fixed(self, listener: Listener) -> bool:
+        low, high = self.ephemeral
+        return listener.protocol == "tcp" or not low <= listener.port <= high
+
+
 class ListeningSockets(FactBase):
-    """Every TCP and UDP socket listening on the host, with its process (`ss -Htulnp`)."""
+    """Every TCP and UDP socket listening on the host, with its process (`ss -Htulnp`), after
+    the ephemeral port range (ip_local_port_range)."""
 
     def requires_command(self) -> str:
         return "ss"
 
     def command(self) -> StringCommand:
-        return command("ss", "-Htulnp")
+        return StringCommand(
+            command("cat", "/proc/sys/net/ipv4/ip_local_port_range"), "&&", command("ss", "-Htulnp")
+        )
 
-    def process(self, output: list[str]) -> tuple[Listener, ...]:
-        return tuple(found for line in output if (found := parse_listener(line)))
+    @staticmethod
+    def default() -> Listening:
+        return Listening()
+
+    def process(self, output: list[str]) -> Listening:
+        first = output[0].split() if output else []
+        ephemeral = (int(first[0]), int(first[1])) if len(first) == 2 else Listening.ephemeral
+        return Listening(tuple(found for line in output if (found := parse_listener(line))),
+                         ephemeral)  # fmt: skip
 
 
 def parse_listener(line: str) -> Listener | None:
@@ -80,16 +103,16 @@ class LoadedOpenPorts(FactBase):
 
 
 def cut_off(
-    listeners: tuple[Listener, ...],
+    listening: Listening,
     kept: set[tuple[int, str]],
     open_now: frozenset[tuple[int, str]] | None,
 ) -> list[Listener]:
-    """The listeners beyond loopback on a (port, protocol) not `kept` that are open now
+    """The listeners beyond loopback on a fixed (port, protocol) not `kept` that are open now
     (`open_now`: what flowerbed's loaded table accepts; None without one: all of them)."""
     found: dict[tuple[int, str], Listener] = {}
-    for listener in listeners:
+    for listener in listening.sockets:
         key = (listener.port, listener.protocol)
-        if not listener.beyond_loopback or key in kept:
+        if not listener.beyond_loopback or not listening.fixed(listener) or key in kept:
             continue
         if open_now is not None and key not in open_now:
             continue  # flowerbed's loaded table closes it today: nothing changes for it
@@ -97,14 +120,30 @@ def cut_off(
     return sorted(found.values(), key=lambda listener: (listener.port, listener.protocol))
 
 
-def refusal(cut: list[Listener]) -> str:
-    ports = ", ".join(f"{c.port}/{c.protocol} ({c.process} on {c.address or '*'})" for c in cut)
-    first = cut[0]
+def refusal(cut: list[Listener], shared: dict[int, str]) -> str:
+    """The error for `cut`; `shared`: flowerbed's own ports that another nginx site listens on
+    too, with the setting that decides who reaches them."""
+    ports = ", ".join(f"{c.port}/{c.protocol} ({c.process} on {c.address})" for c in cut)
+    fixes = []
+    if others := [c for c in cut if c.protocol != "tcp" or c.port not in shared]:
+        first = others[0]
+        purpose = re.sub(r"[^A-Za-z0-9 ._-]", "", first.process) or "the service"
+        fixes.append(
+            f"open each port to the networks that use it, e.g. flower_firewall_openings = "
+            f"[{{'port': {first.port}, 'protocol': '{first.protocol}', "
+            f"'sources': ['10.0.0.0/24'], 'purpose': '{purpose}'}}]"
+        )
+    for c in cut:
+        if c.protocol == "tcp" and c.port in shared:
+            fixes.append(
+                f"another nginx site listens on {c.port} too, which the ruleset opens only to "
+                f"{shared[c.port]}: list everyone there to keep it open to all"
+            )
+    fixes.append(
+        f"or agree that it closes: flower_firewall_close_listeners = "
+        f"{[f'{c.port}/{c.protocol}' for c in cut]}"
+    )
     return (
         f"firewall: the new ruleset would close {ports} to every other machine; nothing was "
-        f"changed. Fix: open each port to the networks that use it, e.g. "
-        f"flower_firewall_openings = [{{'port': {first.port}, 'protocol': '{first.protocol}', "
-        f"'sources': ['10.0.0.0/24'], 'purpose': '{first.process}'}}], or agree that it closes: "
-        f"flower_firewall_close_listeners = "
-        f"{[f'{c.port}/{c.protocol}' for c in cut]}"
+        f"changed. Fix: {'; '.join(fixes)}"
     )

@@ -8,7 +8,10 @@ the logins, and Flower's unix socket). certbot never edits these files (`certonl
 nginx may serve other sites on the host, and they keep answering as they did. No other site's
 file is ever edited or removed: Debian's default site is disabled only while it is the file
 nginx-common shipped (its conffile checksum). flowerbed's servers claim `default_server` on 80
-and 443 only where no other site listens; where one does, requests for other names stay its.
+and 443 only where no other site listens. Where one listens without `default_server`, nginx's
+implicit default is the first server it loads, and conf.d loads before sites-enabled: requests
+for names nobody serves then reach flowerbed's servers. A site marked `default_server` keeps
+them.
 
 A changed file goes live only through `nginx -t`: the new file replaces the old one, nginx
 checks the whole configuration, and on failure the old file is put back and the host fails
@@ -31,7 +34,7 @@ from pyinfra.operations.util import any_changed
 
 from . import facts
 from .auth import HTPASSWD
-from .hostfiles import Absent, PathStates, RootFile, changed, entry_commands
+from .hostfiles import Absent, PathStates, RootFile, entry_commands
 from .render import render
 from .settings import Settings, dns_name
 from .shell import command
@@ -102,13 +105,15 @@ class Neighbours:
 
 ALONE = Neighbours(stock_default_enabled=False, listen_ports=frozenset())  # a host of its own
 
-# Each site's `listen` lines (file:line), then Debian's default site:
-# the md5 nginx-common shipped, the file's own, and what sites-enabled/default points to.
+# Every `listen` line nginx loads, under its file's `# configuration file` line (`nginx -T`, so
+# includes and nginx.conf count; if the configuration does not load, the sites' files as they
+# are), filtered on the host: nothing else of the configuration leaves it. Then Debian's
+# default site: the md5 nginx-common shipped, the file's own, where sites-enabled/default points.
 NEIGHBOURS_SCRIPT = "; ".join(
     (
-        "for f in /etc/nginx/sites-enabled/* /etc/nginx/conf.d/*.conf",
-        'do [ -f "$f" ] && grep -HE "^[[:space:]]*listen[[:space:]]" "$f"',
-        "done",
+        "{ nginx -T 2>/dev/null || for f in /etc/nginx/sites-enabled/* /etc/nginx/conf.d/*.conf",
+        'do [ -f "$f" ] && echo "# configuration file $f:" && cat "$f"',
+        "done; } | grep -E '^# configuration file |^[[:space:]]*listen[[:space:]]'",
         "printf 'shipped '",
         "dpkg-query -W -f='${Conffiles}\\n' nginx-common 2>/dev/null"
         f" | awk '$1 == \"{STOCK_DEFAULT}\" {{print $2}}'",
@@ -117,6 +122,7 @@ NEIGHBOURS_SCRIPT = "; ".join(
         "echo",
     )
 )
+FILE_HEADER = "# configuration file "
 
 
 class NginxNeighbours(FactBase):
@@ -124,6 +130,10 @@ class NginxNeighbours(FactBase):
 
     def command(self) -> StringCommand:
         return StringCommand("sh", "-c", shlex.quote(NEIGHBOURS_SCRIPT))
+
+    @staticmethod
+    def default() -> Neighbours:
+        return ALONE
 
     def process(self, output: list[str]) -> Neighbours:
         found = dict(
@@ -135,17 +145,18 @@ class NginxNeighbours(FactBase):
         stock = bool(shipped) and shipped == present
         enabled = found.get("enabled", "").strip() == STOCK_DEFAULT
         ours = {HTTP_SITE, HTTPS_SITE} | ({DEFAULT_SITE} if stock and enabled else set())
-        ports = set()
+        ports, current = set(), ""
         for line in output:
-            path, _, text = line.partition(":")
-            if path.startswith("/etc/nginx/") and path not in ours and LISTEN.match(text):
-                ports.add(listen_port(text))
+            if line.startswith(FILE_HEADER):
+                current = line[len(FILE_HEADER) :].rstrip(":")
+            elif current not in ours and LISTEN.match(line):
+                ports.add(listen_port(line))
         return Neighbours(stock and enabled, frozenset(ports))
 
 
 def listen_port(line: str) -> int:
     """The port of a `listen` line: `80`, `[::]:443 ssl`, `10.0.0.1:8080`, `unix:...` (0)."""
-    address = line.split("listen", 1)[1].split()[0].rstrip(";")
+    address = line.split("listen", 1)[1].split(";")[0].split()[0]
     if address.startswith("unix:"):
         return 0
     port = address.rpartition(":")[2] if ":" in address else address
@@ -180,9 +191,12 @@ def https_site_text(site: Dashboard, settings: Settings, neighbours: Neighbours 
 # --- operations -----------------------------------------------------------------------------
 
 
-def checked_or_restored(path: str, backup: str | None) -> StringCommand:
-    """nginx accepts the whole configuration, or `path` goes back to `backup` and this fails."""
+def checked_or_restored(path: str, backup: str | None, relink: bool = False) -> StringCommand:
+    """nginx accepts the whole configuration, or `path` goes back to `backup` (and, `relink`,
+    Debian's default site is enabled again) and this fails."""
     restore = command("mv", "-f", backup, path) if backup else command("rm", "-f", path)
+    if relink:
+        restore = StringCommand(restore, ";", command("ln", "-sfn", STOCK_DEFAULT, DEFAULT_SITE))
     keep = command("rm", "-f", backup) if backup else command("true")
     kept = f"flowerbed: nginx -t failed, {path} is back as it was; nginx serves what it served"
     return StringCommand(
@@ -223,22 +237,20 @@ def nginx_config(path: str, text: SiteText, disable_stock_default: bool = False)
         return
     yield from removals
     if not upload:
-        return
+        return  # (the default site alone: nothing of flowerbed's changed, nothing to check)
     backup = f"{path}.flowerbed-old" if current.get(path) else None
     if backup:
         yield command("cp", "-p", path, backup)
     yield from upload
-    yield checked_or_restored(path, backup)
+    yield checked_or_restored(path, backup, relink=bool(removals))
 
 
-def reload_nginx(name: str, *changes: OperationMeta, paths: tuple[str, ...] = ()) -> OperationMeta:
-    """One `nginx -t` and reload, only if one of `changes` (or this run, one of `paths`)
-    changed something."""
-    operations_changed, files_changed = any_changed(*changes), changed(*paths)
+def reload_nginx(name: str, *changes: OperationMeta) -> OperationMeta:
+    """One `nginx -t` and reload, only if one of `changes` changed something."""
     return server.shell(
         name=name,
         commands=[command("nginx", "-t", "-q"), command("systemctl", "reload", "nginx")],
-        _if=lambda: operations_changed() or files_changed(),
+        _if=any_changed(*changes),
     )
 
 
@@ -267,9 +279,4 @@ def nginx_https(site: Dashboard, settings: Settings, *changes: OperationMeta) ->
         HTTPS_SITE,
         lambda neighbours: https_site_text(site, settings, neighbours),
     )
-    reload_nginx(
-        "Test and reload nginx (site, certificate or logins changed)",
-        https,
-        *changes,
-        paths=(settings.flower.proxy_login_nginx,),
-    )
+    reload_nginx("Test and reload nginx (site, certificate or logins changed)", https, *changes)

@@ -22,7 +22,7 @@ flower_user = "flower"  # static system user Flower runs as
 flower_group = "flower"  # its group: owns the socket directory, members may connect
 flower_socket_clients = ["www-data"]  # users put in flower_group: the reverse proxy (nginx)
 flower_service = "flower"  # unit name; also /run/<service> (socket) and /var/lib/<service>
-flower_config_dir = "/etc/flower"  # root-owned: flowerconfig.py and the 0600 env file
+flower_config_dir = "/etc/flower"  # root-owned: flowerconfig.py, the 0600 env file, the 0600 proxy login
 flower_install_dir = "/opt/flower"  # root-owned: venvs/<lock+app hash> and the `venv` link
 
 # --- Celery app (-A) ------------------------------------------------------------------------
@@ -64,7 +64,7 @@ flower_gitlab_auth_allowed_groups = []  # GitLab: group full paths, e.g. ["acme/
 flower_gitlab_min_access_level = 20  # GitLab: level needed in one of those groups (20 = reporter)
 
 # --- Service --------------------------------------------------------------------------------
-flower_unauthenticated_api = False  # True opens Flower's API to every process that reaches its socket
+flower_unauthenticated_api = False  # stays False: True would open Flower's API to every process at its socket
 flower_restart_sec = 5  # wait before restarting a crashed Flower
 flower_start_limit_burst = 5  # at most this many starts ...
 flower_start_limit_interval_sec = 300  # ... within this many seconds, then systemd gives up

@@ -4,7 +4,9 @@ Before flowerbed, the host serves two sites: the operator's edited Debian defaul
 (port 80's default server) and an app on 443 with its own certificate. After the deploy both
 answer with the same bytes and the same certificate, their files are untouched, flowerbed's
 servers claim no default, Flower answers a login on its own name, and a second run changes
-nothing.
+nothing. The firewall asks first: it would open 443, the app's port too, only to
+flower_allowed_sources, so a deploy that does not agree (flower_firewall_close_listeners) is
+refused.
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ from deploy_helpers import run_deploy
 pytestmark = pytest.mark.lab
 
 APP = "app.flowerbed.test"
+# the app's port 443 is then open to flower_allowed_sources alone (the lab machine among them)
+AGREED = {"flower_firewall_close_listeners": ["443/tcp"]}
 SITE_FILES = ["/etc/nginx/sites-available/default", "/etc/nginx/sites-available/app",
               "/var/www/site-a/index.html", "/etc/ssl/app.crt"]  # fmt: skip
 DEFAULT_SITE = """server {
@@ -109,7 +113,12 @@ def test_other_sites_answer_the_same_bytes_and_flower_works(lab: Lab, busy_host:
     before, files = answers(busy_host), file_digests(lab, name)
     assert before["site A by address"] == busy_host["site_a"].encode()
     assert before["the app and its certificate"][0] == busy_host["app"].encode()
-    deployed = run_deploy(name)
+    refused = run_deploy(name)
+    assert not refused.ok and "another nginx site listens on 443 too" in refused.log, (
+        "the firewall would open 443 only to flower_allowed_sources: the app is asked about"
+    )
+    assert answers(busy_host) == before
+    deployed = run_deploy(name, AGREED)
     assert deployed.ok, deployed.explain()
     after = answers(busy_host)
     bodies = [after["site A by address"], after["site A by another name"],
@@ -133,7 +142,7 @@ def test_other_sites_answer_the_same_bytes_and_flower_works(lab: Lab, busy_host:
         capture_output=True, text=True, timeout=30, check=True,
     ).stdout  # fmt: skip
     assert status == "200", "Flower answers a login on its own name"
-    again = run_deploy(name)
+    again = run_deploy(name, AGREED)
     assert again.ok and again.totals["success"] == 0, again.explain()
 
 

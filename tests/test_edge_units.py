@@ -311,12 +311,18 @@ def test_port_80_serves_challenges_and_redirects_to_the_first_name():
 # --- beside other sites -----------------------------------------------------------------------
 
 NEIGHBOUR_OUTPUT = [
-    "/etc/nginx/sites-enabled/default:\tlisten 80 default_server;",
-    "/etc/nginx/sites-enabled/default:\tlisten [::]:80 default_server;",
-    "/etc/nginx/sites-enabled/app:    listen 10.0.0.5:443 ssl;",
-    "/etc/nginx/sites-enabled/app:    # listen 8443 ssl;",
-    "/etc/nginx/conf.d/flowerbed-http.conf:    listen 80 default_server;",
-    "/etc/nginx/conf.d/flowerbed.conf:    listen 127.0.0.80:80;",
+    "# configuration file /etc/nginx/nginx.conf:",
+    "# configuration file /etc/nginx/conf.d/flowerbed-http.conf:",
+    "    listen 80 default_server;",
+    "# configuration file /etc/nginx/conf.d/flowerbed.conf:",
+    "    listen 127.0.0.80:80;",
+    "# configuration file /etc/nginx/sites-enabled/app:",
+    "    listen 10.0.0.5:443 ssl http2;# the app",
+    "# configuration file /etc/nginx/snippets/app-listen.conf:",
+    "  listen [::]:8443 ssl ipv6only=on;",
+    "# configuration file /etc/nginx/sites-enabled/default:",
+    "\tlisten 80 default_server;",
+    "\tlisten [::]:80 default_server;",
     "shipped 3e3f1f1ab8fa8e9fd2d2f8f9c8f0b0ad",
     "",
     "present 3e3f1f1ab8fa8e9fd2d2f8f9c8f0b0ad",
@@ -328,7 +334,7 @@ NEIGHBOUR_OUTPUT = [
 def test_debians_unedited_default_site_is_flowerbeds_to_disable_and_claims_nothing():
     neighbours = NginxNeighbours().process(NEIGHBOUR_OUTPUT)
     assert neighbours.stock_default_enabled
-    assert neighbours.listen_ports == {443}, "only the app's; flowerbed's own never count"
+    assert neighbours.listen_ports == {443, 8443}, "the app's (an include too), never flowerbed's"
     assert neighbours.claims_default(80) and not neighbours.claims_default(443)
 
 
@@ -336,7 +342,7 @@ def test_an_edited_default_site_is_the_operators_and_keeps_port_80():
     edited = [line.replace("present 3e3f", "present 0000") for line in NEIGHBOUR_OUTPUT]
     neighbours = NginxNeighbours().process(edited)
     assert not neighbours.stock_default_enabled
-    assert neighbours.listen_ports == {80, 443}
+    assert neighbours.listen_ports == {80, 443, 8443}
 
 
 def test_a_default_site_that_is_a_copy_not_the_link_is_the_operators():
@@ -360,7 +366,7 @@ def test_no_default_server_where_another_site_listens():
 @pytest.mark.parametrize(
     ("line", "port"),
     [("listen 80;", 80), ("  listen [::]:443 ssl;", 443), ("listen 10.0.0.1:8080 default;", 8080),
-     ("listen unix:/run/app.sock;", 0), ("listen localhost;", 80)],
+     ("listen unix:/run/app.sock;", 0), ("listen localhost;", 80), ("listen 443;# x", 443)],
 )  # fmt: skip
 def test_the_port_of_a_listen_line(line, port):
     assert listen_port(line) == port

@@ -7,8 +7,16 @@ import pytest
 from settings_helpers import error_for, settings_with
 from test_firewall_units import needs_nft, nft_available, nft_check  # noqa: F401 (fixture)
 
-from flowerbed.firewall import kept_ports, ruleset
-from flowerbed.listeners import Listener, LoadedOpenPorts, cut_off, parse_listener, refusal
+from flowerbed.firewall import kept_ports, ruleset, shared_ports
+from flowerbed.listeners import (
+    Listener,
+    Listening,
+    ListeningSockets,
+    LoadedOpenPorts,
+    cut_off,
+    refusal,
+)
+from flowerbed.nginx import Neighbours
 
 REDIS = {"port": 6379, "sources": ["10.0.0.0/24", "2001:db8::/64"], "purpose": "Redis (workers)"}
 SS = """\
@@ -23,8 +31,8 @@ udp   UNCONN 0 0      [fe80::1]%eth0:5353    [::]:* users:(("avahi-daemon",pid=3
 """.splitlines()
 
 
-def listeners() -> tuple[Listener, ...]:
-    return tuple(found for line in SS if (found := parse_listener(line)))
+def listeners() -> Listening:
+    return ListeningSockets().process(["32768\t60999", *SS])
 
 
 def firewall_with(**overrides):
@@ -43,7 +51,7 @@ def test_an_opening_is_read_with_tcp_by_default_and_its_sources_normalised():
 @pytest.mark.parametrize(
     ("opening", "problem"),
     [
-        ({**REDIS, "port": 70000}, "flower_firewall_openings[0]['port']: 70000 is not a TCP port"),
+        ({**REDIS, "port": 70000}, "flower_firewall_openings[0]['port']: 70000 is not a port"),
         ({**REDIS, "protocol": "sctp"}, "flower_firewall_openings[0]['protocol']: 'sctp'"),
         ({**REDIS, "sources": []}, "flower_firewall_openings[0]['sources']: an opening with no"),
         ({**REDIS, "sources": ["10.0.0.1/24"]}, "has host bits set"),
@@ -114,7 +122,8 @@ def test_a_ruleset_with_openings_passes_nft_check(tmp_path):
 
 
 def test_ss_lines_are_read_with_their_address_port_and_process():
-    assert listeners() == (
+    assert listeners().ephemeral == (32768, 60999)
+    assert listeners().sockets == (
         Listener("tcp", "0.0.0.0", 22, "sshd"),
         Listener("tcp", "127.0.0.1", 6380, "redis-server"),
         Listener("tcp", "0.0.0.0", 6379, "redis-server"),
@@ -156,10 +165,40 @@ def test_a_port_the_loaded_table_already_closes_is_not_refused_again():
 
 
 def test_the_refusal_names_each_port_its_process_and_both_settings():
-    message = refusal(cut_off(listeners(), kept_ports(firewall_with()), None))
+    message = refusal(cut_off(listeners(), kept_ports(firewall_with()), None), {})
     for part in ("6379/tcp (redis-server on 0.0.0.0)", "8080/tcp (python3 on ::)",
                  "9100/tcp (node_exporter on *)", "5353/udp (avahi-daemon on fe80::1)",
                  "flower_firewall_openings = [{'port': 5353, 'protocol': 'udp'",
                  "flower_firewall_close_listeners = ['5353/udp', '6379/tcp', '8080/tcp', "
                  "'9100/tcp']", "nothing was changed"):  # fmt: skip
         assert part in message, part
+
+
+def test_a_udp_socket_on_an_ephemeral_port_is_a_clients_never_refused():
+    client = ListeningSockets().process(
+        ["32768\t60999", "udp UNCONN 0 0 0.0.0.0:41234 0.0.0.0:* users:((\"dhclient\",pid=1,fd=7))",
+         "tcp LISTEN 0 5 0.0.0.0:41235 0.0.0.0:* users:((\"app\",pid=2,fd=3))"]
+    )  # fmt: skip
+    cut = cut_off(client, kept_ports(firewall_with()), None)
+    assert [(c.port, c.protocol) for c in cut] == [(41235, "tcp")], "a TCP listener always counts"
+
+
+def test_another_nginx_site_on_443_is_refused_unless_open_to_all_or_agreed():
+    nginx = ListeningSockets().process(
+        ["32768 60999", 'tcp LISTEN 0 511 0.0.0.0:443 0.0.0.0:* users:(("nginx",pid=3,fd=9))']
+    )
+    alone = Neighbours(stock_default_enabled=False, listen_ports=frozenset())
+    app = Neighbours(stock_default_enabled=False, listen_ports=frozenset({443}))
+    firewall = firewall_with()
+    assert cut_off(nginx, kept_ports(firewall, alone), None) == [], "flowerbed's own site"
+    cut = cut_off(nginx, kept_ports(firewall, app), None)
+    assert [(c.port, c.protocol) for c in cut] == [(443, "tcp")]
+    message = refusal(cut, shared_ports(firewall, app))
+    assert (
+        "another nginx site listens on 443 too" in message and "flower_allowed_sources" in message
+    )
+    assert "flower_firewall_openings" not in message, "443 cannot be an extra opening"
+    agreed = firewall_with(flower_firewall_close_listeners=["443/tcp"])
+    assert cut_off(nginx, kept_ports(agreed, app), None) == []
+    public = firewall_with(flower_allowed_sources=["0.0.0.0/0", "::/0"])
+    assert cut_off(nginx, kept_ports(public, app), None) == []

@@ -13,7 +13,7 @@ from settings_helpers import OAUTH, settings_with
 from flowerbed.edge import dashboard_site
 from flowerbed.flower import unit_text
 from flowerbed.nginx import https_site_text
-from flowerbed.proxy_login import MAKE, USER, env_files
+from flowerbed.proxy_login import CHECK, MAKE, USER, env_files
 
 
 def make(tmp_path, runs: int = 1) -> tuple[str, str]:
@@ -23,7 +23,7 @@ def make(tmp_path, runs: int = 1) -> tuple[str, str]:
                        check=True, capture_output=True)  # fmt: skip
     for path in (env, include):
         assert stat.S_IMODE(os.stat(path).st_mode) == 0o600, path
-    assert not list(tmp_path.glob("*.new")), "no temporary file is left"
+    assert not list(tmp_path.glob(".proxy-login-*")), "no temporary file is left"
     return env.read_text(), include.read_text()
 
 
@@ -56,3 +56,22 @@ def test_nginx_sends_the_login_from_its_root_only_include_never_the_users():
     site = https_site_text(dashboard_site(settings, "h1"), settings)
     assert f"include {settings.flower.proxy_login_nginx};" in site
     assert 'proxy_set_header Authorization "";' in site, "the failure counter gets no login"
+
+
+def check(tmp_path) -> str:
+    paths = [str(tmp_path / "login.env"), str(tmp_path / "login.nginx.conf")]
+    run = subprocess.run([sys.executable, "-IS", "-c", CHECK, *paths],
+                         capture_output=True, text=True, check=True)  # fmt: skip
+    return run.stdout.strip()
+
+
+def test_the_check_says_ok_missing_or_bad_and_never_the_login(tmp_path):
+    assert check(tmp_path) == "missing"
+    env, include = make(tmp_path)
+    assert check(tmp_path) == ("ok" if os.geteuid() == 0 else "bad")
+    (tmp_path / "login.nginx.conf").write_text(include.replace("Basic ", "Basic x"))
+    assert check(tmp_path) == "bad", "two different logins"
+    make(tmp_path)
+    os.chmod(tmp_path / "login.env", 0o644)
+    assert check(tmp_path) == "bad", "readable by others"
+    assert env.split(":")[-1].strip() not in check(tmp_path)

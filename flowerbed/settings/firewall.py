@@ -76,9 +76,9 @@ def _network(key: str, value: Any) -> str:
 
 def port() -> Check:
     def check(key: str, value: Any) -> int:
-        expect(key, value, int, "a TCP port (1-65535)")
+        expect(key, value, int, "a port (1-65535)")
         if not 1 <= value <= 65535:
-            raise SettingsError(key, f"{value} is not a TCP port", "use a port from 1 to 65535")
+            raise SettingsError(key, f"{value} is not a port", "use a port from 1 to 65535")
         return value
 
     return check
@@ -141,10 +141,7 @@ def port_protocols() -> Check:
         expect(key, value, (list, tuple), hint)
         found = []
         for i, item in enumerate(value):
-            one = text(r"[0-9]{1,5}/(tcp|udp)", "'PORT/PROTOCOL' like '8080/tcp'")(
-                f"{key}[{i}]", item
-            )
-            number, protocol = one.split("/")
+            number, protocol = port_protocol(f"{key}[{i}]", item).split("/")
             found.append((port()(f"{key}[{i}]", int(number)), protocol))
         return tuple(found)
 

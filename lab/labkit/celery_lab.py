@@ -76,7 +76,8 @@ def worker_pool(broker_url: str, timeout: float = 2) -> int:
         )
     except subprocess.TimeoutExpired:
         return 0
-    return int(answer.stdout) if answer.returncode == 0 and answer.stdout.strip() else 0
+    said = answer.stdout.strip()
+    return int(said) if answer.returncode == 0 and said.isdigit() else 0
 
 
 def worker_ready(broker_url: str) -> bool:
