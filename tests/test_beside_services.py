@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -65,7 +66,7 @@ def broker_host(lab: Lab, module_hosts, tmp_path_factory) -> dict:
         try:
             worker.wait(timeout=60)
         except subprocess.TimeoutExpired:  # cut off from its broker, it cannot say goodbye
-            worker.kill()
+            os.killpg(worker.pid, signal.SIGKILL)  # its pool process too
             worker.wait(timeout=10)
 
 
@@ -79,6 +80,7 @@ def start_worker(lab: Lab, broker_url: str, log: Path) -> subprocess.Popen:
             stdout=out,
             stderr=out,
             env={**os.environ, **demo_env(broker_url)},
+            start_new_session=True,
         )
 
 

@@ -54,12 +54,17 @@ class Verified:
         return next(line for line in self.result.stdout.splitlines() if line.startswith(name + " "))
 
 
+# The lab's Flowers remember the shared worker's failures (every test's, and an earlier suite's
+# within the hour): only the test of that limit sets one of its own.
+UNCOUNTED = {"flower_verify_max_failed_tasks": 10**6}
+
+
 def verify(names: list[str], tmp_path: Path, data: dict | None = None) -> Verified:
     summary = tmp_path / "verify.json"
     summary.unlink(missing_ok=True)
     result = run_deploy(
         names,
-        {"flower_verify_summary_file": str(summary), **(data or {})},
+        {"flower_verify_summary_file": str(summary), **UNCOUNTED, **(data or {})},
         flags=("-y",),
         deploy_file="verify.py",
     )
