@@ -421,7 +421,11 @@ def must_be_open(firewall: Firewall):
         for o in openings(firewall)
         if o.sources
     )
-    host.noop(f"flower_firewall_manage = False: the host's own firewall must let in {needed}")
+    host.log_styled(
+        f"flower_firewall_manage = False: the host's own firewall must let in {needed}",
+        fg="yellow",
+        log_func=logger.warning,
+    )
     return
     yield
 
