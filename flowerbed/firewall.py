@@ -37,7 +37,6 @@ from io import StringIO
 
 from pyinfra import host, logger, state
 from pyinfra.api import (
-    FactBase,
     FileUploadCommand,
     FunctionCommand,
     StringCommand,
@@ -50,8 +49,8 @@ from pyinfra.operations import systemd
 
 from . import facts
 from .hostfiles import Absent, PathStates, RootDirectory, RootFile, changed, root_files
-from .listeners import TABLE, ListeningSockets, LoadedOpenPorts, cut_off, refusal
-from .nginx import ALONE, Neighbours, NginxNeighbours
+from .listeners import TABLE, ListeningSockets, LoadedOpenPorts, LoadedTable, cut_off, refusal
+from .nginx import Neighbours, NginxNeighbours
 from .packages import system_packages
 from .render import render
 from .resources import HOST_SCRIPTS
@@ -169,16 +168,8 @@ def ruleset(firewall: Firewall) -> Ruleset:
 # --- what is loaded -------------------------------------------------------------------------
 
 
-class LoadedRulesetDigest(FactBase):
+class LoadedRulesetDigest(LoadedTable):
     """The digest in the live flowerbed table's comment; None when no such table is loaded."""
-
-    def requires_command(self) -> str:
-        return "nft"
-
-    def command(self) -> StringCommand:
-        return StringCommand(
-            command("nft", "-t", "list", "table", *TABLE), "2>/dev/null", "||", "true"
-        )
 
     def process(self, output: list[str]) -> str | None:
         pattern = re.compile(rf'\s*comment "{re.escape(DIGEST_PREFIX)}([0-9a-f]+)"')
@@ -315,10 +306,10 @@ def open_to_all(firewall: Firewall, port: int) -> bool:
     return set(EVERYWHERE) <= sources
 
 
-def kept_ports(firewall: Firewall, neighbours: Neighbours = ALONE) -> set[tuple[int, str]]:
+def kept_ports(firewall: Firewall, shared: dict[int, str] | None = None) -> set[tuple[int, str]]:
     """(port, protocol) pairs the ruleset for `firewall` keeps open to whoever listens there,
-    or the operator agreed to close."""
-    shared = shared_ports(firewall, neighbours)
+    or the operator agreed to close; `shared`: its ports another nginx site listens on too."""
+    shared = shared or {}
     opened = {(o.port, o.protocol) for o in openings(firewall) if o.sources}
     opened -= {(port, "tcp") for port in shared}
     return opened | DHCP_CLIENT_PORTS | set(firewall.firewall_close_listeners)
@@ -332,13 +323,14 @@ def listeners_kept(firewall: Firewall):
     if facts.ask(LoadedRulesetDigest) == ruleset(firewall).digest:
         host.noop("the loaded ruleset is the wanted one: it closes nothing new")
         return
-    neighbours = facts.ask(NginxNeighbours)
-    kept = kept_ports(firewall, neighbours)
-    cut = cut_off(facts.ask(ListeningSockets), kept, facts.ask(LoadedOpenPorts))
+    shared = shared_ports(firewall, facts.ask(NginxNeighbours))
+    cut = cut_off(
+        facts.ask(ListeningSockets), kept_ports(firewall, shared), facts.ask(LoadedOpenPorts)
+    )
     if not cut:
         host.noop("every service listening beyond loopback stays reachable, or is agreed closed")
         return
-    message = refusal(cut, shared_ports(firewall, neighbours))
+    message = refusal(cut, shared)
     if not state.is_executing:  # a preview shows the refusal it would meet
         host.log_styled(f"would fail: {message}", fg="red", log_func=logger.error)
     yield FunctionCommand(_refuse, (message,), {})
@@ -403,11 +395,12 @@ def firewall_left_to_the_host(firewall: Firewall) -> None:
 def flowerbed_table_removed():
     """flowerbed's table is not loaded and its boot unit is neither enabled nor running."""
     unit = facts.ask(UnitStates, units=(UNIT,)).get(UNIT, {})
+    boot_unit_on = unit.get("enabled") or unit.get("running")
     loaded = facts.ask(LoadedRulesetDigest)
-    if not (unit.get("enabled") or unit.get("running") or loaded):
+    if not (boot_unit_on or loaded):
         host.noop("no flowerbed table is loaded and none loads at boot")
         return
-    if unit.get("enabled") or unit.get("running"):
+    if boot_unit_on:
         yield command("systemctl", "disable", "--now", UNIT)
     if loaded:
         yield command("nft", "delete", "table", *TABLE)

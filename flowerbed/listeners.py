@@ -85,14 +85,20 @@ def parse_listener(line: str) -> Listener | None:
     return Listener(parts[0], address, int(port), named.group(1) if named else "unknown")
 
 
-class LoadedOpenPorts(FactBase):
-    """The (port, protocol) pairs flowerbed's loaded table accepts; None when none is loaded."""
+class LoadedTable(FactBase):
+    """flowerbed's loaded table, terse (no set elements); no output when none is loaded."""
 
     def requires_command(self) -> str:
         return "nft"
 
     def command(self) -> StringCommand:
-        return StringCommand(command("nft", "list", "table", *TABLE), "2>/dev/null", "||", "true")
+        return StringCommand(
+            command("nft", "-t", "list", "table", *TABLE), "2>/dev/null", "||", "true"
+        )
+
+
+class LoadedOpenPorts(LoadedTable):
+    """The (port, protocol) pairs flowerbed's loaded table accepts; None when none is loaded."""
 
     def process(self, output: list[str]) -> frozenset[tuple[int, str]] | None:
         if not output:

@@ -245,13 +245,14 @@ def nginx_config(path: str, text: SiteText, disable_stock_default: bool = False)
     yield checked_or_restored(path, backup, relink=bool(removals))
 
 
+CHECK_AND_RELOAD = StringCommand(
+    command("nginx", "-t", "-q"), "&&", command("systemctl", "reload", "nginx")
+)
+
+
 def reload_nginx(name: str, *changes: OperationMeta) -> OperationMeta:
     """One `nginx -t` and reload, only if one of `changes` changed something."""
-    return server.shell(
-        name=name,
-        commands=[command("nginx", "-t", "-q"), command("systemctl", "reload", "nginx")],
-        _if=any_changed(*changes),
-    )
+    return server.shell(name=name, commands=[CHECK_AND_RELOAD], _if=any_changed(*changes))
 
 
 # --- deploys --------------------------------------------------------------------------------

@@ -21,6 +21,7 @@ from pyinfra.api.operation import OperationMeta
 
 from . import facts
 from .hostfiles import Absent, mark_changed, root_files
+from .nginx import CHECK_AND_RELOAD
 from .settings import Flower
 from .shell import command
 
@@ -58,8 +59,8 @@ print("ok" if sent == f'proxy_set_header Authorization "Basic {token}";\\n' else
 """
 # nginx, if it runs, sends the new login from now on (Flower restarts after this operation)
 RELOAD_NGINX = StringCommand(
-    "if", command("systemctl", "is-active", "--quiet", "nginx"), ";",
-    "then", command("nginx", "-t", "-q"), "&&", command("systemctl", "reload", "nginx"), ";", "fi",
+    "if", command("systemctl", "is-active", "--quiet", "nginx"), ";", "then", CHECK_AND_RELOAD, ";",
+    "fi",
 )  # fmt: skip
 
 

@@ -190,8 +190,10 @@ def test_another_nginx_site_on_443_is_refused_unless_open_to_all_or_agreed():
     alone = Neighbours(stock_default_enabled=False, listen_ports=frozenset())
     app = Neighbours(stock_default_enabled=False, listen_ports=frozenset({443}))
     firewall = firewall_with()
-    assert cut_off(nginx, kept_ports(firewall, alone), None) == [], "flowerbed's own site"
-    cut = cut_off(nginx, kept_ports(firewall, app), None)
+    assert cut_off(nginx, kept_ports(firewall, shared_ports(firewall, alone)), None) == [], (
+        "flowerbed's own site"
+    )
+    cut = cut_off(nginx, kept_ports(firewall, shared_ports(firewall, app)), None)
     assert [(c.port, c.protocol) for c in cut] == [(443, "tcp")]
     message = refusal(cut, shared_ports(firewall, app))
     assert (
@@ -199,6 +201,6 @@ def test_another_nginx_site_on_443_is_refused_unless_open_to_all_or_agreed():
     )
     assert "flower_firewall_openings" not in message, "443 cannot be an extra opening"
     agreed = firewall_with(flower_firewall_close_listeners=["443/tcp"])
-    assert cut_off(nginx, kept_ports(agreed, app), None) == []
+    assert cut_off(nginx, kept_ports(agreed, shared_ports(agreed, app)), None) == []
     public = firewall_with(flower_allowed_sources=["0.0.0.0/0", "::/0"])
-    assert cut_off(nginx, kept_ports(public, app), None) == []
+    assert cut_off(nginx, kept_ports(public, shared_ports(public, app)), None) == []
