@@ -27,6 +27,7 @@ from pyinfra import host, inventory
 from pyinfra.api import deploy
 
 from .edge import edge
+from .existing_site import existing_site_checked
 from .firewall import inbound_firewall, other_services_kept
 from .flower import flower_service, install_flower, remove_old_venvs
 from .packages import package_sources
@@ -58,6 +59,7 @@ def deploy_flowerbed() -> None:
     checked_host = this_host()
     settings = checked_host.settings
     other_services_kept(settings.firewall)
+    existing_site_checked(settings.site, checked_host.edge.site.fqdn)
     package_sources(settings.egress)
     inbound_firewall(settings.firewall)
     installed = install_flower(settings)
@@ -161,6 +163,7 @@ def deploy_edge() -> None:
     """What a browser meets: nginx on 80 (ACME, redirect) and 443, the certificate, the logins.
 
     + flower_fqdn, flower_server_aliases: the site's names, all on its certificate
+    + flower_existing_site, flower_existing_site_include: Flower inside your own site instead
     + flower_nginx_hsts_max_age, flower_nginx_hsts_include_subdomains,
       flower_nginx_proxy_read_timeout, flower_nginx_server_snippets: the HTTPS site
     + flower_nginx_login_failures_per_minute, flower_nginx_login_failures_burst,
@@ -180,6 +183,7 @@ def deploy_edge() -> None:
         deploy_edge()
     """
     checked_host = this_host()
+    existing_site_checked(checked_host.settings.site, checked_host.edge.site.fqdn)
     edge(checked_host.settings, checked_host.edge)
 
 

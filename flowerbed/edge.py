@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pyinfra.api import deploy
 
 from .auth import HTPASSWD, Login, dashboard_logins, htpasswd
+from .existing_site import nginx_in_no_site, nginx_in_site
 from .hostfiles import Absent, root_files
 from .nginx import Dashboard, nginx_http, nginx_https, site_names
 from .packages import system_packages
@@ -74,14 +75,21 @@ def dashboard_site(settings: Settings, host_name: str) -> Dashboard:
 
 @deploy("Edge: nginx, TLS, logins")
 def edge(settings: Settings, inputs: EdgeInputs) -> None:
-    site = inputs.site
-    system_packages(["nginx", *certbot_packages(settings.tls)])
-    nginx_http(site)
-    certbot(settings.tls, inputs.dns_credentials)
-    certificate = tls_certificate(CertificateRequest(site.names, settings.tls))
+    """nginx in front of Flower: a site of flowerbed's own with a certificate from ACME, or the
+    dashboard's locations inside the operator's site (flower_existing_site)."""
+    site, in_site = inputs.site, bool(settings.site.existing_site)
+    system_packages(["nginx", *([] if in_site else certbot_packages(settings.tls))])
+    if not in_site:
+        nginx_in_no_site()
+        nginx_http(site)
+        certbot(settings.tls, inputs.dns_credentials)
+        certificate = tls_certificate(CertificateRequest(site.names, settings.tls))
     if site.basic_auth:
         proxy_login(settings.flower)  # what the HTTPS site includes (made by Flower's part)
         logins = htpasswd("Dashboard logins (bcrypt)", HTPASSWD, inputs.logins)
     else:
         logins = root_files("No nginx logins (Flower does OAuth)", [Absent(HTPASSWD)])
-    nginx_https(site, settings, certificate, logins)
+    if in_site:
+        nginx_in_site(site, settings, logins)  # the site's own certificate
+    else:
+        nginx_https(site, settings, certificate, logins)

@@ -172,19 +172,28 @@ def http_site_text(site: Dashboard, neighbours: Neighbours = ALONE) -> str:
     )
 
 
+def dashboard_context(site: Dashboard, settings: Settings, in_site: bool = False) -> dict:
+    """What the dashboard's templates (nginx-dashboard-*.conf.j2) need, in either placement."""
+    return {
+        "site": site,
+        "in_site": in_site,
+        "nginx": settings.nginx,
+        "htpasswd": HTPASSWD,
+        "proxy_login": settings.flower.proxy_login_nginx,
+        "allowed_sources": settings.firewall.allowed_sources,
+        "monitoring_sources": settings.firewall.monitoring_sources,
+        "local_sources": LOOPBACK,
+        "origins": origin_patterns(site.names),
+        "failures_listen": LOGIN_FAILURES_LISTEN,
+    }
+
+
 def https_site_text(site: Dashboard, settings: Settings, neighbours: Neighbours = ALONE) -> str:
     return render(
         "nginx-https.conf.j2",
-        site=site,
+        **dashboard_context(site, settings),
         default_server=neighbours.claims_default(443),
-        nginx=settings.nginx,
         certificate=CertificatePaths(),
-        htpasswd=HTPASSWD,
-        proxy_login=settings.flower.proxy_login_nginx,
-        monitoring_sources=settings.firewall.monitoring_sources,
-        local_sources=LOOPBACK,
-        origins=origin_patterns(site.names),
-        failures_listen=LOGIN_FAILURES_LISTEN,
     )
 
 

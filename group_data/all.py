@@ -96,6 +96,12 @@ flower_firewall_close_listeners = []  # such ports you agree to close, e.g. ["80
 # The site: https://<fqdn>/ (or /<flower_url_prefix>/), certificate for flower_fqdn + flower_server_aliases.
 flower_fqdn = ""  # the dashboard's DNS name, per host in the inventory ('' = the host's inventory name)
 flower_server_aliases = []  # more names for the same site, all on its certificate
+# Inside your own site instead: Flower at https://<flower_fqdn>/<flower_url_prefix>/ in your HTTPS
+# server block, with its certificate (no certbot, no port 80 site, no HSTS of flowerbed's). The
+# server includes /etc/nginx/snippets/flowerbed-flower.conf (logins, CSRF guard, throttles,
+# /metrics policy); zones and maps go in conf.d. Sources outside flower_allowed_sources get 403.
+flower_existing_site = ""  # your file holding that server, e.g. "/etc/nginx/sites-available/app"
+flower_existing_site_include = False  # True: flowerbed adds the include line (marked); False: prints it
 flower_monitoring_sources = []  # CIDRs that reach HTTPS and read /metrics, /healthcheck without a login
 flower_nginx_hsts_max_age = 63072000  # Strict-Transport-Security max-age, seconds (0 = no HSTS header)
 flower_nginx_hsts_include_subdomains = False  # HSTS for every subdomain of the names too

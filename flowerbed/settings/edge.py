@@ -102,12 +102,41 @@ def acme_directory() -> Check:
     return check
 
 
+# An nginx file of the operator's: plain path segments under /etc/nginx, none of flowerbed's own.
+NGINX_FILE = r"/etc/nginx(/[A-Za-z0-9_][A-Za-z0-9._-]*)+"
+FLOWERBEDS_OWN = re.compile(r"/etc/nginx/(conf\.d|snippets)/flowerbed[^/]*")
+
+
+def existing_site_file() -> Check:
+    hint = "the nginx file holding your site's HTTPS server, like '/etc/nginx/sites-available/app'"
+
+    def check(key: str, value: Any) -> str:
+        expect(key, value, str, hint)
+        if value and (not re.fullmatch(NGINX_FILE, value) or FLOWERBEDS_OWN.fullmatch(value)):
+            raise SettingsError(
+                key,
+                f"{shown(value)} is not an nginx file of yours under /etc/nginx",
+                f"set {key} to {hint}, or '' for a site of flowerbed's own",
+            )
+        return value
+
+    return check
+
+
 @dataclass(frozen=True)
 class Site:
-    """The dashboard's names."""
+    """The dashboard's names, and whose nginx server serves it."""
 
     fqdn: str = setting(dns_name(optional=True), "the name browsers use ('' = the host's name)")
     server_aliases: tuple[str, ...] = setting(string_list(dns_name()), "more names, same site")
+    existing_site: str = setting(
+        existing_site_file(),
+        "your nginx file whose HTTPS server for flower_fqdn serves Flower under "
+        "/<flower_url_prefix>/, with its own certificate ('' = a site of flowerbed's own)",
+    )
+    existing_site_include: bool = setting(
+        boolean(), "flowerbed adds the include line to that server, marked (False: it prints it)"
+    )
 
     prefix = "flower_"
 
@@ -177,6 +206,7 @@ def check_edge(s: Settings) -> Iterator[SettingsError]:
     """Rules between the edge's settings and Flower's."""
     tls, auth, flower, options = s.tls, s.auth, s.flower, s.options
     yield from duplicate_names(s.site.fqdn, s.site.server_aliases)
+    yield from inside_existing_site(s)
     wildcards = [n for n in (s.site.fqdn, *s.site.server_aliases) if n.startswith("*.")]
     if tls.challenge == "http-01" and (wildcards or tls.dns_plugin or tls.dns_hook):
         yield SettingsError(
@@ -222,6 +252,25 @@ def check_edge(s: Settings) -> Iterator[SettingsError]:
             "flower_auth_mode",
             "with OAuth, Flower does the login: it needs flower_auth, and its API must require it",
             "set flower_auth (and its provider settings) and flower_unauthenticated_api = False",
+        )
+
+
+def inside_existing_site(s: Settings) -> Iterator[SettingsError]:
+    """Inside the operator's server Flower needs a path of its own, and the server's own
+    directives stay the operator's."""
+    if not s.site.existing_site:
+        return
+    if not s.options.url_prefix:
+        yield SettingsError(
+            "flower_url_prefix",
+            "inside your own site (flower_existing_site) Flower needs a path of its own",
+            "set flower_url_prefix, e.g. 'flower' for https://<your site>/flower/",
+        )
+    if s.nginx.server_snippets:
+        yield SettingsError(
+            "flower_nginx_server_snippets",
+            "the server block is yours inside your own site (flower_existing_site)",
+            "put these directives in your site's server block and set this to []",
         )
 
 
