@@ -154,10 +154,23 @@ class ExistingSite(FactBase):
         }
 
 
-def site_file(path: str) -> SiteFile:
-    found = facts.ask(ExistingSite, path=path) if path else {}
+def site_file(path: str, found: dict | None = None) -> SiteFile:
+    """The operator's file from the ExistingSite fact (`found`, or asked now)."""
+    found = facts.ask(ExistingSite, path=path) if found is None else found
     return SiteFile(path, found.get("real_path") or path, found.get("text"),
                     found.get("marked", ()))  # fmt: skip
+
+
+def include_verdict(found: SiteFile, name: str) -> tuple[bool, str]:
+    """Whether the operator's HTTPS server for `name` includes the dashboard (verify.py)."""
+    server = found.server(name)
+    if server is not None and SNIPPET in server.includes:
+        return True, ""
+    return False, site_problem(found, name, add_include=False) or (
+        f"the HTTPS server for {name} in {found.path} (line {server.opening_line}) does not "
+        f"include Flower's locations: add `{INCLUDE}` there, or set "
+        "flower_existing_site_include = True and run the deploy"
+    )
 
 
 def site_problem(found: SiteFile, name: str, add_include: bool) -> str | None:

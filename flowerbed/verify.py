@@ -25,6 +25,7 @@ from pyinfra import host, logger, state
 from pyinfra.api import FactBase, FunctionCommand, StringCommand, deploy, operation
 
 from . import facts
+from .existing_site import ExistingSite, include_verdict, site_file
 from .firewall import LoadedRulesetDigest, ruleset
 from .hostfiles import PathStates, root_file
 from .nginx import Dashboard
@@ -162,6 +163,7 @@ class HostReport:
 LAYERS = (
     "unit", "socket", "nginx", "nginx_config", "https", "certificate", "renewal", "firewall",
     "sandbox", "state", "workers", "failed_tasks", "stuck_tasks", "queues", "registered",
+    "site_include",  # inside the operator's site only
 )  # fmt: skip
 _fleet: dict[str, HostReport] = {}
 _reported: list[bool] = []
@@ -308,7 +310,7 @@ def _fact(fact, **kwargs):
 
 
 @operation(is_idempotent=True)
-def host_layers_checked(settings: Settings, checks: OperatorChecks):
+def host_layers_checked(settings: Settings, checks: OperatorChecks, server_name: str = ""):
     """On the host: the unit, Flower's socket, nginx, the firewall table, the sandbox score."""
     if not state.is_executing:
         host.noop("each layer is checked when the run executes")
@@ -341,9 +343,14 @@ def host_layers_checked(settings: Settings, checks: OperatorChecks):
         problem="nginx's configuration fails `nginx -t`",
     )
     firewall_layer(settings, _fact(LoadedRulesetDigest))
+    if path := settings.site.existing_site:  # inside the operator's site: its server includes us
+        ok, problem = include_verdict(
+            site_file(path, _fact(ExistingSite, path=path) or {}), server_name
+        )
+        layer("site_include", ok, "ok" if ok else "missing", problem)
     for name, verdict in (
         ("state", state_verdict(flower, settings.options)),
-        ("renewal", renewal_verdict()),
+        ("renewal", renewal_verdict() if not settings.site.existing_site else Verdict(True, "n/a")),
     ):
         layer(name, verdict.ok, verdict.value, verdict.problem)
     exposure = unit.get("exposure")
@@ -530,7 +537,7 @@ COLUMNS = (
     ("renewal", "renewal"), ("firewall", "firewall"), ("sandbox", "sandbox"),
     ("state", "state"), ("workers on/off", "workers"),
     ("failed 1h", "failed_tasks"), ("stuck", "stuck_tasks"), ("max queue", "queues"),
-    ("registered", "registered"), ("verdict", None),
+    ("registered", "registered"), ("in site", "site_include"), ("verdict", None),
 )  # fmt: skip
 
 
@@ -613,7 +620,10 @@ def verify_host(settings: Settings, inputs: EdgeInputs, checks: OperatorChecks) 
         _checks.append(checks)
         atexit.register(_report_if_never_reached)
     host_layers_checked(
-        name="On the host: unit, socket, nginx, firewall, sandbox", settings=settings, checks=checks
+        name="On the host: unit, socket, nginx, firewall, sandbox",
+        settings=settings,
+        checks=checks,
+        server_name=inputs.site.fqdn,
     )
     login = (inputs.logins[0].user, inputs.logins[0].password) if inputs.logins else None
     dashboard_checked(

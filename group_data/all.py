@@ -99,7 +99,8 @@ flower_server_aliases = []  # more names for the same site, all on its certifica
 # Inside your own site instead: Flower at https://<flower_fqdn>/<flower_url_prefix>/ in your HTTPS
 # server block, with its certificate (no certbot, no port 80 site, no HSTS of flowerbed's). The
 # server includes /etc/nginx/snippets/flowerbed-flower.conf (logins, CSRF guard, throttles,
-# /metrics policy); zones and maps go in conf.d. Sources outside flower_allowed_sources get 403.
+# /metrics policy); zones and maps go in conf.d. Sources outside flower_allowed_sources get 403
+# there; 443 and 80 are your site's: open them to its audience with flower_firewall_openings.
 flower_existing_site = ""  # your file holding that server, e.g. "/etc/nginx/sites-available/app"
 flower_existing_site_include = False  # True: flowerbed adds the include line (marked); False: prints it
 flower_monitoring_sources = []  # CIDRs that reach HTTPS and read /metrics, /healthcheck without a login

@@ -222,7 +222,7 @@ def check_firewall(s: Settings) -> Iterator[SettingsError]:
             "set it to the port sshd listens on (usually 22)",
         )
     yield from _opened_to_everyone(s.firewall)
-    yield from _extra_openings_conflicts(s.firewall)
+    yield from _extra_openings_conflicts(s.firewall, in_site=bool(s.site.existing_site))
     if tls.challenge == "http-01" and not acme:
         yield SettingsError(
             "flower_acme_sources",
@@ -278,9 +278,11 @@ def too_wide(sources: tuple[str, ...]) -> list[str]:
     return wide
 
 
-def _extra_openings_conflicts(firewall: Firewall) -> Iterator[SettingsError]:
-    """An extra opening never widens flowerbed's own ports, and names each port once."""
-    own = {**RESERVED_PORTS, firewall.firewall_ssh_port: "SSH"}
+def _extra_openings_conflicts(firewall: Firewall, in_site: bool) -> Iterator[SettingsError]:
+    """An extra opening never widens flowerbed's own ports, and names each port once. Inside
+    the operator's own site (`in_site`) 80 and 443 are that site's: its audience is an opening
+    (the dashboard's path admits flower_allowed_sources alone, at nginx)."""
+    own = {**({} if in_site else RESERVED_PORTS), firewall.firewall_ssh_port: "SSH"}
     seen: set[tuple[int, str]] = set()
     for i, opening in enumerate(firewall.firewall_openings):
         key = f"flower_firewall_openings[{i}]"
