@@ -19,7 +19,10 @@ import zipfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-PACKAGED = ("pyproject.toml", "flowerbed/", "templates/", "files/", "locks/", "group_data/")
+PACKAGED = (
+    "pyproject.toml", "README.md", "LICENSE",  # the project's metadata: readme, license-files
+    "flowerbed/", "templates/", "files/", "locks/", "group_data/",
+)  # fmt: skip
 
 
 def checkout_sources(dest: Path) -> Path:
