@@ -13,8 +13,20 @@ PYTEST_ARGS ?=
 MACHINE_PACKAGES := make debootstrap systemd-container tinyproxy pebble redis-server openssl \
 	curl openssh-client iproute2 gpg nftables bind9-dnsutils chromium shellcheck \
 	prometheus prometheus-blackbox-exporter rabbitmq-server nodejs
+# What the unit tests (`-m "not lab"`) run: git (the wheel is built from git's file list),
+# nft (nft -c, as root), shellcheck, promtool (prometheus) and the blackbox exporter.
+UNIT_PACKAGES := git nftables shellcheck prometheus prometheus-blackbox-exporter
 
-.PHONY: setup machine-packages lab-up lab-down lab-status demo test test-unit lint format bench bench-converge
+# Installs the Debian packages in $(1) that are missing.
+define install_missing
+	@missing=$$(for p in $(1); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	  apt-get update -q && DEBIAN_FRONTEND=noninteractive \
+	  apt-get install -y -q --no-install-recommends $$missing; \
+	fi
+endef
+
+.PHONY: setup machine-packages unit-packages wheel docs lab-up lab-down lab-status demo test test-unit lint format bench bench-converge
 
 setup: $(VENV)/.installed
 
@@ -26,11 +38,10 @@ $(VENV)/.installed: requirements.lock
 	touch $@
 
 machine-packages:
-	@missing=$$(for p in $(MACHINE_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
-	if [ -n "$$missing" ]; then \
-	  apt-get update -q && DEBIAN_FRONTEND=noninteractive \
-	  apt-get install -y -q --no-install-recommends $$missing; \
-	fi
+	$(call install_missing,$(MACHINE_PACKAGES))
+
+unit-packages:
+	$(call install_missing,$(UNIT_PACKAGES))
 
 lab-up: setup
 	python3 lab/lab.py up --hosts $(HOSTS) --distro $(LAB_DISTRO)
@@ -48,8 +59,16 @@ demo: lab-up
 test: setup machine-packages
 	env -u DISTRO FLOWERBED_TEST_DISTRO=$(DISTRO) $(VENV)/bin/pytest $(PYTEST_ARGS)
 
-test-unit: setup
+test-unit: setup unit-packages
 	$(VENV)/bin/pytest -m "not lab" $(PYTEST_ARGS)
+
+# flowerbed's wheel in dist/, built the way the tests build it (tests/package_helpers.py).
+wheel: setup
+	$(PY) tests/package_helpers.py dist
+
+# docs/configuration.md from the settings model and group_data/all.py (a test fails when stale).
+docs: setup
+	$(PY) docs/gen_config_reference.py
 
 # Every script in benchmarks/ against the running lab, except lab_times.py (it tears the lab
 # down: run it alone).

@@ -19,7 +19,10 @@ import zipfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-PACKAGED = ("pyproject.toml", "flowerbed/", "templates/", "files/", "locks/", "group_data/")
+PACKAGED = (
+    "pyproject.toml", "README.md", "LICENSE",  # the project's metadata: readme, license-files
+    "flowerbed/", "templates/", "files/", "locks/", "group_data/",
+)  # fmt: skip
 
 
 def checkout_sources(dest: Path) -> Path:
@@ -68,3 +71,22 @@ def missing_from_wheel(wheel: Path) -> list[str]:
         "flowerbed/resources.py",
     }
     return sorted(wanted - set(wheel_files(wheel)))
+
+
+def main(argv: list[str]) -> None:
+    """`make wheel`: the wheel the tests build (build_wheel), copied to dist/ (or argv[0])."""
+    import tempfile
+
+    dist = Path(argv[0] if argv else REPO / "dist").resolve()
+    dist.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="flowerbed-wheel-") as work:
+        wheel = build_wheel(Path(work))
+        missing = missing_from_wheel(wheel)
+        if missing:
+            raise SystemExit(f"the wheel lacks {', '.join(missing)}")
+        shutil.copy2(wheel, dist / wheel.name)
+    print(dist / wheel.name)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

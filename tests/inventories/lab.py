@@ -3,7 +3,8 @@
     FLOWERBED_TEST_HOST_DATA='{"NAME": {"key": value}}'   (JSON)
     FLOWERBED_TEST_UNREACHABLE='{"NAME": "ADDRESS"}'     (more hosts, where nothing answers)
 
-Named lab.py so its hosts join the `lab` group (group_data/lab.py) like inventory/lab.py's.
+Named lab.py so its hosts join the `lab` group, like inventory/lab.py's (the repository has
+no group_data/lab.py: the lab's data is set per host in inventory/lab.py).
 """
 
 import json
