@@ -26,7 +26,8 @@ from these runs. They come from an env file of its own (FLOWERBED_ENV_FILE; the 
 given through FLOWERBED_NEW_DASHBOARD_USERS), the broker URL of a Redis user made for the test
 (and its rotated and wrong passwords), the OAuth client secret, the cookie secret (changed
 before the dry run), the RabbitMQ management API URL (flower_broker_api_env) and a DNS
-plugin's credentials file.
+plugin's credentials file. Flower's proxy login (made on the host, flowerbed/proxy_login.py) is
+read from the host after the runs and searched for in every channel the same way.
 
 What runs in which mode, honestly: logins are basic auth at nginx (auth_mode "basic"); the
 OAuth client secret and the cookie secret are named by data and written to Flower's env file
@@ -73,6 +74,7 @@ DNS01 = {
     "flower_tls_dns_plugin": "cloudflare",
     "flower_tls_dns_credentials_env": DNS,
 }
+PROXY_LOGIN = "/etc/flower/flower-proxy-login.env"
 DNS_CREDENTIALS = "/etc/letsencrypt/flowerbed/dns-credentials.ini"  # where the deploy puts them
 LOGIN_LISTS = (USERS, "new logins")  # user:password,user:password
 NON_ROOT_USERS = ("nobody", "www-data", "flower")
@@ -385,6 +387,11 @@ def test_no_secret_leaks_through_any_channel(lab: Lab, fresh_host, tmp_path: Pat
         for key, value in dotenv_values(env_file).items():
             assert key == DNS or value in made.values(), f"${key}: a secret the test did not make"
 
+        # Flower's proxy login is made on the host, never in .env: read as root, searched too
+        proxy = on_host(lab, name, f"sed -n 's/^FLOWER_BASIC_AUTH=//p' {PROXY_LOGIN}").strip()
+        assert proxy.startswith("flowerbed-proxy:"), "the deploy made Flower's proxy login"
+        forms.update(secret_forms({"proxy login": proxy, "proxy login (password)":
+                                   proxy.partition(":")[2]}))  # fmt: skip
         leaks = watch.leaks()
         for label, result in runs.results.items():
             if found := found_in(result.stdout + result.stderr, forms):
