@@ -16,6 +16,10 @@ from pyinfra.api import FactBase, StringCommand
 from .shell import command
 
 TABLE = ("inet", "flowerbed")
+# Docker's published ports: other machines reach them through Docker's DNAT and its forward
+# chain, which flowerbed's input chain never sees; its docker-proxy listener serves the host's
+# own connections alone.
+FORWARDED = frozenset({"docker-proxy"})
 
 ACCEPT = re.compile(r"\b(tcp|udp) dport (\d+) accept\b")
 PROCESS = re.compile(r'users:\(\("([^"]+)"')
@@ -119,6 +123,8 @@ def cut_off(
     for listener in listening.sockets:
         key = (listener.port, listener.protocol)
         if not listener.beyond_loopback or not listening.fixed(listener) or key in kept:
+            continue
+        if listener.process in FORWARDED:
             continue
         if open_now is not None and key not in open_now:
             continue  # flowerbed's loaded table closes it today: nothing changes for it

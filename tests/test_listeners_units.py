@@ -26,6 +26,7 @@ tcp   LISTEN 0 511          0.0.0.0:6379  0.0.0.0:* users:(("redis-server",pid=9
 udp   UNCONN 0 0   10.77.0.11%host0:68    0.0.0.0:* users:(("systemd-network",pid=1,fd=1))
 tcp   LISTEN 0 511             [::]:8080     [::]:* users:(("python3",pid=5,fd=3))
 tcp   LISTEN 0 511                *:9100        *:* users:(("node_exporter",pid=5,fd=3))
+tcp   LISTEN 0 4096         0.0.0.0:8081  0.0.0.0:* users:(("docker-proxy",pid=7,fd=4))
 tcp   LISTEN 0 511            [::1]:25       [::]:*
 udp   UNCONN 0 0      [fe80::1]%eth0:5353    [::]:* users:(("avahi-daemon",pid=3,fd=12))
 """.splitlines()
@@ -136,6 +137,7 @@ def test_ss_lines_are_read_with_their_address_port_and_process():
 
 
 def test_a_first_ruleset_would_cut_every_undeclared_listener_beyond_loopback():
+    """(not Docker's published 8081: others reach it through Docker's forward chain)"""
     cut = cut_off(listeners(), kept_ports(firewall_with()), None)
     assert [(c.port, c.protocol) for c in cut] == [
         (5353, "udp"), (6379, "tcp"), (8080, "tcp"), (9100, "tcp"),
