@@ -131,6 +131,7 @@ def test_ss_lines_are_read_with_their_address_port_and_process():
         Listener("udp", "10.77.0.11", 68, "systemd-network"),
         Listener("tcp", "::", 8080, "python3"),
         Listener("tcp", "*", 9100, "node_exporter"),
+        Listener("tcp", "0.0.0.0", 8081, "docker-proxy"),
         Listener("tcp", "::1", 25, "unknown"),
         Listener("udp", "fe80::1", 5353, "avahi-daemon"),
     )
