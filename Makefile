@@ -59,6 +59,8 @@ demo: lab-up
 test: setup machine-packages
 	env -u DISTRO FLOWERBED_TEST_DISTRO=$(DISTRO) $(VENV)/bin/pytest $(PYTEST_ARGS)
 
+# The tests in tests/unit/: `-m "not lab"` still collects tests/lab/, so the layout check in
+# tests/conftest.py sees every test.
 test-unit: setup unit-packages
 	$(VENV)/bin/pytest -m "not lab" $(PYTEST_ARGS)
 

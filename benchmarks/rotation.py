@@ -18,7 +18,7 @@ import tempfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "tests"))
+sys.path[:0] = [str(REPO / "tests"), str(REPO / "tests" / "lab")]  # helpers; test_rotate
 
 from conftest import Lab  # noqa: E402
 from deploy_helpers import run_deploy  # noqa: E402

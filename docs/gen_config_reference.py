@@ -12,7 +12,7 @@ does (the comment beside it in group_data/all.py, and the model's own doc). Keys
 group_data/all.py's order, under its section headings; a model key missing from all.py comes
 last, under "Keys without a default".
 
-tests/test_docs_units.py fails when docs/configuration.md differs from what this writes.
+tests/unit/test_docs_units.py fails when docs/configuration.md differs from what this writes.
 """
 
 from __future__ import annotations

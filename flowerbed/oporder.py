@@ -9,7 +9,7 @@ a few functions deep). The same line numbers come from walking the frames themse
 (`f_code.co_filename`, `f_lineno`: what `getframeinfo` returns for a frame).
 
 `install()` puts `operation_order` in the place pyinfra calls it from (once; the result is the
-same for every operation, flowerbed's or not). tests/test_speed_units.py checks that both
+same for every operation, flowerbed's or not). tests/unit/test_speed_units.py checks that both
 give the same order.
 """
 

@@ -245,6 +245,49 @@ def module_hosts(lab: Lab):
         yield hosts
 
 
+# The fixtures that bring up or use the lab. Any fixture that asks for one of them has `lab` in
+# its closure too, so a test reaching the lab through a fixture of its own is caught as well.
+LAB_FIXTURES = ("lab", "fresh_host", "module_hosts")
+TESTS = Path(__file__).resolve().parent
+UNIT_TESTS = TESTS / "unit"
+LAB_TESTS = TESTS / "lab"
+
+
+def layout_offences(items) -> list[str]:
+    """Each test that breaks the layout, with why: one that uses the lab (directly or through a
+    fixture: `item.fixturenames` is the closure) must be marked `lab`; tests/lab/ holds only
+    tests marked `lab`, tests/unit/ only unmarked ones; a test module lives in one of the two."""
+    offences = []
+    for item in items:
+        marked = item.get_closest_marker("lab") is not None
+        uses = [name for name in LAB_FIXTURES if name in getattr(item, "fixturenames", ())]
+        path = item.path.resolve()
+        if uses and not marked:
+            offences.append(f"{item.nodeid}: uses {', '.join(uses)} but is not marked `lab`")
+        if path.is_relative_to(LAB_TESTS):
+            if not marked:
+                offences.append(f"{item.nodeid}: in tests/lab/ but not marked `lab`")
+        elif path.is_relative_to(UNIT_TESTS):
+            if marked:
+                offences.append(f"{item.nodeid}: in tests/unit/ but marked `lab`")
+        elif path.is_relative_to(TESTS):
+            where = "tests/lab/" if marked or uses else "tests/unit/"
+            offences.append(f"{item.nodeid}: not in tests/unit/ or tests/lab/ (move it to {where})")
+    return offences
+
+
+@pytest.hookimpl(tryfirst=True)  # before `-m` deselects: `-m "not lab"` checks every test too
 def pytest_collection_modifyitems(items):
-    """Tests marked `lab_lifecycle` tear the shared lab down: they run last."""
-    items.sort(key=lambda item: item.get_closest_marker("lab_lifecycle") is not None)
+    """Fails the run on a test that breaks the layout (`layout_offences`). Then the order: unit
+    tests first, lab tests next; those marked `lab_lifecycle` tear the shared lab down: they run
+    last."""
+    if offences := layout_offences(items):
+        raise pytest.UsageError(
+            "tests out of place (docs/lab-and-tests.md, Tests layout):\n  " + "\n  ".join(offences)
+        )
+    items.sort(
+        key=lambda item: (
+            item.get_closest_marker("lab_lifecycle") is not None,
+            item.get_closest_marker("lab") is not None,
+        )
+    )

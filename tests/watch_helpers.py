@@ -1,5 +1,5 @@
 """tests/secret_watch.py on a lab host for the length of a `with`, its report read by a thread
-(tests/test_leak_scan.py, tests/test_sudo.py)."""
+(tests/lab/test_leak_scan.py, tests/lab/test_sudo.py)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """deploy.py with some of flowerbed's templates shadowed by the files in the directory
-$FLOWERBED_TEST_TEMPLATES: for the tests that need a broken template (tests/test_faults.py)."""
+$FLOWERBED_TEST_TEMPLATES: for the tests that need a broken template (tests/lab/test_faults.py)."""
 
 import os
 import runpy

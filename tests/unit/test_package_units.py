@@ -1,6 +1,6 @@
 """flowerbed as a package: its data, its keys, its one base for paths, its wheel. No lab.
 
-The lab test that installs the wheel for a consumer project is tests/test_consumer.py.
+The lab test that installs the wheel for a consumer project is tests/lab/test_consumer.py.
 """
 
 from __future__ import annotations

@@ -16,7 +16,7 @@ import pytest
 
 from flowerbed.render import systemd_quote
 
-SCRIPT = Path(__file__).resolve().parent.parent / "files" / "flower-healthcheck"
+SCRIPT = Path(__file__).resolve().parents[2] / "files" / "flower-healthcheck"
 
 
 def load_script():

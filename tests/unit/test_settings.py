@@ -21,7 +21,7 @@ from flowerbed.settings import OWNED_PREFIXES, SettingsError, known_keys, load_s
 from flowerbed.settings.verify import VERIFY, Verify
 from flowerbed.venv import AppPackage, source_archive, venv_key
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 BROKER = "redis://:s3cret-pw@10.0.0.5:6379/0"
 ENVIRON = {"FLOWERBED_BROKER_URL": BROKER}
 COOKIE_SECRET = "k9Xv2PqL7sWm4TzR8yNc3BfH6dJg1QaE"  # 32 random characters

@@ -12,7 +12,7 @@ from flowerbed.resources import DEFAULTS
 from flowerbed.settings import known_keys
 from flowerbed.settings.checks import boolean, integer, one_of, setting
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 GENERATOR = runpy.run_path(str(REPO / "docs" / "gen_config_reference.py"))
 REFERENCE = REPO / "docs" / "configuration.md"
 
