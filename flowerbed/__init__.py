@@ -21,8 +21,8 @@ Modules, one concern each:
 - proxy_login: Flower's own login, which only nginx holds (logins at nginx)
 - firewall: the nftables table with its rollback; listeners: what else listens on the host,
   which a new ruleset must not close unless declared
-- edge: nginx, TLS, logins, in order; nginx: the sites; tls: the certificate (certbot);
-  auth: the dashboard's logins
+- edge: nginx, TLS, logins, in order; nginx: the sites; existing_site: Flower inside the
+  operator's own nginx site; tls: the certificate (certbot); auth: the dashboard's logins
 - verify: the health check in a deploy and the fleet check (verify.py); probe: HTTPS checks
   from the operator's machine; rotate: secret rotation (rotate.py)
 - render: the templates; hostfiles: root-owned files; shell: commands as argument lists
