@@ -26,7 +26,7 @@ import pytest
 from conftest import Lab
 from deploy_helpers import run_deploy
 from labkit.services import publish_dns
-from test_browser import (  # noqa: F401 (fixtures)
+from test_browser import (  # noqa: F401 (fixtures, used by name)
     WORKER,
     api,
     chromium_in_namespace,
@@ -217,7 +217,7 @@ def test_a_browser_uses_flower_in_the_site_and_a_page_elsewhere_cannot_drive_it(
     page,
     app_host: dict,
     elsewhere,
-    tmp_path: Path,  # noqa: F811 (test_browser's)
+    tmp_path: Path,
 ):
     origin = f"https://{app_host['fqdn']}"
     site = f"{origin}/flower"
