@@ -32,7 +32,17 @@ from typing import Any, get_type_hints
 from ..resources import DEFAULTS
 from ..validation import Problems, SettingsError, reject_control_characters
 from .checks import Check
-from .edge import LETS_ENCRYPT, Auth, Nginx, Site, Tls, check_edge, dns_name, duplicate_names
+from .edge import (
+    LETS_ENCRYPT,
+    Auth,
+    Nginx,
+    Site,
+    Tls,
+    check_edge,
+    check_nginx_snippets,
+    dns_name,
+    duplicate_names,
+)
 from .egress import Egress, check_egress
 from .firewall import Firewall, PortOpening, check_firewall
 from .flower import BROKER_SCHEMES, MANAGED_KEYS, Flower, FlowerOptions, check_flower, local_app_dir
@@ -91,7 +101,10 @@ class Settings:
 
 # attribute -> section, in the order Settings lists them
 SECTIONS: dict[str, type] = get_type_hints(Settings)
-RULES = (check_egress, check_flower, check_firewall, check_edge, check_oauth_provider)
+RULES = (
+    check_egress, check_flower, check_firewall, check_edge, check_nginx_snippets,
+    check_oauth_provider,
+)  # fmt: skip
 
 
 def known_keys() -> dict[str, Check]:
