@@ -4,9 +4,14 @@ and the files taken from the operator's machine."""
 
 from __future__ import annotations
 
-import pytest
-from settings_helpers import error_for, settings_with
+from types import SimpleNamespace
 
+import pytest
+from pyinfra.api import Inventory
+from settings_helpers import defaults, error_for, settings_with, valid_data
+
+from flowerbed.preflight import InvalidDeploy, check_hosts, host_problems
+from flowerbed.settings import SettingsError
 from flowerbed.validation import NGINX_ALLOWED, nginx_snippet_problem
 
 SNIPPETS = "flower_nginx_server_snippets"
@@ -107,3 +112,78 @@ def test_the_refusal_names_the_issue_s_directives_and_the_opt_in():
     assert "gives 'access_log' arguments flowerbed does not allow" in lines[1]
     assert "'limit_req_dry_run', which is not one of the directives" in lines[2]
     assert "set flower_nginx_proxy_read_timeout instead" in lines[3]
+
+
+# --- crashes become errors; every error at once; blame only what was set ---------------------
+
+
+def test_a_pasted_network_with_a_space_and_host_bits_is_a_clean_error():
+    message = error_for(flower_admin_sources=["198.51.100.7/24 "])
+    assert message.startswith("flower_admin_sources[0]: '198.51.100.7/24' has host bits set")
+    assert "'198.51.100.7/32' for that one address" in message
+
+
+def test_a_dns_credentials_file_that_is_not_text_is_an_error_naming_the_key(tmp_path):
+    from flowerbed.tls import dns_credentials
+
+    binary = tmp_path / "creds.ini"
+    binary.write_bytes(b"\xff\xfe\x00dns_cloudflare_api_token = \x81\x82")
+    tls = settings_with(
+        flower_tls_challenge="dns-01", flower_tls_dns_plugin="cloudflare",
+        flower_tls_dns_credentials_env="CF_INI",
+    ).tls  # fmt: skip
+    with pytest.raises(SettingsError) as caught:
+        dns_credentials(tls, {"CF_INI": str(binary)})
+    assert str(caught.value).startswith(
+        f"flower_tls_dns_credentials_env: $CF_INI names {binary}, which is not UTF-8 text"
+    )
+    binary.write_text("dns_cloudflare_api_token = 0123456789abcdef\n")
+    assert dns_credentials(tls, {"CF_INI": str(binary)}).value.startswith("dns_cloudflare")
+
+
+ENVIRON = {
+    "FLOWERBED_BROKER_URL": "redis://:Str0ng-broker-pw@10.0.0.5:6379/0",
+    "FLOWERBED_DASHBOARD_USERS": "admin:Str0ng-dash-pw-1",
+}
+
+
+def preflight_errors(data: dict, environ: dict) -> list[SettingsError]:
+    host = SimpleNamespace(name="h1", data=SimpleNamespace(dict=lambda: valid_data(**data)))
+    checked, errors = host_problems(host, environ)
+    assert checked is None
+    return errors
+
+
+def test_a_bad_mode_a_weak_password_and_a_bad_number_are_three_errors_in_one_run():
+    errors = preflight_errors(
+        {"flower_fqdn": "flower.example.com", "flower_auth_mode": "bogus", "flower_max_tasks": 0},
+        {**ENVIRON, "FLOWERBED_DASHBOARD_USERS": "admin:short"},
+    )
+    assert [error.key for error in errors] == [
+        "flower_max_tasks", "flower_auth_mode", "flower_auth_users_env",
+    ]  # fmt: skip
+    assert "shorter than 12 characters" in str(errors[2])
+    assert "as if flower_max_tasks, flower_auth_mode held their defaults" in errors[2].source
+
+
+def test_a_refused_key_is_not_reported_again_by_the_checks_that_stand_in_for_it():
+    errors = preflight_errors(
+        {"flower_fqdn": "flower.example.com", "flower_broker_url_env": "redis://x"}, ENVIRON
+    )
+    assert [error.key for error in errors] == ["flower_broker_url_env"]
+
+
+def test_a_value_never_set_is_not_blamed_on_group_data():
+    data = valid_data(flower_fqdn="flower.example.com")
+    data.pop("flower_allowed_sources")  # the default [] stands: an operator's choice not made
+    inventory = Inventory(([("h1", {})], {**defaults(), **data}))
+    with pytest.raises(InvalidDeploy) as caught:
+        check_hosts(list(inventory), ENVIRON)
+    (line,) = str(caught.value).splitlines()[1:]
+    assert line.startswith("host h1: flower_allowed_sources: an empty list")
+    assert line.endswith("(not set: flowerbed's default [])"), line
+    assert "group_data/all.py)" not in line
+    inventory = Inventory(([("h1", {})], {**data, "flower_max_tasks": 0}))
+    with pytest.raises(InvalidDeploy) as caught:
+        check_hosts(list(inventory), ENVIRON)
+    assert str(caught.value).splitlines()[1].endswith("(set in group_data/all.py)")
