@@ -385,6 +385,8 @@ def broker_url_problem(url: str, schemes: tuple[str, ...]) -> tuple[str, str] | 
             f"is not a broker URL the lock supports{named}",
             f"use one of {schemes}, e.g. redis://:PASSWORD@host:6379/0",
         )
+    if scheme == "redis+socket":
+        return redis_socket_url_problem(rest)
     urls = url.split(";") if scheme == "sentinel" else [url]  # kombu: sentinels joined by ';'
     for one in urls:
         userinfo = one.partition("://")[2].rpartition("@")[0]
@@ -405,4 +407,28 @@ def broker_url_problem(url: str, schemes: tuple[str, ...]) -> tuple[str, str] | 
             return "names no host", "e.g. redis://:PASSWORD@broker.example.com:6379/0"
         if scheme in ("redis", "rediss") and not re.fullmatch(r"/?\d*", parts.path):
             return "has a path that is not a Redis database number", "end it in /0 (or /1 ...)"
+    return None
+
+
+# kombu (transport/redis.py): `redis+socket://[:PASSWORD@]/PATH[?virtual_host=N]`; the query's
+# keys become the Redis connection's arguments, so only the database number is allowed there.
+REDIS_SOCKET = re.compile(
+    r"(?:(?P<userinfo>[^@/?#]*)@)?(?P<path>/[A-Za-z0-9._/-]+)(?:\?(?P<query>[^#]*))?"
+)
+
+
+def redis_socket_url_problem(rest: str) -> tuple[str, str] | None:
+    """(problem, fix) for what follows `redis+socket://`; never quotes it."""
+    example = "redis+socket://:PASSWORD@/run/redis/redis-server.sock?virtual_host=0"
+    match = REDIS_SOCKET.fullmatch(rest)
+    if not match or {".", ".."} & set(match["path"].split("/")):
+        return (
+            "is not a Redis socket URL: after redis+socket:// come an optional ':PASSWORD@' "
+            "(no '/', '#' or '?' in it: percent-encode them) and the socket's absolute path",
+            f"e.g. {example}",
+        )
+    if match["query"] is not None and not re.fullmatch(
+        r"(virtual_host|db)=\d{1,2}", match["query"]
+    ):
+        return "has a query other than the database number", f"e.g. {example}"
     return None

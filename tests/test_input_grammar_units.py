@@ -4,6 +4,7 @@ and the files taken from the operator's machine."""
 
 from __future__ import annotations
 
+import re
 from types import SimpleNamespace
 
 import pytest
@@ -187,3 +188,47 @@ def test_a_value_never_set_is_not_blamed_on_group_data():
     with pytest.raises(InvalidDeploy) as caught:
         check_hosts(list(inventory), ENVIRON)
     assert str(caught.value).splitlines()[1].endswith("(set in group_data/all.py)")
+
+
+# --- broker URLs: redis over a unix socket, as kombu reads it --------------------------------
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "redis+socket:///run/redis/redis-server.sock",
+        "redis+socket://:Str0ng-broker-pw@/run/redis/redis-server.sock?virtual_host=2",
+        "redis+socket://:p%2Fw@/var/run/redis.sock",
+    ],
+)
+def test_a_redis_socket_url_passes_and_kombu_reads_the_same_socket(url):
+    from kombu.utils.url import url_to_parts
+
+    from flowerbed.secrets import broker_url
+
+    flower = settings_with().flower
+    assert broker_url(flower, {"FLOWERBED_BROKER_URL": url}).value == url
+    parts = url_to_parts(url.partition("+")[2])  # what kombu's redis transport parses
+    socket = re.sub(r"^redis\+socket://([^@]*@)?", "", url).split("?")[0]
+    assert parts.scheme == "socket" and "/" + parts.path == socket
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "redis+socket://",
+        "redis+socket://host/run/redis.sock",
+        "redis+socket:///run/../etc/redis.sock",
+        "redis+socket://:pw/x@/run/redis.sock",
+        "redis+socket:///run/redis.sock?socket_timeout=0",
+        "redis+socket:///run/redis.sock?virtual_host=x",
+        "redis+unix:///run/redis.sock",
+    ],
+)
+def test_a_bad_redis_socket_url_is_refused_without_showing_it(url):
+    from flowerbed.secrets import broker_url
+
+    with pytest.raises(SettingsError) as caught:
+        broker_url(settings_with().flower, {"FLOWERBED_BROKER_URL": url})
+    assert str(caught.value).startswith("flower_broker_url_env: $FLOWERBED_BROKER_URL ")
+    assert "pw" not in str(caught.value) and "/run/" not in str(caught.value).split("Fix")[0]

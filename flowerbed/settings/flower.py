@@ -34,7 +34,9 @@ if TYPE_CHECKING:
     from . import Settings
 
 
-BROKER_SCHEMES = ("redis", "rediss", "sentinel", "amqp", "amqps", "pyamqp")
+# redis+socket:///run/redis/redis-server.sock: kombu's Redis over a unix socket (Flower's user
+# must be allowed to connect: the socket's group)
+BROKER_SCHEMES = ("redis", "rediss", "redis+socket", "sentinel", "amqp", "amqps", "pyamqp")
 
 
 TASK_COLUMNS = (
