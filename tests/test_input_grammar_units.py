@@ -8,6 +8,7 @@ import re
 from types import SimpleNamespace
 
 import pytest
+from pem_helpers import ca_pem
 from pyinfra.api import Inventory
 from settings_helpers import defaults, error_for, settings_with, valid_data
 
@@ -232,3 +233,94 @@ def test_a_bad_redis_socket_url_is_refused_without_showing_it(url):
         broker_url(settings_with().flower, {"FLOWERBED_BROKER_URL": url})
     assert str(caught.value).startswith("flower_broker_url_env: $FLOWERBED_BROKER_URL ")
     assert "pw" not in str(caught.value) and "/run/" not in str(caught.value).split("Fix")[0]
+
+
+# --- files from the operator's machine --------------------------------------------------------
+
+
+def test_an_egress_ca_must_be_one_certificate_never_a_private_key(tmp_path):
+    certificate, key = ca_pem()
+    (tmp_path / "ok.pem").write_bytes(certificate)
+    assert settings_with(flower_egress_ca_certificates=[str(tmp_path / "ok.pem")])
+    bad = {
+        "key.pem": key,
+        "both.pem": certificate + key,
+        "two.pem": certificate + ca_pem("Other CA")[0],
+        "empty.crt": b"",
+        "binary.crt": b"\xff\xfe\x00\x01",
+        "garbled.pem": b"-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
+    }
+    for name, content in bad.items():
+        (tmp_path / name).write_bytes(content)
+    message = error_for(flower_egress_ca_certificates=[str(tmp_path / name) for name in bad])
+    lines = message.splitlines()
+    assert [line.split(": ")[0] for line in lines] == [
+        f"flower_egress_ca_certificates[{i}]" for i in range(len(bad))
+    ]
+    assert "holds a PRIVATE KEY, which would be uploaded world-readable" in lines[0]
+    assert "holds a PRIVATE KEY" in lines[1]
+    assert "(PEM blocks found: CERTIFICATE, CERTIFICATE)" in lines[2]
+    assert "(PEM blocks found: none)" in lines[3] and "(PEM blocks found: none)" in lines[4]
+    assert "does not parse as an X.509 certificate" in lines[5]
+    assert "PRIVATE KEY-----" not in message and "MII" not in message, "no content is quoted"
+
+
+def test_two_egress_cas_with_the_same_stem_are_refused(tmp_path):
+    for name in ("a/proxy.pem", "b/proxy.crt", "c/other.pem"):
+        (tmp_path / name).parent.mkdir()
+        (tmp_path / name).write_bytes(ca_pem()[0])
+    paths = [str(tmp_path / name) for name in ("a/proxy.pem", "c/other.pem", "b/proxy.crt")]
+    message = error_for(flower_egress_ca_certificates=paths)
+    assert message.startswith("flower_egress_ca_certificates[2]: ")
+    assert "same file name as flower_egress_ca_certificates[0]: both would be proxy.crt" in message
+
+
+@pytest.mark.parametrize(
+    ("source", "says"),
+    [
+        ("git+https://gitlab.example.com/g/p.git@v1?private_token=glpat-secret1", "query string"),
+        ("https://gitlab.example.com/p.tar.gz?token=glpat-secret1", "query string"),
+        ("p @ https://x.example.com/p.zip?X-Amz-Signature=secret1", "query string"),
+        ("git+https://oauth2:glpat-secret1@gitlab.example.com/g/p.git", "credentials"),
+        ("git+http://git.example.com/p.git@v1", "git+http://"),
+        ("http://files.example.com/p.tar.gz", "http://"),
+        ("git+git://git.example.com/p.git", "git+git://"),
+        ("git+file:///srv/p.git", "git+file://"),
+    ],
+)
+def test_an_app_source_url_with_a_token_or_in_clear_is_refused(source, says):
+    message = error_for(flower_app="proj:app", flower_app_source=source)
+    assert message.startswith("flower_app_source: ") and says in message, message
+    assert "secret1" not in message
+    if "query" in says or "credentials" in says:
+        assert "~/.netrc" in message
+
+
+@pytest.mark.parametrize(
+    "source",
+    ["git+https://git.example.com/p.git@v1#egg=p", "git+ssh://git@git.example.com/p.git@abc123"],
+)
+def test_token_free_encrypted_app_sources_pass(source):
+    assert settings_with(flower_app="proj:app", flower_app_source=source).flower.app_is_git
+
+
+def test_a_local_app_is_a_python_project_and_never_a_hidden_directory(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    for directory in ("proj", "notes", ".ssh", ".config/app", "work/.hidden/app"):
+        (tmp_path / directory).mkdir(parents=True)
+    for directory in ("proj", ".ssh", ".config/app", "work/.hidden/app"):
+        (tmp_path / directory / "pyproject.toml").write_text("[project]\nname = 'p'\n")
+    app = {"flower_app": "proj:app"}
+    proj = settings_with(**app, flower_app_source=str(tmp_path / "proj")).flower
+    assert proj.app_is_local
+    notes = error_for(**app, flower_app_source=str(tmp_path / "notes"))
+    assert "has neither pyproject.toml nor setup.py at its top" in notes
+    for hidden, part in (
+        (".ssh", ".ssh"),
+        (".config/app", ".config"),
+        ("work/.hidden/app", ".hidden"),
+    ):
+        message = error_for(**app, flower_app_source=str(tmp_path / hidden))
+        assert f"is inside the hidden directory {part!r}" in message, message
+    monkeypatch.chdir(tmp_path)
+    assert "hidden directory '.ssh'" in error_for(**app, flower_app_source="proj/../.ssh")
