@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from ..resources import local_path
+from ..resources import is_local_file, local_path
 from ..validation import (
     NGINX_UNCHECKED_KEY,
     SettingsError,
@@ -71,7 +71,7 @@ def local_file(optional: bool = True) -> Check:
         expect(key, value, str, "a path on this machine")
         if optional and not value:
             return ""
-        if not local_path(value).is_file():
+        if not is_local_file(value):
             raise SettingsError(
                 key,
                 f"{value} is not a file here",

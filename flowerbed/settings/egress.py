@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 from cryptography import x509
 
-from ..resources import local_path
+from ..resources import is_local_file, local_path
 from ..validation import SettingsError
 from .checks import setting, string_list, text, url
 
@@ -37,7 +37,7 @@ def check_egress(s: Settings) -> Iterator[SettingsError]:
     stems: dict[str, int] = {}
     for i, certificate in enumerate(s.egress.egress_ca_certificates):
         key = f"flower_egress_ca_certificates[{i}]"
-        if not local_path(certificate).is_file():
+        if not is_local_file(certificate):
             yield SettingsError(
                 key,
                 f"{certificate} is not a file",

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..resources import LOCKS, local_path
+from ..resources import LOCKS, is_local_dir, local_path
 from ..validation import SettingsError, flower_auth_problem, has_credentials, shown, split_url
 from .checks import (
     DAY,
@@ -375,7 +375,7 @@ PROJECT_FILES = ("pyproject.toml", "setup.py")
 def local_app_problem(directory: Path) -> str | None:
     """A local app directory is packed and uploaded to every host: only a Python project's
     top, and never a hidden directory or one inside one (~/.ssh, ~/.config/...)."""
-    if not directory.is_dir():
+    if not is_local_dir(directory):
         return "is not a directory"
     hidden = [part for part in directory.parts if part.startswith(".")]
     if hidden:
