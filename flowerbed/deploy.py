@@ -165,7 +165,8 @@ def deploy_edge() -> None:
     + flower_fqdn, flower_server_aliases: the site's names, all on its certificate
     + flower_existing_site, flower_existing_site_include: Flower inside your own site instead
     + flower_nginx_hsts_max_age, flower_nginx_hsts_include_subdomains,
-      flower_nginx_proxy_read_timeout, flower_nginx_server_snippets: the HTTPS site
+      flower_nginx_proxy_read_timeout, flower_nginx_server_snippets (from an allow-list;
+      flower_nginx_server_snippets_unchecked = True lets any directive through): the HTTPS site
     + flower_nginx_login_failures_per_minute, flower_nginx_login_failures_burst,
       flower_nginx_requests_per_second, flower_nginx_requests_burst: throttles per source
     + flower_tls_acme_directory, flower_tls_acme_ca_bundle, flower_tls_email,

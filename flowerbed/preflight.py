@@ -19,7 +19,8 @@ from .connection import send_without_delay
 from .edge import EdgeInputs, edge_inputs
 from .resources import DEFAULTS
 from .secrets import FlowerSecrets, load_flower_secrets, load_operator_env
-from .settings import Settings, SettingsError, validate
+from .settings import Settings, SettingsError, validate, with_defaults
+from .validation import shown
 
 
 class InvalidDeploy(PyinfraError):
@@ -42,13 +43,24 @@ def host_problems(
     """One host's data, then the secrets it names: all problems, the checked inputs if none."""
     settings, problems = validate(host.data.dict(), explicit_keys(host))
     data_errors = len(problems.errors)
+    # a key that failed: its default stands in, so the checks that need it still run
+    dependent, stand_ins = with_defaults(settings) if data_errors else (settings, [])
     inputs = {}
     with problems.check(incomplete=data_errors > 0):
-        inputs["secrets"] = load_flower_secrets(settings.flower, environ)
+        inputs["secrets"] = load_flower_secrets(dependent.flower, environ)
     with problems.check(incomplete=data_errors > 0):
-        inputs["edge"] = edge_inputs(settings, host.name, environ)
+        inputs["edge"] = edge_inputs(dependent, host.name, environ)
+    refused = {_base(error.key) for error in problems.errors[:data_errors]}
+    problems.errors[data_errors:] = [  # a refused key is reported once, by its own check
+        error for error in problems.errors[data_errors:] if _base(error.key) not in refused
+    ]
     for error in problems.errors[data_errors:]:
-        error.source = "the variable's value, from the environment or .env"
+        error.source = "the variable's value, from the environment or .env" + (
+            f"; checked as if {', '.join(stand_ins)} "
+            + ("held their defaults" if len(stand_ins) > 1 else "held its default")
+            if stand_ins
+            else ""
+        )
     if problems.errors:
         return None, problems.errors
     return Checked(settings, **inputs), []
@@ -103,7 +115,7 @@ def report(found: dict[str, list[str]]) -> str:
 def _source(host: Host, key: str) -> str:
     """Where the host's value for `key` comes from, so the operator knows what to edit."""
     inventory = getattr(host, "inventory", None)
-    base = re.match(r"[a-z0-9_]*", key).group()
+    base = _base(key)
     if inventory is None or not base:
         return ""
     if base in inventory.get_override_data():
@@ -113,9 +125,16 @@ def _source(host: Host, key: str) -> str:
     for group in reversed(list(host.groups)):
         if base in inventory.get_group_data(group):
             return f"set for group {group!r}: group_data/{group}.py or the inventory"
-    if base in inventory.get_data():
+    if base in inventory.get_data() and DEFAULTS.get(base, inventory) != inventory.get_data()[base]:
         return "set in group_data/all.py"
+    if base in DEFAULTS:  # never set: blame no file
+        return f"not set: flowerbed's default {shown(DEFAULTS[base])}"
     return ""
+
+
+def _base(key: str) -> str:
+    """The data key an error's key is about: flower_admin_sources for flower_admin_sources[0]."""
+    return re.match(r"[a-z0-9_]*", key).group()
 
 
 def checked(host: Host, inventory: Inventory) -> Checked:

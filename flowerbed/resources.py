@@ -48,3 +48,18 @@ def local_base() -> Path:
 def local_path(value: str) -> Path:
     """A path on the operator's machine, from data: absolute, or relative to local_base()."""
     return (local_base() / value).resolve()
+
+
+def is_local_file(value: str) -> bool:
+    """A file here; False, never an OSError, for a name the file system refuses (too long)."""
+    try:
+        return local_path(value).is_file()
+    except OSError:
+        return False
+
+
+def is_local_dir(path: Path) -> bool:
+    try:
+        return path.is_dir()
+    except OSError:
+        return False

@@ -181,7 +181,16 @@ def dns_credentials(tls: Tls, environ: Mapping[str, str]) -> Secret | None:
             f"${tls.dns_credentials_env} names {path}, which is not a file",
             "point it at the DNS plugin's credentials .ini",
         )
-    return Secret(f"${tls.dns_credentials_env}", Path(path).read_text())
+    try:
+        text = Path(path).read_bytes().decode("utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        why = "is not UTF-8 text" if isinstance(error, UnicodeDecodeError) else "cannot be read"
+        raise SettingsError(
+            "flower_tls_dns_credentials_env",
+            f"${tls.dns_credentials_env} names {path}, which {why}",
+            "point it at the DNS plugin's credentials .ini (a text file of key = value lines)",
+        ) from None
+    return Secret(f"${tls.dns_credentials_env}", text)
 
 
 @operation()

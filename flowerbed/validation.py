@@ -208,23 +208,108 @@ def system_directory_problem(path: str) -> str | None:
 
 # --- nginx ------------------------------------------------------------------------------------
 
-# Directives that decide who gets in, where requests go, or what is served: flowerbed's own.
-NGINX_OWNED_DIRECTIVES = re.compile(
-    r"(location|if|limit_except|server|server_name|listen|include|auth_\w+|satisfy|allow|deny|"
-    r"proxy_\w+|\w+_pass|root|alias|return|rewrite|error_page|try_files|internal|ssl_\w+|"
-    r"\w+_by_lua\w*|perl\w*|js_\w+|set|map|geo|real_ip_\w+|set_real_ip_from|add_header|"
-    r"more_\w+_headers|sub_filter\w*|autoindex|index)"
+# One directive: a name, then arguments that are bare words or quoted strings, then ';'. No
+# blocks, comments, escapes or second directive; a quoted string holds no quote or backslash.
+NGINX_WORD = r"""[^\s"'{};#\\]+|"[^"\\]*"|'[^'\\]*'"""
+NGINX_DIRECTIVE = re.compile(
+    rf"\s*([a-z_][a-z0-9_]*)((?:\s+(?:{NGINX_WORD}))*)\s*;\s*",
+    re.ASCII,  # nginx's spaces only
 )
+
+# The arguments' grammars: sizes and times bounded, switches on/off; no '$' (variables), no path.
+_ON_OFF = r"on|off"
+_SIZE = r"[1-9][0-9]{0,5}[kKmM]?"  # 1 to 999999 bytes, or k/m of them
+_TIME = r"[1-9][0-9]{0,3}(ms|s|m)?"  # at most 9999 minutes; never 0 (no limit) or a bare path
+_MIME = r"[a-z]+/[a-z0-9.+-]+"
+_GZIP_PROXIED = r"off|expired|no-cache|no-store|private|no_last_modified|no_etag|auth|any"
+# add_header for headers nginx and flowerbed do not set already (a second X-Frame-Options or
+# Strict-Transport-Security would contradict flowerbed's), none that relaxes who may read
+# (Access-Control-*) or sets state (Set-Cookie): a value without variables, then `always`.
+NGINX_HEADERS = (
+    "X-Robots-Tag", "Permissions-Policy", "Content-Security-Policy",
+    "Content-Security-Policy-Report-Only", "Cross-Origin-Opener-Policy",
+    "Cross-Origin-Resource-Policy", "Cross-Origin-Embedder-Policy", "Cache-Control",
+)  # fmt: skip
+_HEADER_VALUE = r"""[A-Za-z0-9._:/=,+*()-]+|"[^"\\$]*"|'[^'\\$]*'"""
+
+# Directives a snippet may hold without flower_nginx_server_snippets_unchecked: each can neither
+# name a file (temp paths, logs, includes are written or read as root) nor turn a limit, a
+# throttle or a login off. Directive -> the grammar of its arguments (single-spaced).
+NGINX_ALLOWED: dict[str, str] = {
+    "access_log": r"off",  # a path creates or truncates that file as root
+    "log_not_found": _ON_OFF,
+    "log_subrequest": _ON_OFF,
+    "client_body_timeout": _TIME,
+    "client_header_timeout": _TIME,
+    "send_timeout": _TIME,
+    "keepalive_timeout": rf"({_TIME})( {_TIME})?|0",  # 0: no keep-alive (stricter)
+    "keepalive_requests": r"[1-9][0-9]{0,4}",
+    "client_body_buffer_size": _SIZE,
+    "client_header_buffer_size": _SIZE,
+    "large_client_header_buffers": rf"[1-9][0-9]? {_SIZE}",
+    "reset_timedout_connection": _ON_OFF,
+    "gzip": _ON_OFF,
+    "gzip_comp_level": r"[1-9]",
+    "gzip_min_length": r"[0-9]{1,7}[kKmM]?",
+    "gzip_types": rf"({_MIME})( {_MIME})*",
+    "gzip_vary": _ON_OFF,
+    "gzip_proxied": rf"({_GZIP_PROXIED})( ({_GZIP_PROXIED}))*",
+    "charset": r"off|[A-Za-z0-9][A-Za-z0-9_-]{0,31}",
+    "etag": _ON_OFF,
+    "if_modified_since": r"off|exact|before",
+    "sendfile": _ON_OFF,
+    "tcp_nodelay": _ON_OFF,
+    "tcp_nopush": _ON_OFF,
+    "add_header": rf"({'|'.join(NGINX_HEADERS)}) ({_HEADER_VALUE})( always)?",
+}
+NGINX_ALLOWED_GRAMMAR = {name: re.compile(rule) for name, rule in NGINX_ALLOWED.items()}
+# What flowerbed's site sets itself, and the key that sets it instead (nginx refuses a duplicate).
+NGINX_SET_ALREADY = {
+    "proxy_read_timeout": "set flower_nginx_proxy_read_timeout instead",
+    "proxy_send_timeout": "set flower_nginx_proxy_read_timeout instead",
+    "client_max_body_size": "its 1m is more than Flower's API takes",
+    "server_tokens": "it is off",
+}
+NGINX_UNCHECKED_KEY = "flower_nginx_server_snippets_unchecked"
+
+
+def nginx_directive_words(snippet: str) -> tuple[str, list[str]] | None:
+    """(directive, arguments) of one simple nginx directive, or None if it is not one."""
+    match = NGINX_DIRECTIVE.fullmatch(snippet)
+    if not match:
+        return None
+    return match.group(1), re.findall(NGINX_WORD, match.group(2), re.ASCII)
+
+
+def nginx_snippet_syntax_problem(snippet: str) -> str | None:
+    """Whatever the directive: one of them, which cannot add a block or a second directive."""
+    if nginx_directive_words(snippet) is None:
+        return (
+            "is not one simple nginx directive ending in ';' (no blocks, comments, escapes or "
+            "';' outside quotes)"
+        )
+    return None
 
 
 def nginx_snippet_problem(snippet: str) -> str | None:
-    match = re.fullmatch(r"\s*([a-z_][a-z0-9_]*)(\s+[^{};#]*)?;\s*", snippet)
-    if not match:
-        return "is not one simple nginx directive ending in ';' (no blocks, comments or ';' inside)"
-    if NGINX_OWNED_DIRECTIVES.fullmatch(match.group(1)):
+    """The allow-list: None if the snippet is one directive of NGINX_ALLOWED whose arguments
+    match its grammar; else the problem (without flower_nginx_server_snippets_unchecked)."""
+    words = nginx_directive_words(snippet)
+    if words is None:
+        return nginx_snippet_syntax_problem(snippet)
+    directive, arguments = words
+    if directive not in NGINX_ALLOWED_GRAMMAR:
+        if directive in NGINX_SET_ALREADY:
+            why = NGINX_SET_ALREADY[directive]
+            return f"uses {directive!r}, which flowerbed's site sets already: {why}"
         return (
-            f"uses {match.group(1)!r}, which decides who gets in, where requests go or what is "
-            "served: flowerbed's site decides that"
+            f"uses {directive!r}, which is not one of the directives flowerbed knows cannot reach "
+            "the file system or turn a limit, throttle or login off"
+        )
+    if not NGINX_ALLOWED_GRAMMAR[directive].fullmatch(" ".join(arguments)):
+        return (
+            f"gives {directive!r} arguments flowerbed does not allow for it (no file paths, "
+            "variables, headers of flowerbed's, 0 or unbounded values)"
         )
     return None
 
@@ -300,6 +385,8 @@ def broker_url_problem(url: str, schemes: tuple[str, ...]) -> tuple[str, str] | 
             f"is not a broker URL the lock supports{named}",
             f"use one of {schemes}, e.g. redis://:PASSWORD@host:6379/0",
         )
+    if scheme == "redis+socket":
+        return redis_socket_url_problem(rest)
     urls = url.split(";") if scheme == "sentinel" else [url]  # kombu: sentinels joined by ';'
     for one in urls:
         userinfo = one.partition("://")[2].rpartition("@")[0]
@@ -320,4 +407,28 @@ def broker_url_problem(url: str, schemes: tuple[str, ...]) -> tuple[str, str] | 
             return "names no host", "e.g. redis://:PASSWORD@broker.example.com:6379/0"
         if scheme in ("redis", "rediss") and not re.fullmatch(r"/?\d*", parts.path):
             return "has a path that is not a Redis database number", "end it in /0 (or /1 ...)"
+    return None
+
+
+# kombu (transport/redis.py): `redis+socket://[:PASSWORD@]/PATH[?virtual_host=N]`; the query's
+# keys become the Redis connection's arguments, so only the database number is allowed there.
+REDIS_SOCKET = re.compile(
+    r"(?:(?P<userinfo>[^@/?#]*)@)?(?P<path>/[A-Za-z0-9._/-]+)(?:\?(?P<query>[^#]*))?"
+)
+
+
+def redis_socket_url_problem(rest: str) -> tuple[str, str] | None:
+    """(problem, fix) for what follows `redis+socket://`; never quotes it."""
+    example = "redis+socket://:PASSWORD@/run/redis/redis-server.sock?virtual_host=0"
+    match = REDIS_SOCKET.fullmatch(rest)
+    if not match or {".", ".."} & set(match["path"].split("/")):
+        return (
+            "is not a Redis socket URL: after redis+socket:// come an optional ':PASSWORD@' "
+            "(no '/', '#' or '?' in it: percent-encode them) and the socket's absolute path",
+            f"e.g. {example}",
+        )
+    if match["query"] is not None and not re.fullmatch(
+        r"(virtual_host|db)=\d{1,2}", match["query"]
+    ):
+        return "has a query other than the database number", f"e.g. {example}"
     return None

@@ -108,6 +108,9 @@ flower_nginx_hsts_max_age = 63072000  # Strict-Transport-Security max-age, secon
 flower_nginx_hsts_include_subdomains = False  # HSTS for every subdomain of the names too
 flower_nginx_proxy_read_timeout = 60  # seconds nginx waits for Flower (above flower_inspect_timeout)
 flower_nginx_server_snippets = []  # extra directives for the HTTPS server, e.g. ["access_log off;"]
+# Snippets come from an allow-list (flowerbed/validation.py NGINX_ALLOWED: access_log off, gzip*,
+# timeouts, buffer sizes, add_header of a few headers...): none can name a file or turn a limit off.
+flower_nginx_server_snippets_unchecked = False  # DANGER: True lets ANY single directive through
 # Logins are throttled per source address: past the burst, a source's next failed login (basic
 # auth) gets 429 instead of 401 until its budget refills; every request also counts against a
 # generous per-source limit checked before the password, so a flood cannot buy bcrypt CPU.

@@ -32,7 +32,17 @@ from typing import Any, get_type_hints
 from ..resources import DEFAULTS
 from ..validation import Problems, SettingsError, reject_control_characters
 from .checks import Check
-from .edge import LETS_ENCRYPT, Auth, Nginx, Site, Tls, check_edge, dns_name, duplicate_names
+from .edge import (
+    LETS_ENCRYPT,
+    Auth,
+    Nginx,
+    Site,
+    Tls,
+    check_edge,
+    check_nginx_snippets,
+    dns_name,
+    duplicate_names,
+)
 from .egress import Egress, check_egress
 from .firewall import Firewall, PortOpening, check_firewall
 from .flower import BROKER_SCHEMES, MANAGED_KEYS, Flower, FlowerOptions, check_flower, local_app_dir
@@ -44,7 +54,7 @@ __all__ = [  # what the operation modules, the operator's runs and the tests imp
     "Auth", "Egress", "Firewall", "Flower", "FlowerOptions", "Nginx", "OAuthProvider",
     "PortOpening", "Settings", "SettingsError", "Site", "Tls", "Verify", "dns_name",
     "duplicate_names", "known_keys",
-    "load_settings", "local_app_dir", "operator_checks", "validate",
+    "load_settings", "local_app_dir", "operator_checks", "validate", "with_defaults",
 ]  # fmt: skip
 
 
@@ -91,7 +101,10 @@ class Settings:
 
 # attribute -> section, in the order Settings lists them
 SECTIONS: dict[str, type] = get_type_hints(Settings)
-RULES = (check_egress, check_flower, check_firewall, check_edge, check_oauth_provider)
+RULES = (
+    check_egress, check_flower, check_firewall, check_edge, check_nginx_snippets,
+    check_oauth_provider,
+)  # fmt: skip
 
 
 def known_keys() -> dict[str, Check]:
@@ -137,12 +150,38 @@ def _section(section: type, data: Mapping[str, Any], checks: dict[str, Check], p
     for f in fields(section):
         with problems.check():
             values[f.name] = _checked(data, section.prefix + f.name, checks)
+    return _built(section, values)
+
+
+def _built(section: type, values: dict[str, Any]):
     if len(values) == len(fields(section)):
         return section(**values)
     partial = object.__new__(section)  # rules that need a failed key are skipped
     for attribute, value in values.items():
         object.__setattr__(partial, attribute, value)
     return partial
+
+
+def with_defaults(settings: Settings) -> tuple[Settings, list[str]]:
+    """`settings` (from validate) where each key that failed its check holds its default, if
+    that is valid: for the checks that depend on it (the secrets a key names, the logins of an
+    auth mode), so that one run still reports their problems. Rules between keys never run on
+    these. Also returns the keys whose default stands in."""
+    checks, stand_ins, sections = known_keys(), [], {}
+    for attribute, section in SECTIONS.items():
+        current, values = getattr(settings, attribute), {}
+        for f in fields(section):
+            key = section.prefix + f.name
+            if hasattr(current, f.name):
+                values[f.name] = getattr(current, f.name)
+            elif key in DEFAULTS:
+                try:
+                    values[f.name] = checks[key](key, DEFAULTS[key])
+                    stand_ins.append(key)
+                except SettingsError:
+                    pass  # a default the operator must replace (flower_admin_sources): skipped
+        sections[attribute] = _built(section, values)
+    return Settings(**sections), stand_ins
 
 
 def _checked(data: Mapping[str, Any], key: str, checks: dict[str, Check]) -> Any:

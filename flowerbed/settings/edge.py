@@ -7,8 +7,14 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from ..resources import local_path
-from ..validation import SettingsError, nginx_snippet_problem, shown
+from ..resources import is_local_file, local_path
+from ..validation import (
+    NGINX_UNCHECKED_KEY,
+    SettingsError,
+    nginx_snippet_problem,
+    nginx_snippet_syntax_problem,
+    shown,
+)
 from .checks import (
     DAY,
     Check,
@@ -65,7 +71,7 @@ def local_file(optional: bool = True) -> Check:
         expect(key, value, str, "a path on this machine")
         if optional and not value:
             return ""
-        if not local_path(value).is_file():
+        if not is_local_file(value):
             raise SettingsError(
                 key,
                 f"{value} is not a file here",
@@ -76,15 +82,17 @@ def local_file(optional: bool = True) -> Check:
     return check
 
 
+SNIPPET_FIX = "give single directives like 'access_log off;' or 'gzip on;'"
+
+
 def nginx_directive() -> Check:
+    """One directive, whatever it is (the allow-list is check_nginx_snippets: it needs the
+    opt-in flower_nginx_server_snippets_unchecked)."""
+
     def check(key: str, value: Any) -> str:
         expect(key, value, str, "one nginx directive ending in ';'")
-        if problem := nginx_snippet_problem(value):
-            raise SettingsError(
-                key,
-                f"{shown(value)} {problem}",
-                "give single directives like 'access_log off;' or 'client_max_body_size 1m;'",
-            )
+        if problem := nginx_snippet_syntax_problem(value):
+            raise SettingsError(key, f"{shown(value)} {problem}", SNIPPET_FIX)
         return value
 
     return check
@@ -154,7 +162,13 @@ class Nginx:
     )
     server_snippets: tuple[str, ...] = setting(
         string_list(nginx_directive()),
-        "extra directives for the HTTPS server block",
+        "extra directives for the HTTPS server block, from an allow-list (see "
+        "flower_nginx_server_snippets_unchecked)",
+    )
+    server_snippets_unchecked: bool = setting(
+        boolean(),
+        "True: flower_nginx_server_snippets may hold ANY single directive, unchecked (one that "
+        "writes files as root, or turns throttles or logins off, included); you vouch for each",
     )
     login_failures_per_minute: int = setting(
         integer(minimum=1, maximum=6000), "failed logins per minute a source may make (then 429)"
@@ -253,6 +267,21 @@ def check_edge(s: Settings) -> Iterator[SettingsError]:
             "with OAuth, Flower does the login: it needs flower_auth, and its API must require it",
             "set flower_auth (and its provider settings) and flower_unauthenticated_api = False",
         )
+
+
+def check_nginx_snippets(s: Settings) -> Iterator[SettingsError]:
+    """Each snippet is on the allow-list (flowerbed/validation.py NGINX_ALLOWED), unless the
+    operator opted out of the check by its loud name."""
+    if s.nginx.server_snippets_unchecked:
+        return
+    for i, snippet in enumerate(s.nginx.server_snippets):
+        if problem := nginx_snippet_problem(snippet):
+            yield SettingsError(
+                f"flower_nginx_server_snippets[{i}]",
+                f"{shown(snippet)} {problem}",
+                f"{SNIPPET_FIX} (the allow-list: flowerbed/validation.py NGINX_ALLOWED); if you "
+                f"vouch for this one, set {NGINX_UNCHECKED_KEY} = True",
+            )
 
 
 def inside_existing_site(s: Settings) -> Iterator[SettingsError]:

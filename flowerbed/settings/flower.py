@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..resources import LOCKS, local_path
+from ..resources import LOCKS, is_local_dir, local_path
 from ..validation import SettingsError, flower_auth_problem, has_credentials, shown, split_url
 from .checks import (
     DAY,
@@ -34,7 +34,9 @@ if TYPE_CHECKING:
     from . import Settings
 
 
-BROKER_SCHEMES = ("redis", "rediss", "sentinel", "amqp", "amqps", "pyamqp")
+# redis+socket:///run/redis/redis-server.sock: kombu's Redis over a unix socket (Flower's user
+# must be allowed to connect: the socket's group)
+BROKER_SCHEMES = ("redis", "rediss", "redis+socket", "sentinel", "amqp", "amqps", "pyamqp")
 
 
 TASK_COLUMNS = (
@@ -143,22 +145,50 @@ def allowed_emails() -> Check:
     return check
 
 
+# pip fetches the app over these only: encrypted, and authenticated by key or by a netrc
+APP_SOURCE_SCHEMES = ("git+https", "git+ssh", "https")
+NO_CREDENTIALS_IN_URL = (
+    "let the hosts authenticate, not the URL: git+ssh://git@host/... with a deploy key, a "
+    "token-free mirror, or https with the token in root's ~/.netrc (or git's credential "
+    "helper) on the hosts; or a local checkout (flower_app_source = 'path/to/app')"
+)
+
+
 def app_source() -> Check:
     """Where pip gets the app: a URL in it must not carry a token (it would be in `ps` and in
-    pip's world-readable direct_url.json); `git+ssh://git@host` (a user, no secret) is fine."""
+    pip's world-readable direct_url.json), neither as user:password@ nor in the query string;
+    `git+ssh://git@host` (a user, no secret) is fine; only encrypted schemes."""
+    hint = (
+        "a local Python project's directory, a package spec, or a git+https://, git+ssh:// or "
+        "https:// URL without a token"
+    )
 
     def check(key: str, value: Any) -> str:
-        expect(key, value, str, "a local directory, a git URL or a package spec")
-        for found in re.findall(r"[a-z][a-z0-9+.-]*://\S+", value):
+        expect(key, value, str, hint)
+        for found in re.findall(r"[A-Za-z][A-Za-z0-9+.-]*://\S+", value):
             parts = split_url(key, found, "git+https://git.example.com/proj.git@<commit>")
+            if parts.scheme.lower() not in APP_SOURCE_SCHEMES:
+                raise SettingsError(
+                    key,
+                    f"fetches the app over {parts.scheme}://, which is not one of "
+                    f"{', '.join(APP_SOURCE_SCHEMES)} (plain HTTP or git:// can be read and "
+                    "changed on the way)",
+                    "use git+https://... or git+ssh://git@host/..., pinned to a commit",
+                )
             user, colon, _ = parts.netloc.rpartition("@")[0].partition(":")
             if has_credentials(parts) and (colon or not parts.scheme.endswith("ssh")):
                 raise SettingsError(
                     key,
                     "the URL carries credentials (a token or user:password@), which would show in "
                     "`ps` and in pip's world-readable direct_url.json (not shown)",
-                    "use git+ssh://git@host/... with a deploy key, a token-free mirror, or a "
-                    "local checkout (flower_app_source = 'path/to/app')",
+                    NO_CREDENTIALS_IN_URL,
+                )
+            if parts.query:
+                raise SettingsError(
+                    key,
+                    "the URL has a query string (like ?private_token=...), which would show in "
+                    "`ps` and in pip's world-readable direct_url.json (not shown)",
+                    NO_CREDENTIALS_IN_URL,
                 )
         return value
 
@@ -302,10 +332,8 @@ def check_flower(s: Settings) -> Iterator[SettingsError]:
             "flower_app (the -A app) and flower_app_source (where to install it from) go together",
             "set both, or neither for app-less mode",
         )
-    if f.app_is_local and not _local_app_dir(f.app_source).is_dir():
-        yield SettingsError(
-            "flower_app_source", f"{f.app_source!r} is not a directory", "use an existing path"
-        )
+    if f.app_is_local and (problem := local_app_problem(_local_app_dir(f.app_source))):
+        yield SettingsError("flower_app_source", f"{f.app_source!r} {problem}", LOCAL_APP_FIX)
     if o.state_save_interval and not o.persistent:
         yield SettingsError(
             "flower_state_save_interval",
@@ -335,6 +363,32 @@ def check_flower(s: Settings) -> Iterator[SettingsError]:
         yield SettingsError(
             "flower_socket_clients", "lists Flower's own user", f"remove {f.user!r} from the list"
         )
+
+
+LOCAL_APP_FIX = (
+    "point it at the top of your app's checkout, the directory holding its pyproject.toml "
+    "or setup.py"
+)
+PROJECT_FILES = ("pyproject.toml", "setup.py")
+
+
+def local_app_problem(directory: Path) -> str | None:
+    """A local app directory is packed and uploaded to every host: only a Python project's
+    top, and never a hidden directory or one inside one (~/.ssh, ~/.config/...)."""
+    if not is_local_dir(directory):
+        return "is not a directory"
+    hidden = [part for part in directory.parts if part.startswith(".")]
+    if hidden:
+        return (
+            f"is inside the hidden directory {hidden[0]!r} (like ~/.ssh): flowerbed never packs "
+            "one and uploads it to every host"
+        )
+    if not any((directory / name).is_file() for name in PROJECT_FILES):
+        return (
+            f"has neither {' nor '.join(PROJECT_FILES)} at its top, so it is not a Python "
+            "project pip can install (and all of it would be uploaded to every host)"
+        )
+    return None
 
 
 def _local_app_dir(source: str) -> Path:

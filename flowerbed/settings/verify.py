@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any
 
-from ..resources import DEFAULTS, local_path
+from ..resources import DEFAULTS, is_local_file
 from ..validation import SettingsError
 from .checks import Check, setting
 
@@ -36,7 +36,7 @@ def pem_file() -> Check:
 
     def check(key: str, value: Any) -> str:
         amount(str, what)(key, value)
-        if value and not local_path(value).is_file():
+        if value and not is_local_file(value):
             raise SettingsError(
                 key, f"{value} does not exist", "point it at a PEM file on this machine"
             )

@@ -325,7 +325,11 @@ def test_config_failing_nginx_t_is_never_loaded(lab: Lab, edge):
     name = edge[0]
     before = lab.ssh(name, ["sha256sum", SITE], check=True).stdout
     result = run_deploy(
-        [name], data={"flower_nginx_server_snippets": ["flowerbed_no_such_directive on;"]}
+        [name],
+        data={
+            "flower_nginx_server_snippets": ["flowerbed_no_such_directive on;"],
+            "flower_nginx_server_snippets_unchecked": True,  # past the allow-list, to nginx -t
+        },
     )
     assert result.returncode != 0, "the run reports the host failed"
     assert 'unknown directive "flowerbed_no_such_directive"' in result.stderr

@@ -11,6 +11,7 @@ import re
 
 import pytest
 from package_helpers import REPO, build_wheel, missing_from_wheel, wheel_files
+from pem_helpers import ca_pem
 from pyinfra.api import Inventory
 from settings_helpers import error_for, settings_with
 
@@ -110,6 +111,7 @@ def test_relative_paths_resolve_from_where_pyinfra_runs(tmp_path, monkeypatch):
     for name in ("certs/proxy-ca.pem", "acme/ca.pem", "hooks/dns.sh", "apps/proj/pyproject.toml"):
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / name).write_text("x")
+    (tmp_path / "certs/proxy-ca.pem").write_bytes(ca_pem()[0])  # a CA must parse as one
     relative = {
         "flower_egress_ca_certificates": ["certs/proxy-ca.pem"],
         "flower_tls_acme_directory": "https://acme.internal.example/dir",
