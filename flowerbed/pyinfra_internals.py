@@ -1,9 +1,10 @@
 """Every use flowerbed makes of pyinfra outside its public API: here, and nowhere else.
 
 Public, and used anywhere in flowerbed: the names `pyinfra.api` exports, operations and facts,
-`host`, `state`, `inventory`, `logger`, `pyinfra.operations.util.any_changed` (documented with
-operations' output), and `pyinfra.api.operation.OperationMeta`: the object every operation
-returns (documented: `changed`, `did_change()`), imported only to name that type.
+`host`, `state`, `inventory`, `logger`, and `pyinfra.api.operation.OperationMeta`: the object
+every operation returns (in pyinfra's API reference: `changed`, `did_change()`), imported only
+to name that type. Judged public too: `pyinfra.operations.util.any_changed`, a helper over
+those objects that lives with the operations (nginx.py, flower.py).
 
 What is not public is used here only, each use behind a guard. A guard holds when the installed
 pyinfra is in the tested range (TESTED, what pyproject.toml allows) AND every pyinfra function
