@@ -14,6 +14,7 @@ from pyinfra import host, inventory
 
 from flowerbed.auth import HTPASSWD, htpasswd_file
 from flowerbed.preflight import checked
+from flowerbed.pyinfra_internals import install
 from flowerbed.rotate import (
     broker_rolled,
     logins_confirmed,
@@ -24,6 +25,7 @@ from flowerbed.rotate import (
 from flowerbed.settings import operator_checks
 from flowerbed.verify import healthcheck_argv
 
+install()  # flowerbed's shortcuts into pyinfra (flowerbed/pyinfra_internals.py)
 rotation = prepared_rotation(host, inventory, checked)
 this_host = checked(host, inventory)
 settings = this_host.settings

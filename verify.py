@@ -16,9 +16,11 @@ anything is wrong.
 from pyinfra import host, inventory
 
 from flowerbed.preflight import InvalidDeploy, checked
+from flowerbed.pyinfra_internals import install
 from flowerbed.settings import SettingsError, operator_checks
 from flowerbed.verify import verify_host
 
+install()  # flowerbed's shortcuts into pyinfra (flowerbed/pyinfra_internals.py)
 this_host = checked(host, inventory)
 try:
     checks = operator_checks(host.data.dict())

@@ -27,8 +27,9 @@ Modules, one concern each:
   from the operator's machine; rotate: secret rotation (rotate.py)
 - render: the templates; hostfiles: root-owned files; shell: commands as argument lists
 - facts: what the operations ask of a host, fetched in one round trip; units: systemd units
-  enabled and running, from those facts; oporder: pyinfra's operation order without source
-  reads; connection: the SSH socket sends small packets at once
+  enabled and running, from those facts; pyinfra_internals: every use of pyinfra outside its
+  public API (the operation order without source reads, the SSH socket that sends small
+  packets at once...), each applied only on the pyinfra it was written against
 """
 
 

@@ -32,12 +32,15 @@ from .firewall import inbound_firewall, other_services_kept
 from .flower import flower_service, install_flower, remove_old_venvs
 from .packages import package_sources
 from .preflight import Checked, checked
+from .pyinfra_internals import install
 from .resources import DEFAULTS
 from .verify import verify_flower
 
 
 def this_host() -> Checked:
-    """The current host's checked settings and secrets (every targeted host checked once)."""
+    """The current host's checked settings and secrets (every targeted host checked once).
+    Every deploy starts here: flowerbed's shortcuts into pyinfra are installed first."""
+    install()
     return checked(host, inventory)
 
 

@@ -30,11 +30,8 @@ from typing import Any
 
 from pyinfra import host, state
 from pyinfra.api import FactBase, StringCommand
-from pyinfra.api.arguments import pop_global_arguments
 
-from . import oporder
-
-oporder.install()  # the other half of a cheap no-op: operations ordered without source reads
+from . import pyinfra_internals
 
 BEGIN = "@@flowerbed-fact"
 END = "@@flowerbed-status"
@@ -150,24 +147,23 @@ def _host_facts() -> HostFacts:
     return _hosts.setdefault((id(state), host.name), HostFacts())
 
 
-def changed_operations() -> int:
-    """How many of this host's operations have run and changed something."""
-    return sum(
-        1
-        for data in state.ops.get(host, {}).values()
-        if data.operation_meta.is_complete() and data.operation_meta.did_change()
-    )
+def changed_operations() -> Any:
+    """How many of this host's operations have run and changed something (when pyinfra cannot
+    tell, a new value each time: answers are kept no longer than one ask)."""
+    return pyinfra_internals.changed_operations(state, host)
 
 
 def privileges() -> tuple:
     """Who the asking operation runs commands as (a batch runs with its arguments). Outside an
     operation's body (in an `_if`) pyinfra runs facts with the host's data defaults."""
-    arguments = host.current_op_global_arguments
+    arguments = pyinfra_internals.current_op_arguments(host)
     if arguments is None:
         key = (id(state), host.name)
         if key not in _defaults:
-            _defaults[key], _ = pop_global_arguments(state, host, {})
+            _defaults[key] = pyinfra_internals.default_arguments(state, host)
         arguments = _defaults[key]
+        if arguments is None:  # not told: answers are kept no longer than one ask
+            return (object(),)
     return tuple(repr(arguments.get(name) or None) for name in PRIVILEGE_ARGUMENTS)
 
 

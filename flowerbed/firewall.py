@@ -43,8 +43,6 @@ from pyinfra.api import (
     deploy,
     operation,
 )
-from pyinfra.api.command import PyinfraCommand
-from pyinfra.connectors.ssh import SSHConnector
 from pyinfra.operations import systemd
 
 from . import facts
@@ -52,6 +50,14 @@ from .hostfiles import Absent, PathStates, RootDirectory, RootFile, changed, roo
 from .listeners import TABLE, ListeningSockets, LoadedOpenPorts, LoadedTable, cut_off, refusal
 from .nginx import Neighbours, NginxNeighbours
 from .packages import system_packages
+from .pyinfra_internals import (
+    PyinfraCommand,
+    SSHConnector,
+    close_ssh_connector,
+    connector_name,
+    is_ssh_host,
+    new_ssh_connector,
+)
 from .render import render
 from .resources import HOST_SCRIPTS
 from .settings import Firewall, PortOpening
@@ -203,8 +209,8 @@ class ConfirmOverNewConnection(PyinfraCommand):
         return f"ConfirmOverNewConnection({self.digest}, rollback after {self.rollback_seconds}s)"
 
     def execute(self, state, host, connector_arguments) -> bool:
-        if not isinstance(host.connector, SSHConnector):
-            host.log(f"not an SSH host ({type(host.connector).__name__}): confirming directly")
+        if not is_ssh_host(host):
+            host.log(f"not an SSH host ({connector_name(host)}): confirming directly")
             return host.run_shell_command(script("confirm", self.digest), **connector_arguments)[0]
         fresh = new_ssh_connection(state, host)
         if fresh is None:
@@ -214,7 +220,7 @@ class ConfirmOverNewConnection(PyinfraCommand):
                 script("confirm", self.digest), **connector_arguments
             )
         finally:
-            fresh.client.close()
+            close_ssh_connector(fresh)
         if not confirmed:
             host.log_styled(
                 f"firewall: the new ruleset could not be confirmed: {output.stderr}",
@@ -224,18 +230,11 @@ class ConfirmOverNewConnection(PyinfraCommand):
         return confirmed
 
 
-class NewSSHConnection(SSHConnector):
-    """pyinfra's SSH connector for the same host (address, port, user, key, ssh config), with a
-    short connect timeout: a SYN the new ruleset drops is never answered."""
-
-    def make_paramiko_kwargs(self) -> dict:
-        return {**super().make_paramiko_kwargs(), "timeout": NEW_CONNECTION_TIMEOUT}
-
-
 def new_ssh_connection(state, host) -> SSHConnector | None:
     """A second, separate SSH connection to the host (the run's own one is already established)."""
     for attempt in range(1, NEW_CONNECTION_ATTEMPTS + 1):
-        fresh = NewSSHConnection(state, host)
+        # a short connect timeout: a SYN the new ruleset drops is never answered
+        fresh = new_ssh_connector(state, host, NEW_CONNECTION_TIMEOUT)
         try:
             fresh.connect()
             return fresh

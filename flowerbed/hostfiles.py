@@ -30,11 +30,10 @@ from pathlib import Path
 from pyinfra import host, logger, state
 from pyinfra.api import FactBase, FileUploadCommand, OperationError, StringCommand, operation
 from pyinfra.api.operation import OperationMeta
-from pyinfra.api.output import format_text
 from pyinfra.facts.files import FileContents
-from pyinfra.operations.util.files import generate_color_diff
 
 from . import facts
+from .pyinfra_internals import bold, diff_lines
 from .shell import command
 
 
@@ -224,14 +223,14 @@ def _preview_diff(path: str, data: bytes, exists: bool) -> None:
     """`--diff`: the file's diff, as files.put shows it (only for a file that differs)."""
     if not state.config.DIFF or state.is_executing:
         return
-    host.log(f"Will {'modify' if exists else 'create'} {format_text(path, bold=True)}", logger.info)
+    host.log(f"Will {'modify' if exists else 'create'} {bold(path)}", logger.info)
     try:
         desired = data.decode().splitlines(keepends=True)
     except UnicodeDecodeError:
         logger.info("Binary file uploaded")
         return
     current = host.get_fact(FileContents, path=path) if exists else []
-    for line in generate_color_diff([f"{line}\n" for line in current or []], desired):
+    for line in diff_lines([f"{line}\n" for line in current or []], desired):
         logger.info("  %s", line)
     logger.info("")
 

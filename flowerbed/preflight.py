@@ -12,18 +12,17 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from pyinfra.api import Host, Inventory
-from pyinfra.api.exceptions import PyinfraError
+from pyinfra.api import DeployError, Host, Inventory
 
-from .connection import send_without_delay
 from .edge import EdgeInputs, edge_inputs
+from .pyinfra_internals import send_without_delay
 from .resources import DEFAULTS
 from .secrets import FlowerSecrets, load_flower_secrets, load_operator_env
 from .settings import Settings, SettingsError, validate, with_defaults
 from .validation import shown
 
 
-class InvalidDeploy(PyinfraError):
+class InvalidDeploy(DeployError):
     """Shown by pyinfra's CLI as an error without a traceback: every problem, one a line."""
 
 
@@ -139,7 +138,7 @@ def _base(key: str) -> str:
 
 def checked(host: Host, inventory: Inventory) -> Checked:
     """This host's settings and secrets, once every targeted host passed the checks; the
-    host's SSH connection sends without delay from here on (flowerbed/connection.py)."""
+    host's SSH connection sends without delay from here on (flowerbed/pyinfra_internals.py)."""
     send_without_delay(host)
     if not _checked:
         try:

@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 
 from pyinfra import host, state
 from pyinfra.api import OperationError, StringCommand
-from pyinfra.api.arguments import CONNECTOR_ARGUMENT_KEYS, pop_global_arguments
 
+from . import pyinfra_internals
 from .facts import Answers
 from .shell import command
 
@@ -74,9 +74,7 @@ def _answer(ask: Ask) -> bool | str:
 
 def _connector_arguments() -> dict:
     """How pyinfra runs a command here: the operation's arguments (_sudo...), else the host's."""
-    current = dict(host.current_op_global_arguments or {})
-    arguments, _ = pop_global_arguments(state, host, current)
-    return {key: value for key, value in arguments.items() if key in CONNECTOR_ARGUMENT_KEYS}
+    return pyinfra_internals.connector_arguments(state, host)
 
 
 def script(asks: list[Ask]) -> tuple[StringCommand, list[str]]:

@@ -24,6 +24,7 @@ from pyinfra.api.operation import OperationMeta
 
 from . import facts, quiet
 from .hostfiles import PathStates
+from .pyinfra_internals import current_op_arguments
 from .settings import BROKER_SCHEMES, Flower, SettingsError
 from .shell import command
 from .validation import (
@@ -224,7 +225,7 @@ def secret_file(
 
 def _upload_into(existing_0600_file: str, content: bytes):
     """Upload into a file that is already 0600: an upload never creates a readable file."""
-    arguments = host.current_op_global_arguments or {}
+    arguments = current_op_arguments(host) or {}
     temp_file = None
     if any(arguments.get(key) for key in PRIVILEGE_ARGUMENTS):
         # pyinfra uploads as the login user to a temp file, then copies it with sudo/su:

@@ -3,6 +3,8 @@
 from pyinfra import host
 
 from flowerbed.firewall import inbound_firewall
+from flowerbed.pyinfra_internals import install
 from flowerbed.settings import load_settings
 
+install()  # as flowerbed's own deploys do
 inbound_firewall(load_settings(host.data.dict()).firewall)

@@ -1,6 +1,11 @@
 """What makes a no-op converge cheap, checked without the lab: the operation order computed
 without source reads is pyinfra's own, and the SSH socket is set to send at once.
-benchmarks/converge.py measures the effect on lab hosts."""
+benchmarks/converge.py measures the effect on lab hosts.
+
+Every test runs three times (the `fence` fixture): with flowerbed's shortcuts installed on the
+tested pyinfra, on a pyinfra of an unknown version, and on one whose replaced functions changed.
+In the last two the shortcuts are not installed and the results are still pyinfra's own
+(tests/unit/test_pyinfra_fence_units.py checks the one log line)."""
 
 from __future__ import annotations
 
@@ -10,15 +15,30 @@ from types import SimpleNamespace
 
 import pyinfra
 import pytest
+from fence_helpers import fake_changed_functions
+from pyinfra.api.operation import solve_operation_consistency
 
-from flowerbed import oporder
-from flowerbed.connection import send_without_delay
+from flowerbed import pyinfra_internals as internals
+from flowerbed.pyinfra_internals import send_without_delay
 
 HERE = __file__
 
 
+@pytest.fixture(params=["tested pyinfra", "unknown version", "changed functions"], autouse=True)
+def fence(request, monkeypatch):
+    """flowerbed's entry points have installed its shortcuts, on the pyinfra of `param`."""
+    internals.uninstall()
+    if request.param == "unknown version":
+        monkeypatch.setattr(internals, "installed_version", lambda: "3.11.0")
+    elif request.param == "changed functions":
+        fake_changed_functions(monkeypatch)
+    internals.install()
+    yield request.param
+    internals.uninstall()
+
+
 def both_orders(state) -> tuple[list[int], list[int]]:
-    return oporder.PYINFRAS_OWN(state), oporder.operation_order(state)  # on one line: same frame
+    return internals.PYINFRAS_OWN(state), internals.operation_order(state)  # one line: one frame
 
 
 def one_call_deeper(state):
@@ -36,10 +56,40 @@ def test_the_operation_order_is_pyinfras_own(monkeypatch, deploy_file, is_cli):
         assert len(ours) > 2, "the frames from the deploy file down are counted"
 
 
-def test_pyinfra_orders_operations_with_it():
-    oporder.install()
+def orders_where_pyinfra_asks(state) -> tuple[list[int], list[int]]:
+    """The order pyinfra's own call site gets (what is installed), and pyinfra's own function
+    called from the same line."""
+    host = SimpleNamespace(op_hash_order=[], loop_position=None)
+    return list(solve_operation_consistency({"op"}, state, host)[0]), internals.PYINFRAS_OWN(state)
+
+
+@pytest.mark.parametrize("caller", ["flowerbed", "not flowerbed"])
+@pytest.mark.parametrize("deploy_file", [HERE, None, "/elsewhere/deploy.py"])
+def test_pyinfra_orders_operations_with_it(monkeypatch, fence, caller, deploy_file):
+    monkeypatch.setattr(pyinfra, "is_cli", True)
+    if caller == "flowerbed":  # this file stands for flowerbed's code calling an operation
+        monkeypatch.setattr(internals, "FLOWERBED_DIR", HERE.rsplit("/", 1)[0] + "/")
+    state = SimpleNamespace(current_deploy_filename=deploy_file, current_op_file_number=7)
+    installed, pyinfras = orders_where_pyinfra_asks(state)
+    assert installed == pyinfras
     module = importlib.import_module("pyinfra.api.operation")
-    assert module.get_operation_order_from_stack is oporder.operation_order
+    if fence == "tested pyinfra":
+        assert module.get_operation_order_from_stack is not internals.PYINFRAS_OWN
+    else:
+        assert module.get_operation_order_from_stack is internals.PYINFRAS_OWN
+
+
+def test_other_operations_get_pyinfras_own_function(monkeypatch):
+    """An operation flowerbed's code does not call: pyinfra's function runs, not the walk."""
+    monkeypatch.setattr(pyinfra, "is_cli", True)
+    calls = []
+    monkeypatch.setattr(internals, "PYINFRAS_OWN", lambda state: calls.append(state) or [7, 1])
+    monkeypatch.setattr(internals, "operation_order", lambda *a: pytest.fail("the fast path"))
+    state = SimpleNamespace(
+        current_deploy_filename="/elsewhere/deploy.py", current_op_file_number=7
+    )
+    assert internals._order_for_flowerbeds_operations(state) == [7, 1]
+    assert calls == [state]
 
 
 def host_on(sock) -> SimpleNamespace:
@@ -47,14 +97,20 @@ def host_on(sock) -> SimpleNamespace:
     return SimpleNamespace(connector=SimpleNamespace(client=client))
 
 
-def test_the_ssh_socket_sends_without_delay():
+def test_the_ssh_socket_sends_without_delay(fence):
     with (
         socket.create_server(("127.0.0.1", 0)) as server,
         socket.create_connection(server.getsockname()) as client,
     ):
         assert not client.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
         send_without_delay(host_on(client))
-        assert client.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+        assert bool(client.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)) == (
+            fence == "tested pyinfra"
+        )
+        client.sendall(b"still works")
+        accepted, _ = server.accept()
+        with accepted:
+            assert accepted.recv(11) == b"still works"
 
 
 class NotATcpSocket:
