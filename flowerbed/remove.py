@@ -444,7 +444,8 @@ def certificate_removed(remove: Remove) -> OperationMeta:
 
 
 def firewall_removed() -> OperationMeta:
-    facts.expect(UnitStates, units=(ROLLBACK_TIMER, FIREWALL_UNIT))
+    for unit in (ROLLBACK_TIMER, FIREWALL_UNIT):  # as unit_state asks (merged into one command)
+        facts.expect(UnitStates, units=(unit,))
     facts.expect(PathStates, paths=FIREWALL_BOOT_FILES, digests=False)
     facts.expect(TableLoaded)
     return table_deleted(name="Firewall: boot unit off, table deleted (SSH stays open)")
