@@ -11,7 +11,7 @@ Modules, one concern each:
 - deploy: the deploys a consumer calls; defaults: every data key's default (group_data/all.py)
 - resources: the package data (templates/, files/, locks/) and the base of relative paths
 - settings: the validated data model, one module per concern (checks: the shared checks;
-  egress, flower, firewall, edge, oauth, verify: their sections and rules); validation: its
+  egress, flower, firewall, edge, oauth, verify, remove: their sections and rules); validation: its
   rules and error reporting
 - preflight: every host's data and secrets checked before any host changes
 - secrets: the operator's secrets (environment or .env) and the no-diff secret file; quiet:
@@ -24,7 +24,8 @@ Modules, one concern each:
 - edge: nginx, TLS, logins, in order; nginx: the sites; existing_site: Flower inside the
   operator's own nginx site; tls: the certificate (certbot); auth: the dashboard's logins
 - verify: the health check in a deploy and the fleet check (verify.py); probe: HTTPS checks
-  from the operator's machine; rotate: secret rotation (rotate.py)
+  from the operator's machine; rotate: secret rotation (rotate.py); remove: flowerbed taken
+  off a host (remove.py)
 - render: the templates; hostfiles: root-owned files; shell: commands as argument lists
 - facts: what the operations ask of a host, fetched in one round trip; units: systemd units
   enabled and running, from those facts; pyinfra_internals: every use of pyinfra outside its

@@ -32,6 +32,10 @@ from .units import UnitStates, unit_running, unit_state
 from .venv import AppPackage, app_from_source, linked_venv, only_the_venv, venv_key
 
 NOLOGIN = "/usr/sbin/nologin"
+# The GECOS comment of a user flowerbed created (and of its group, when it created that too):
+# remove.py deletes only accounts carrying it (see created_accounts).
+CREATED = "Flower (created by flowerbed)"
+CREATED_WITH_GROUP = "Flower (created by flowerbed with its group)"
 
 
 @dataclass(frozen=True)
@@ -207,9 +211,10 @@ def accounts(user: str, group: str, home: str, clients: tuple[str, ...]):
     passwd = found["passwd"].get(user)
     wanted = {"--gid": group, "--home": home, "--shell": NOLOGIN}
     if not passwd:
+        comment = CREATED if group_entry else CREATED_WITH_GROUP
         yield command(
             "useradd", "--system", "--no-create-home", "--gid", group, "--home-dir", home,
-            "--shell", NOLOGIN, user,
+            "--shell", NOLOGIN, "--comment", comment, user,
         )  # fmt: skip
     elif not group_entry or (passwd[3], passwd[5], passwd[6]) != (group_entry[2], home, NOLOGIN):
         yield command("usermod", *(part for item in wanted.items() for part in item), user)
@@ -217,6 +222,16 @@ def accounts(user: str, group: str, home: str, clients: tuple[str, ...]):
     for client in clients:
         if client not in members:
             yield command("usermod", "--append", "--groups", group, client)
+
+
+def created_accounts(found: dict, user: str, group: str) -> tuple[str, ...]:
+    """Of `user` and `group` (an Accounts fact), those flowerbed created: marked in the user's
+    GECOS comment by `accounts` (a user made before that record, or by hand, is kept)."""
+    passwd = found["passwd"].get(user)
+    comment = passwd[4] if passwd else ""
+    if comment == CREATED_WITH_GROUP and group in found["group"]:
+        return (user, group)
+    return (user,) if comment in (CREATED, CREATED_WITH_GROUP) else ()
 
 
 # --- the service ----------------------------------------------------------------------------

@@ -20,6 +20,9 @@ from .shell import command
 
 APT_PROXY_CONF = "/etc/apt/apt.conf.d/80flowerbed-proxy"
 EXTRA_CA_DIR = "/usr/local/share/ca-certificates/flowerbed"
+# The packages flowerbed installed (they were missing), one a line: what remove.py may purge
+INSTALLED_RECORD_DIR = "/var/lib/flowerbed"
+INSTALLED_RECORD = f"{INSTALLED_RECORD_DIR}/apt-installed"
 SYSTEM_CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
 
 
@@ -80,6 +83,8 @@ def apt_installed(packages: tuple[str, ...]):
         "-o", "Dpkg::Options::=--force-confdef", "-o", "Dpkg::Options::=--force-confold",
         "install", "--no-install-recommends", *missing,
     )  # fmt: skip
+    yield command("mkdir", "-p", INSTALLED_RECORD_DIR)
+    yield StringCommand(command("printf", "%s\\n", *missing), ">>", INSTALLED_RECORD)
 
 
 def pip_conf(egress: Egress) -> str:

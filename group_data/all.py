@@ -140,3 +140,8 @@ flower_verify_max_failed_tasks = 100  # more tasks than this failed in the last 
 flower_verify_max_task_seconds = 1800  # a task STARTED longer ago than this counts as stuck
 flower_verify_max_queue_length = 1000  # more messages waiting in one queue is a problem
 flower_verify_expected_tasks = []  # task names some online worker must have registered (e.g. in -A mode)
+
+# --- Removal: remove.py takes flowerbed off a host (flowerbed/remove.py) ---------------------
+flower_remove_packages = False  # True: also purge the apt packages flowerbed installed (recorded on install; others stay)
+flower_remove_revoke_certificate = False  # True: revoke the certificate at its ACME directory before deleting it
+flower_remove_keep_state = True  # Flower's state goes to /var/backups/flowerbed-<service>-<UTC time>.tar.gz (root 0600); False: deleted

@@ -18,6 +18,7 @@ in its own module, with the checks and rules only it uses:
   edge       Site, Nginx, Tls, Auth: the dashboard's names, the proxy, certificates, logins
   oauth      OAuthProvider: what Flower's OAuth login handlers read
   verify     Verify: what the operator's runs (verify.py, rotate.py) expect of a host
+  remove     Remove: what the removal run (remove.py) keeps
 
 and this module puts them together: SECTIONS, the rules between keys (RULES), and loading.
 """
@@ -47,12 +48,13 @@ from .egress import Egress, check_egress
 from .firewall import Firewall, PortOpening, check_firewall
 from .flower import BROKER_SCHEMES, MANAGED_KEYS, Flower, FlowerOptions, check_flower, local_app_dir
 from .oauth import GITHUB, GITLAB, OKTA, OAuthProvider, check_oauth_provider
+from .remove import Remove
 from .verify import Verify, operator_checks
 
 __all__ = [  # what the operation modules, the operator's runs and the tests import from here
     "BROKER_SCHEMES", "GITHUB", "GITLAB", "LETS_ENCRYPT", "OKTA", "OWNED_PREFIXES", "RENAMED",
     "Auth", "Egress", "Firewall", "Flower", "FlowerOptions", "Nginx", "OAuthProvider",
-    "PortOpening", "Settings", "SettingsError", "Site", "Tls", "Verify", "dns_name",
+    "PortOpening", "Remove", "Settings", "SettingsError", "Site", "Tls", "Verify", "dns_name",
     "duplicate_names", "known_keys",
     "load_settings", "local_app_dir", "operator_checks", "validate", "with_defaults",
 ]  # fmt: skip
@@ -97,6 +99,7 @@ class Settings:
     auth: Auth
     oauth_provider: OAuthProvider
     verify: Verify
+    remove: Remove
 
 
 # attribute -> section, in the order Settings lists them
