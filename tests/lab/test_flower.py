@@ -119,12 +119,12 @@ def test_flower_lists_the_lab_worker(lab: Lab, first_deploy: DeployResult):
         assert any(name.startswith("demo@") for name in workers), (host, list(workers))
 
 
-def test_exposure_score_is_at_most_1_5(lab: Lab, first_deploy: DeployResult):
+def test_exposure_score_is_at_most_1_0(lab: Lab, first_deploy: DeployResult):
     for host in HOSTS:
         report = on_host(lab, host, ["systemd-analyze", "security", "flower.service"], False)
         score = float(re.search(r"Overall exposure level for flower.service: ([\d.]+)", report)[1])
         print(f"{host}: systemd-analyze security flower.service = {score}")
-        assert score <= 1.5
+        assert score <= 1.0
 
 
 def test_no_secret_in_processes_unit_or_readable_files(
@@ -337,7 +337,7 @@ def test_debian_13_host(lab: Lab, fresh_host, broker_password: str):
     report = on_host(lab, host, ["systemd-analyze", "security", "flower.service"], False)
     score = float(re.search(r"Overall exposure level for flower.service: ([\d.]+)", report)[1])
     print(f"{host} (Debian 13): exposure {score}")
-    assert score <= 1.5
+    assert score <= 1.0
     assert readable_by_nobody(lab, host, broker_password) == []
     second = run_deploy([host])
     assert second.ok and second.totals["success"] == 0, second.totals
