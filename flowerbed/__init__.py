@@ -29,6 +29,8 @@ Modules, one concern each:
 - facts: what the operations ask of a host, fetched in one round trip; units: systemd units
   enabled and running, from those facts; oporder: pyinfra's operation order without source
   reads; connection: the SSH socket sends small packets at once
+- monitoring: Prometheus, the blackbox exporter and Alertmanager on the host the dashboards name
+  (flower_monitoring_host); alert_rules: flowerbed's Prometheus rules and their thresholds
 """
 
 

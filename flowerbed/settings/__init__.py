@@ -18,6 +18,7 @@ in its own module, with the checks and rules only it uses:
   edge       Site, Nginx, Tls, Auth: the dashboard's names, the proxy, certificates, logins
   oauth      OAuthProvider: what Flower's OAuth login handlers read
   verify     Verify: what the operator's runs (verify.py, rotate.py) expect of a host
+  monitoring Monitoring: the host that scrapes the dashboards and mails alerts
 
 and this module puts them together: SECTIONS, the rules between keys (RULES), and loading.
 """
@@ -36,6 +37,7 @@ from .edge import LETS_ENCRYPT, Auth, Nginx, Site, Tls, check_edge, dns_name, du
 from .egress import Egress, check_egress
 from .firewall import Firewall, PortOpening, check_firewall
 from .flower import BROKER_SCHEMES, MANAGED_KEYS, Flower, FlowerOptions, check_flower, local_app_dir
+from .monitoring import Monitoring, check_monitoring
 from .oauth import GITHUB, GITLAB, OKTA, OAuthProvider, check_oauth_provider
 from .verify import Verify, operator_checks
 
@@ -87,11 +89,13 @@ class Settings:
     auth: Auth
     oauth_provider: OAuthProvider
     verify: Verify
+    monitoring: Monitoring
 
 
 # attribute -> section, in the order Settings lists them
 SECTIONS: dict[str, type] = get_type_hints(Settings)
 RULES = (check_egress, check_flower, check_firewall, check_edge, check_oauth_provider)
+RULES += (check_monitoring,)
 
 
 def known_keys() -> dict[str, Check]:
