@@ -216,11 +216,18 @@ def smtp_password(m: Monitoring, environ=os.environ) -> Secret | None:
 # --- a file checked by its service's own tool before it replaces the one in use ---------------
 
 Checker = tuple[str, ...]  # argv; "{}" in an argument stands for the staged file
+CHECKERS: dict[str, Checker] = {
+    PROMETHEUS_CONFIG: ("promtool", "check", "config", "--syntax-only", "{}"),
+    RULES_FILE: ("promtool", "check", "rules", "{}"),
+    BLACKBOX_CONFIG: ("prometheus-blackbox-exporter", "--config.check", "--config.file={}"),
+    ALERTMANAGER_CONFIG: ("amtool", "check-config", "{}"),
+}
 
 
-def checked_file(name: str, path: str, text: str, checker: Checker, **arguments) -> OperationMeta:
+def checked_file(name: str, path: str, text: str, **arguments) -> OperationMeta:
+    """`path` holds `text`, checked first by its tool (CHECKERS)."""
     facts.expect(PathStates, paths=(path,))
-    return checked_upload(name=name, path=path, text=text, checker=checker, **arguments)
+    return checked_upload(name=name, path=path, text=text, checker=CHECKERS[path], **arguments)
 
 
 @operation()
@@ -295,7 +302,6 @@ def prometheus_config(m: Monitoring, targets: list[Target]) -> OperationMeta:
         "prometheus.yml: every dashboard's /metrics and HTTPS probe (promtool check config)",
         PROMETHEUS_CONFIG,
         prometheus_text(m, targets),
-        ("promtool", "check", "config", "--syntax-only", "{}"),
     )
     return ca, config
 
@@ -303,22 +309,14 @@ def prometheus_config(m: Monitoring, targets: list[Target]) -> OperationMeta:
 @deploy("Monitoring: alert rules")
 def monitoring_rules(m: Monitoring) -> OperationMeta:
     """flowerbed's rules with flower_monitoring_rules, checked with `promtool check rules`."""
-    return checked_file(
-        "flowerbed's alert rules (promtool check rules)",
-        RULES_FILE,
-        rules_text(m),
-        ("promtool", "check", "rules", "{}"),
-    )
+    return checked_file("flowerbed's alert rules (promtool check rules)", RULES_FILE, rules_text(m))
 
 
 @deploy("Monitoring: blackbox exporter")
 def monitoring_blackbox(m: Monitoring) -> OperationMeta:
-    return checked_file(
-        "The blackbox exporter's HTTPS probe (--config.check)",
-        BLACKBOX_CONFIG,
-        blackbox_text(m),
-        ("prometheus-blackbox-exporter", "--config.check", "--config.file={}"),
-    )
+    """The HTTPS probe's module, checked with the exporter's --config.check."""
+    text = blackbox_text(m)
+    return checked_file("The blackbox exporter's HTTPS probe", BLACKBOX_CONFIG, text)
 
 
 @deploy("Monitoring: Alertmanager")
@@ -351,7 +349,6 @@ def monitoring_alertmanager(
         "alertmanager.yml: e-mail over STARTTLS with a login, resolved mails (amtool)",
         ALERTMANAGER_CONFIG,
         alertmanager_text(m),
-        ("amtool", "check-config", "{}"),
     )
     return (files, config, *secret)
 

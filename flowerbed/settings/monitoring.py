@@ -76,9 +76,7 @@ class Monitoring:
         text(r"[A-Za-z0-9_.@:-]*", "a host's name in the inventory ('' = none)"),
         "the inventory name of the host that monitors this one ('' = no monitoring, the default)",
     )
-    only: bool = setting(
-        boolean(), "True: this host runs the monitoring part only, no dashboard of its own"
-    )
+    only: bool = setting(boolean(), "True: this host runs no dashboard of its own")
     address: str = setting(
         ip_address(),
         "the monitoring host's address as the dashboards see its scrapes "
