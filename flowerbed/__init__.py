@@ -30,7 +30,8 @@ Modules, one concern each:
   enabled and running, from those facts; oporder: pyinfra's operation order without source
   reads; connection: the SSH socket sends small packets at once
 - monitoring: Prometheus, the blackbox exporter and Alertmanager on the host the dashboards name
-  (flower_monitoring_host); alert_rules: flowerbed's Prometheus rules and their thresholds
+  (flower_monitoring_host); alert_rules: flowerbed's Prometheus rules and their thresholds;
+  monitoring_verify: verify.py's layers for that host
 """
 
 

@@ -168,3 +168,21 @@ def test_who_watches_whom():
     ]
     assert [h.name for h in inventory if mon.is_monitoring_host(h, inventory)] == ["mon"]
     assert not mon.runs_dashboard(inventory[3].data.dict())
+
+
+def test_verify_layers_of_the_monitoring_host():
+    from flowerbed.monitoring_verify import monitoring_verdicts
+
+    def vector(value):
+        return {"data": {"result": [{"value": [0, str(value)]}]}}
+
+    up = {"health": "up", "labels": {"job": "flower", "instance": "h1"}}
+    down = {"health": "down", "labels": {"job": "flower", "instance": "h2"}}
+    groups = {"data": {"groups": [{"name": "flowerbed-celery", "rules": [{"health": "ok"}]},
+                                  {"name": "flowerbed-flower", "rules": []}]}}  # fmt: skip
+    fine = monitoring_verdicts([{"data": {"activeTargets": [up]}}, groups, vector(0), vector(2)])
+    assert {name: v[0] for name, v in fine.items()} == dict.fromkeys(fine, True)
+    bad = monitoring_verdicts([{"data": {"activeTargets": [up, down]}}, {}, vector(3), vector(3)])
+    assert not any(v[0] for v in bad.values())
+    assert "flower/h2" in bad["targets"][2] and "failed 3 of 3" in bad["delivery"][2]
+    assert not any(v[0] for v in monitoring_verdicts([]).values())  # Prometheus not answering
