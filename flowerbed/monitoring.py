@@ -32,7 +32,6 @@ from pyinfra.operations import server
 from pyinfra.operations.util import any_changed
 
 from . import alert_rules, facts
-from .flower import restarted
 from .hostfiles import (
     Absent,
     PathStates,
@@ -354,20 +353,20 @@ def monitoring_alertmanager(
 
 
 def service_running(service: Service, restart_if: Callable[[], bool], *inputs) -> None:
-    """Restarted for a new drop-in, reloaded (SIGHUP) for new files; enabled and running."""
-    facts.expect(PathStates, paths=(service.dropin,))
-    restarted(
-        name=f"Restart {service.unit} (its drop-in changed)",
-        unit=service.unit,
-        daemon_reload=lambda: False,
+    """Restarted for a new drop-in (after a failed start, e.g. the packages' own start without
+    flowerbed's files yet), reloaded (SIGHUP) for new files; enabled and running."""
+    unit = service.unit
+    server.shell(
+        name=f"Restart {unit} (its drop-in changed)",
+        commands=[f"systemctl reset-failed {unit} 2>/dev/null; systemctl restart {unit}"],
         _if=restart_if,
     )
     server.shell(
-        name=f"Reload {service.unit} (its configuration changed)",
-        commands=[f"systemctl try-reload-or-restart {service.unit}"],
+        name=f"Reload {unit} (its configuration changed)",
+        commands=[f"systemctl try-reload-or-restart {unit}"],
         _if=lambda: any_changed(*inputs)() and not restart_if(),
     )
-    unit_running(f"{service.unit} is enabled and running", service.unit, reset_failed=True)
+    unit_running(f"{unit} is enabled and running", unit, reset_failed=True)
 
 
 @deploy("Monitoring")
