@@ -31,6 +31,9 @@ Modules, one concern each:
   enabled and running, from those facts; pyinfra_internals: every use of pyinfra outside its
   public API (the operation order without source reads, the SSH socket that sends small
   packets at once...), each applied only on the pyinfra it was written against
+- monitoring: Prometheus, the blackbox exporter and Alertmanager on the host the dashboards name
+  (flower_monitoring_host); alert_rules: flowerbed's Prometheus rules and their thresholds;
+  monitoring_verify: verify.py's layers for that host
 """
 
 

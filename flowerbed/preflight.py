@@ -19,6 +19,7 @@ from .pyinfra_internals import send_without_delay
 from .resources import DEFAULTS
 from .secrets import FlowerSecrets, load_flower_secrets, load_operator_env
 from .settings import Settings, SettingsError, validate, with_defaults
+from .settings.monitoring import join_monitoring_source
 from .validation import shown
 
 
@@ -40,7 +41,9 @@ def host_problems(
     host: Host, environ: Mapping[str, str] = os.environ
 ) -> tuple[Checked | None, list[SettingsError]]:
     """One host's data, then the secrets it names: all problems, the checked inputs if none."""
-    settings, problems = validate(host.data.dict(), explicit_keys(host))
+    data, joined = host_data(host)
+    settings, problems = validate(data, explicit_keys(host))
+    problems.errors.extend(joined)
     data_errors = len(problems.errors)
     # a key that failed: its default stands in, so the checks that need it still run
     dependent, stand_ins = with_defaults(settings) if data_errors else (settings, [])
@@ -63,6 +66,21 @@ def host_problems(
     if problems.errors:
         return None, problems.errors
     return Checked(settings, **inputs), []
+
+
+def host_data(host: Host) -> tuple[dict, list[SettingsError]]:
+    """The host's data, its monitoring host's address joined to flower_monitoring_sources
+    (flowerbed/settings/monitoring.py); or its data as it is, and why that failed."""
+    inventory = getattr(host, "inventory", None)
+
+    def lookup(name: str) -> dict | None:
+        other = inventory.get_host(name, None) if inventory is not None else None
+        return other.data.dict() if other is not None else None
+
+    try:
+        return join_monitoring_source(host.data.dict(), lookup), []
+    except SettingsError as error:
+        return host.data.dict(), [error]
 
 
 def explicit_keys(host: Host) -> set[str] | None:

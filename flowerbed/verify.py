@@ -164,6 +164,7 @@ LAYERS = (
     "unit", "socket", "nginx", "nginx_config", "https", "certificate", "renewal", "firewall",
     "sandbox", "state", "workers", "failed_tasks", "stuck_tasks", "queues", "registered",
     "site_include",  # inside the operator's site only
+    "targets", "rules", "delivery",  # the monitoring host only (flowerbed/monitoring_verify.py)
 )  # fmt: skip
 _fleet: dict[str, HostReport] = {}
 _reported: list[bool] = []
@@ -537,7 +538,8 @@ COLUMNS = (
     ("renewal", "renewal"), ("firewall", "firewall"), ("sandbox", "sandbox"),
     ("state", "state"), ("workers on/off", "workers"),
     ("failed 1h", "failed_tasks"), ("stuck", "stuck_tasks"), ("max queue", "queues"),
-    ("registered", "registered"), ("in site", "site_include"), ("verdict", None),
+    ("registered", "registered"), ("in site", "site_include"), ("targets", "targets"),
+    ("rules", "rules"), ("delivery", "delivery"), ("verdict", None),
 )  # fmt: skip
 
 
@@ -614,11 +616,17 @@ _checks: list[OperatorChecks] = []
 
 
 @deploy("Verify host")
-def verify_host(settings: Settings, inputs: EdgeInputs, checks: OperatorChecks) -> None:
-    """Every layer's health on this host; a verify run changes nothing."""
+def verify_host(
+    settings: Settings, inputs: EdgeInputs, checks: OperatorChecks, dashboard: bool = True
+) -> None:
+    """Every layer's health on this host; a verify run changes nothing. `dashboard` False: a
+    monitoring host that runs no Flower (its own layers come before this)."""
     if not _checks:
         _checks.append(checks)
         atexit.register(_report_if_never_reached)
+    if not dashboard:
+        fleet_verdict(name="Verdict", checks=checks)
+        return
     host_layers_checked(
         name="On the host: unit, socket, nginx, firewall, sandbox",
         settings=settings,

@@ -145,3 +145,28 @@ flower_verify_expected_tasks = []  # task names some online worker must have reg
 flower_remove_packages = False  # True: also purge the apt packages flowerbed installed (recorded on install; others stay)
 flower_remove_revoke_certificate = False  # True: revoke the certificate at its ACME directory before deleting it
 flower_remove_keep_state = True  # Flower's state goes to /var/backups/flowerbed-<service>-<UTC time>.tar.gz (root 0600); False: deleted
+
+# --- Monitoring: Prometheus, the blackbox exporter and Alertmanager on a host (issue 22) ------
+# Off by default. Name the monitoring host for every host (here, or in your inventory's group
+# data): it runs Debian's prometheus, prometheus-alertmanager and prometheus-blackbox-exporter,
+# scrapes each dashboard naming it through nginx, probes their certificates and mails alerts;
+# its address joins each dashboard's flower_monitoring_sources by itself. Prometheus and
+# Alertmanager listen on 127.0.0.1 only (reach them over `ssh -L 9090:127.0.0.1:9090`).
+flower_monitoring_host = ""  # the inventory name of the host that monitors this one ('' = none)
+flower_monitoring_only = False  # True on a monitoring host that runs no dashboard of its own
+flower_monitoring_address = ""  # the monitoring host's address as dashboards see it ('' = its ssh_hostname)
+flower_monitoring_scrape_interval = "30s"  # how often Prometheus scrapes /metrics and probes HTTPS
+flower_monitoring_evaluation_interval = "30s"  # how often Prometheus evaluates the alert rules
+flower_monitoring_retention = "15d"  # how long Prometheus keeps its samples
+flower_monitoring_rules = {}  # alert thresholds over the rules' defaults, e.g. {"expected_workers": "2"}
+flower_monitoring_ca_bundle = ""  # local CA bundle of the dashboards' certificates ('' = the system's)
+flower_monitoring_smtp_smarthost = ""  # SMTP server with STARTTLS, e.g. "smtp.example.com:587" ('' = no mail)
+flower_monitoring_smtp_from = ""  # the alerts' sender, e.g. "alerts@example.com"
+flower_monitoring_smtp_user = ""  # the SMTP login's user ('' = no login)
+flower_monitoring_smtp_password_env = ""  # holds the SMTP login's password, e.g. "FLOWERBED_SMTP_PASSWORD"
+flower_monitoring_smtp_ca_bundle = ""  # local CA bundle of the SMTP server's certificate ('' = the system's)
+flower_monitoring_mail_to = []  # who gets the alerts, e.g. ["ops@example.com"]
+flower_monitoring_webhook_url = ""  # also POST alerts to this webhook ('' = none)
+flower_monitoring_group_wait = "30s"  # wait this long for more alerts of a group before its first mail
+flower_monitoring_group_interval = "5m"  # wait this long before mailing a group's new alerts
+flower_monitoring_repeat_interval = "4h"  # mail a still-firing alert again after this long

@@ -47,3 +47,30 @@ both. Only names of environment variables go here, never a secret's value.
 #     ),
 # ]
 dashboards = []
+
+# Optional (off by default): a monitoring host (docs/monitoring.md). Each dashboard names it in
+# flower_monitoring_host (add the key to their data, or to group_data/prod.py for all); it runs
+# Prometheus, the blackbox exporter and Alertmanager, scrapes them through nginx (its address
+# joins their flower_monitoring_sources by itself) and mails their alerts. The SMTP password is
+# in .env under the name flower_monitoring_smtp_password_env gives.
+#
+# monitoring = [
+#     (
+#         "monitor.example.com",
+#         {
+#             "ssh_user": "deploy",
+#             "_sudo": True,
+#             "ssh_known_hosts_file": "inventory/known_hosts",
+#             "ssh_strict_host_key_checking": "yes",
+#             "flower_monitoring_host": "monitor.example.com",  # itself
+#             "flower_monitoring_only": True,  # runs no dashboard of its own
+#             "flower_monitoring_smtp_smarthost": "smtp.example.com:587",  # STARTTLS, a login
+#             "flower_monitoring_smtp_from": "alerts@example.com",
+#             "flower_monitoring_smtp_user": "alerts@example.com",
+#             "flower_monitoring_smtp_password_env": "FLOWERBED_SMTP_PASSWORD",
+#             "flower_monitoring_mail_to": ["ops@example.com"],
+#             "flower_monitoring_webhook_url": "",  # e.g. a chat bridge, too
+#         },
+#     ),
+# ]
+monitoring = []

@@ -19,6 +19,7 @@ in its own module, with the checks and rules only it uses:
   oauth      OAuthProvider: what Flower's OAuth login handlers read
   verify     Verify: what the operator's runs (verify.py, rotate.py) expect of a host
   remove     Remove: what the removal run (remove.py) keeps
+  monitoring Monitoring: the host that scrapes the dashboards and mails alerts
 
 and this module puts them together: SECTIONS, the rules between keys (RULES), and loading.
 """
@@ -47,6 +48,7 @@ from .edge import (
 from .egress import Egress, check_egress
 from .firewall import Firewall, PortOpening, check_firewall
 from .flower import BROKER_SCHEMES, MANAGED_KEYS, Flower, FlowerOptions, check_flower, local_app_dir
+from .monitoring import Monitoring, check_monitoring
 from .oauth import GITHUB, GITLAB, OKTA, OAuthProvider, check_oauth_provider
 from .remove import Remove
 from .verify import Verify, operator_checks
@@ -100,6 +102,7 @@ class Settings:
     oauth_provider: OAuthProvider
     verify: Verify
     remove: Remove
+    monitoring: Monitoring
 
 
 # attribute -> section, in the order Settings lists them
@@ -108,6 +111,7 @@ RULES = (
     check_egress, check_flower, check_firewall, check_edge, check_nginx_snippets,
     check_oauth_provider,
 )  # fmt: skip
+RULES += (check_monitoring,)
 
 
 def known_keys() -> dict[str, Check]:

@@ -17,6 +17,7 @@ from settings_helpers import error_for, settings_with
 
 import flowerbed
 from flowerbed.deploy import PARTS, deploy_flowerbed
+from flowerbed.monitoring import deploy_monitoring
 from flowerbed.preflight import explicit_keys
 from flowerbed.resources import DEFAULTS, HOST_SCRIPTS, LOCKS, TEMPLATES, local_path
 from flowerbed.settings import RENAMED, known_keys, load_settings, local_app_dir
@@ -144,7 +145,7 @@ def test_deploys_carry_the_defaults():
 
 def test_each_part_documents_its_keys_and_an_example():
     documented = set()
-    for part in (deploy_flowerbed, *PARTS):
+    for part in (deploy_flowerbed, *PARTS, deploy_monitoring):
         doc = part.__doc__ or ""
         assert "Example" in doc and f"{part.__name__}()" in doc, part.__name__
         keys = set(re.findall(r"\bflower_\w+", doc))
@@ -164,9 +165,10 @@ def test_the_package_docstring_names_every_module():
 
 def test_the_repository_deploy_is_the_one_call():
     tree = ast.parse((REPO / "deploy.py").read_text())
-    calls = [n.value.func.id for n in tree.body if isinstance(n, ast.Expr)
+    calls = [n.value.func.id for n in ast.walk(tree) if isinstance(n, ast.Expr)
              and isinstance(n.value, ast.Call)]  # fmt: skip
-    assert calls == ["deploy_flowerbed"]
+    # the dashboards' one call, and the monitoring part on the host they name (issue 22)
+    assert calls == ["deploy_flowerbed", "deploy_monitoring"]
 
 
 def test_the_defaults_alone_need_only_the_operators_choices():

@@ -1,0 +1,251 @@
+"""Alerts that reach a person (issue 22): a monitoring host mails the conditions of a dashboard.
+
+A fresh lab host (`mon`, flower_monitoring_only) runs the monitoring part for the shared h1
+(its address joins h1's flower_monitoring_sources by itself); Alertmanager mails the lab's
+SMTP inbox (lab/lab_smtp.py: STARTTLS, a login whose password is made for this test and given
+only through an env file of its own). Rules and Alertmanager use short waits (LAB_MONITORING)
+so each mail comes within seconds; every wait polls. In one run, in order:
+
+- every target up, the rules loaded, verify.py's monitoring layers fine;
+- the lab's worker stops: a mail names h1 and the condition and links the dashboard; the worker
+  comes back (always, in a finally): a resolved mail;
+- a second deploy changes nothing;
+- the SMTP password is in no output (-vvv, --dry --diff), no process list on the host, no file
+  others can read there (the password file is 0640 root:prometheus);
+- a wrong SMTP password: the deploy goes through, Prometheus keeps running, the inbox refuses
+  the login and verify.py reports Alertmanager's failing deliveries.
+
+Not covered here (yet): the stuck-task, failure-ratio and certificate-expiry mails.
+
+    make test PYTEST_ARGS=tests/lab/test_alert_delivery.py
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import subprocess
+import time
+from pathlib import Path
+
+import lab_smtp
+import pytest
+from conftest import LAB_CLI, REPO, Lab
+from deploy_helpers import DeployResult, run_deploy
+from lab_prometheus import LAB_RULES
+from lab_worker import put_back, stop_mid_task
+from test_secret_output import fingerprints
+
+pytestmark = pytest.mark.lab
+
+DASHBOARD = "h1"
+INVENTORY = "tests/inventories/lab.py"
+PASSWORD_ENV = "FLOWERBED_TEST_SMTP_PASSWORD"
+LAB_MONITORING = {
+    "flower_monitoring_scrape_interval": "5s",
+    "flower_monitoring_evaluation_interval": "5s",
+    "flower_monitoring_group_wait": "5s",
+    "flower_monitoring_group_interval": "10s",
+    "flower_monitoring_repeat_interval": "1h",
+    # lab/lab_prometheus.py's: quick, and the demo producer's failures stay quiet
+    "flower_monitoring_rules": dict(LAB_RULES),
+}
+PROMETHEUS = "http://127.0.0.1:9090/api/v1"
+
+
+def until(what: str, check, timeout: float = 180, every: float = 2):
+    """Poll `check` until it returns something true; that value, or fail saying `what`."""
+    deadline = time.monotonic() + timeout
+    while not (found := check()):
+        assert time.monotonic() < deadline, f"no {what} within {timeout:.0f} s"
+        time.sleep(every)
+    return found
+
+
+class Setup:
+    def __init__(self, lab: Lab, mon: str, tmp_path: Path):
+        self.lab, self.mon, self.tmp_path = lab, mon, tmp_path
+        self.password = secrets.token_urlsafe(24)
+        self.inbox = lab_smtp.ensure_smtp(self.password)
+        self.env_file = tmp_path / "operator.env"
+        self.results: list[DeployResult] = []
+
+    def host_data(self) -> dict:
+        return {
+            DASHBOARD: {"flower_monitoring_host": self.mon},
+            self.mon: {
+                "flower_monitoring_host": self.mon,
+                "flower_monitoring_only": True,
+                "flower_monitoring_ca_bundle": self.lab.state["acme"]["root"],
+                "flower_monitoring_smtp_smarthost": self.inbox["smarthost"],
+                "flower_monitoring_smtp_from": "alerts@flowerbed.test",
+                "flower_monitoring_mail_to": ["ops@flowerbed.test"],
+                "flower_monitoring_smtp_user": self.inbox["user"],
+                "flower_monitoring_smtp_password_env": PASSWORD_ENV,
+                "flower_monitoring_smtp_ca_bundle": self.inbox["ca"],
+                **LAB_MONITORING,
+            },
+        }
+
+    def write_env(self, password: str) -> None:
+        """The lab's secrets plus the SMTP password: the operator's .env for these runs."""
+        lab_env = Path(self.lab.state["secrets_file"]).read_text()
+        staging = self.env_file.with_suffix(".new")
+        staging.touch(mode=0o600)
+        staging.write_text(f"{lab_env.rstrip()}\n{PASSWORD_ENV}={password}\n")
+        staging.rename(self.env_file)
+
+    def deploy(self, hosts: list[str], flags=("-y", "--json"), deploy_file="deploy.py"):
+        result = run_deploy(
+            hosts,
+            flags=flags,
+            inventory=INVENTORY,
+            deploy_file=deploy_file,
+            env={
+                "FLOWERBED_ENV_FILE": str(self.env_file),
+                "FLOWERBED_TEST_HOST_DATA": json.dumps(self.host_data()),
+            },
+        )
+        self.results.append(result)
+        return result
+
+    def prometheus(self, path: str) -> dict:
+        done = self.lab.ssh(self.mon, ["curl", "-sS", "--max-time", "5", f"{PROMETHEUS}/{path}"])
+        try:
+            return json.loads(done.stdout)
+        except ValueError:
+            return {}
+
+    def targets_up(self) -> list[dict] | None:
+        targets = self.prometheus("targets?state=active").get("data", {}).get("activeTargets", [])
+        jobs = {t["labels"]["job"] for t in targets}
+        ok = {"flower", "flower-tls", "monitoring"} <= jobs
+        return targets if ok and all(t["health"] == "up" for t in targets) else None
+
+    def verify(self) -> DeployResult:
+        return self.deploy([self.mon], flags=("-y",), deploy_file="verify.py")
+
+
+def mail_like(status: str, alert: str, after: float):
+    def check():
+        return [
+            m
+            for m in lab_smtp.mails()
+            if float(Path(m["path"]).name.split("-")[0]) >= after
+            and m["subject"].startswith(f"[{status}] {alert} on {DASHBOARD}.")
+        ]
+
+    return check
+
+
+def assert_no_password(setup: Setup, password: str) -> None:
+    for result in setup.results:
+        for form in fingerprints(password):
+            assert form not in result.stdout + result.stderr, (
+                f"a form of the SMTP password is in the output of {' '.join(result.args[2:4])}"
+            )
+    ps = setup.lab.ssh(setup.mon, ["ps", "-ww", "-eo", "args"], check=True).stdout
+    assert password not in ps, "the SMTP password is in the monitoring host's process list"
+    # every regular file others can read, searched on the host for the password (on stdin)
+    scan = (
+        "import os,sys\npw=sys.stdin.read().encode()\n"
+        "for top in ('/etc','/var/lib/prometheus','/tmp','/var/tmp','/run','/root','/home'):\n"
+        " for d,_,fs in os.walk(top):\n"
+        "  for f in fs:\n"
+        "   p=os.path.join(d,f)\n"
+        "   try:\n"
+        "    s=os.lstat(p)\n"
+        "    if os.path.isfile(p) and s.st_mode&4 and pw in open(p,'rb').read(4<<20): print(p)\n"
+        "   except OSError: pass\n"
+    )
+    found = subprocess.run(
+        [*LAB_CLI, "ssh", setup.mon, "python3 -c " + json.dumps(scan)],
+        input=password, capture_output=True, text=True, timeout=120, cwd=REPO,
+    )  # fmt: skip
+    assert found.returncode == 0 and not found.stdout.strip(), found.stdout + found.stderr
+    mode = setup.lab.ssh(
+        setup.mon, ["stat", "-c", "%a %U %G", "/etc/prometheus/flowerbed/smtp-password"], check=True
+    )
+    assert mode.stdout.split() == ["640", "root", "prometheus"]
+
+
+def test_a_stopped_worker_mails_then_resolves(lab: Lab, fresh_host, tmp_path: Path):
+    mon = fresh_host(prefix="mon")["name"]
+    setup = Setup(lab, mon, tmp_path)
+    setup.write_env(setup.password)
+    try:
+        first = setup.deploy([DASHBOARD, mon], flags=("-y", "--json", "-vvv"))
+        assert first.ok, first.explain()
+        assert first.changed_hosts("prometheus.yml") == [mon]
+        targets = until("target up in every job", setup.targets_up)
+        assert {t["labels"]["instance"] for t in targets if t["labels"]["job"] == "flower"} == {
+            f"{DASHBOARD}.flowerbed.test"
+        }
+        groups = setup.prometheus("rules").get("data", {}).get("groups", [])
+        assert {"flowerbed-celery", "flowerbed-flower"} <= {g["name"] for g in groups}
+        for port in (9090, 9093, 9115):  # loopback only
+            listening = lab.ssh(mon, ["ss", "-Htln", f"sport = :{port}"], check=True).stdout
+            assert listening.strip() and all(
+                "127.0.0.1:" in line for line in listening.splitlines()
+            )
+        verified = until("healthy verify run", lambda: (v := setup.verify()).ok and v, 120, 5)
+        assert "delivery" in verified.stdout, verified.explain()
+
+        stopped_at = time.time()
+        try:
+            stop_mid_task(lab)
+            firing = until(
+                "mail naming the host and the condition",
+                mail_like("FIRING", "CeleryWorkersMissing", stopped_at),
+            )
+            fired_after = time.time() - stopped_at
+            body = firing[0]["body"]
+            assert f"Dashboard: https://{DASHBOARD}.flowerbed.test/" in body, body
+            assert "CeleryWorkersMissing" in body and f"{DASHBOARD}.flowerbed.test" in body
+        finally:
+            put_back(lab, [DASHBOARD])
+        back_at = time.time()
+        until("resolved mail", mail_like("RESOLVED", "CeleryWorkersMissing", back_at))
+        print(
+            f"\nworker stopped -> mail: {fired_after:.0f} s; "
+            f"worker back -> resolved mail: {time.time() - back_at:.0f} s"
+        )
+
+        again = setup.deploy([DASHBOARD, mon])
+        assert again.ok and again.totals["success"] == 0, again.explain()
+        dry = setup.deploy([mon], flags=("-y", "--json", "--dry", "--diff", "-vvv"))
+        assert dry.ok, dry.explain()
+        assert_no_password(setup, setup.password)
+
+        # a wrong password: the deploy goes through, Prometheus runs, deliveries fail
+        wrong = secrets.token_urlsafe(24)
+        setup.write_env(wrong)
+        refused = lab_smtp.refused_logins()
+        changed = setup.deploy([mon], flags=("-y", "--json", "-vvv"))
+        assert changed.ok and changed.changed_hosts("SMTP login's password") == [mon]
+        test_alert = json.dumps(
+            [{"labels": {"alertname": "FlowerbedDeliveryTest", "instance": "lab"}}]
+        )
+        lab.ssh(
+            mon,
+            ["curl", "-sS", "--fail", "-XPOST", "-H", "Content-Type: application/json",
+             "--data", test_alert, "http://127.0.0.1:9093/api/v2/alerts"],
+            check=True,
+        )  # fmt: skip
+        until("refused SMTP login", lambda: lab_smtp.refused_logins() > refused, 120)
+        failing = until(
+            "verify run reporting failing deliveries",
+            lambda: (v := setup.verify()).returncode != 0 and "delivery" in v.stdout and v,
+            180,
+            5,
+        )
+        assert "Alertmanager failed" in failing.stdout, failing.explain()
+        assert setup.targets_up(), "Prometheus stopped scraping after the wrong password"
+        active = lab.ssh(mon, ["systemctl", "is-active", "prometheus"]).stdout.strip()
+        assert active == "active"
+        assert_no_password(setup, wrong)
+    finally:
+        lab_smtp.stop("smtp")
+        # h1 as the other tests know it: without the monitoring host's address
+        restored = run_deploy([DASHBOARD])
+        assert restored.ok, restored.explain()
