@@ -1,13 +1,16 @@
-"""Rotate a password on every host of the inventory, with no downtime.
+"""Rotate a secret on every host of the inventory that uses it, with no downtime.
 
     pyinfra inventory/prod.py rotate.py -y                                  # every dashboard login
-    pyinfra inventory/prod.py rotate.py -y --data rotate_users='["alice"]' --limit web1
+    pyinfra inventory/prod.py rotate.py -y --data rotate_users='["alice"]' --limit web1   # canary
     FLOWERBED_NEW_BROKER_URL=redis://:NEW@broker:6379/0 \\
         pyinfra inventory/prod.py rotate.py -y --data rotate=broker         # the broker password
+    pyinfra inventory/prod.py rotate.py -y --data rotate=cookie             # OAuth cookie secret
 
-The new value goes into the env file the secret came from (.env or $FLOWERBED_ENV_FILE), with the
-old one kept as <VARIABLE>_PREVIOUS until every targeted host confirmed the new one; running
-rotate.py again finishes a rotation that stopped half-way. See flowerbed/rotate.py.
+The new value goes into the env file the secret came from (.env or $FLOWERBED_ENV_FILE, locked
+while it is written), with the old one kept as <VARIABLE>_PREVIOUS until every host of the
+inventory that uses the variable confirmed the new one. With --limit, the hosts outside it are
+named as NOT rotated and the old value stays; running rotate.py again (without --limit)
+finishes a rotation that stopped half-way. See flowerbed/rotate.py.
 """
 
 from pyinfra import host, inventory
@@ -43,11 +46,13 @@ if rotation.kind == "logins":
         ca_bundle=operator_checks(host.data.dict()).ca_bundle,
     )
 else:
+    what = "broker URL" if rotation.kind == "broker" else "cookie secret"
     broker_rolled(
-        name="Flower on the new broker URL, one host at a time",
+        name=f"Flower on the new {what}, one host at a time",
         settings=settings,
         flower_secrets=this_host.secrets,
         healthcheck=tuple(healthcheck_argv(settings)),
+        what=what,
         _serial=True,
     )
 rotation_finished(name="Rotation report", rotation=rotation)

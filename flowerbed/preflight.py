@@ -49,7 +49,8 @@ def host_problems(
     dependent, stand_ins = with_defaults(settings) if data_errors else (settings, [])
     inputs = {}
     with problems.check(incomplete=data_errors > 0):
-        inputs["secrets"] = load_flower_secrets(dependent.flower, environ)
+        site = dependent.site.fqdn or host.name  # each host's own cookie secret
+        inputs["secrets"] = load_flower_secrets(dependent.flower, environ, site)
     with problems.check(incomplete=data_errors > 0):
         inputs["edge"] = edge_inputs(dependent, host.name, environ)
     refused = {_base(error.key) for error in problems.errors[:data_errors]}

@@ -1,4 +1,4 @@
-"""Password rotation (rotate.py): dashboard logins, or the broker password, with no downtime.
+"""Secret rotation (rotate.py): dashboard logins, the broker password or the OAuth cookie secret.
 
 Dashboard logins (the default, `--data rotate=logins`):
   1. A new password for each rotated user (`--data rotate_users='["alice"]'`, default: every user
@@ -9,22 +9,40 @@ Dashboard logins (the default, `--data rotate=logins`):
   3. Each host gets the new bcrypt hashes (atomically replaced; nginx reads the file at every
      request, so nothing is reloaded or restarted).
   4. From the operator's machine, over HTTPS: the new password gets in, the old one is refused.
-  5. When every targeted host confirmed, <VARIABLE>_PREVIOUS is removed. Otherwise it stays, the
-     report says what each host accepts, and running rotate.py again finishes the job.
+  5. When every host that uses the variable confirmed, <VARIABLE>_PREVIOUS is removed. Otherwise
+     it stays, the report says what each host accepts, and running rotate.py again finishes the
+     job.
+
+Targets and --limit: every host of the inventory that uses the rotated variable is a target,
+whatever --limit says. A run limited to some of them rotates those, keeps the old value as
+<VARIABLE>_PREVIOUS (what the others still accept) and names the others as NOT rotated; a run
+without --limit finishes the rotation. Hosts inside the limit that use another variable are
+refused up front (one variable per run).
+
+The env file is written under an exclusive lock (fcntl.flock on <file>.lock beside it, held
+for the whole run, so two rotate.py runs never interleave) and atomically (a 0600 copy renamed
+over it); the write checks that the file still holds what the run planned from.
 
 The broker password (`--data rotate=broker`): the new broker URL comes from
 $FLOWERBED_NEW_BROKER_URL (the broker must already accept it: add the new password at the broker
 first, remove the old one after). Same env-file bookkeeping; the hosts then restart Flower one at
 a time, each healthy and seeing the workers before the next; a failing host stops the roll.
+
+The OAuth cookie secret (`--data rotate=cookie`): a new operator's secret from
+$FLOWERBED_NEW_COOKIE_SECRET, or generated. Each host signs sessions with its own key derived
+from it (flowerbed.secrets.host_cookie_secret); the hosts restart Flower one at a time like the
+broker roll, and every session signed with the old key ends (users sign in again).
 """
 
 from __future__ import annotations
 
+import fcntl
 import os
 import re
 import secrets
 import tempfile
-from collections.abc import Mapping
+import time
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -35,16 +53,20 @@ from pyinfra.api import FunctionCommand, operation
 from .auth import Login, parse_login
 from .flower import env_text
 from .probe import https_get
-from .secrets import ENV_FILE_VARIABLE, FlowerSecrets, broker_url, secret_file
+from .secrets import ENV_FILE_VARIABLE, FlowerSecrets, broker_url, read_secret, secret_file
 from .settings import Settings, SettingsError
 from .shell import command
+from .validation import weak_cookie_secret_problem
 from .verify import log_unhealthy
 
-ROTATE_KINDS = ("logins", "broker")
+ROTATE_KINDS = ("logins", "broker", "cookie")
 NEW_LOGINS_VARIABLE = "FLOWERBED_NEW_DASHBOARD_USERS"
 NEW_BROKER_VARIABLE = "FLOWERBED_NEW_BROKER_URL"
+NEW_COOKIE_VARIABLE = "FLOWERBED_NEW_COOKIE_SECRET"
 PREVIOUS = "_PREVIOUS"
 PASSWORD_BYTES = 24  # token_urlsafe: 32 characters, 192 bits
+COOKIE_SECRET_BYTES = 48  # token_urlsafe: 64 characters, 384 bits
+LOCK_WAIT = 10.0  # seconds a write waits for the env file's lock
 CONFIRM_PATH = "api/task/types"  # any path behind the login; cheap for Flower
 UNQUOTED = re.compile(r"[A-Za-z0-9_.:,@/+=%-]*")  # values the lab's simple readers parse too
 
@@ -71,12 +93,86 @@ def env_file_holding(variable: str, environ: Mapping[str, str]) -> Path:
     return path
 
 
-def update_env_file(path: Path, values: Mapping[str, str | None]) -> None:
-    """Set (None: remove) keys: written to a 0600 copy through python-dotenv, then renamed."""
+class EnvFileBusy(SettingsError):
+    """Another process holds the env file's lock, or changed the file since this run read it."""
+
+
+def lock_file(path: Path) -> Path:
+    """The lock beside the env file (the env file itself is replaced by a rename, so a lock on
+    it would not outlive the first write)."""
+    return path.with_name(path.name + ".lock")
+
+
+_held: dict[Path, int] = {}  # env file -> the open lock file this process holds
+
+
+def hold_env_file(path: Path, wait: float = 0.0) -> None:
+    """Take the env file's exclusive lock for the rest of this process (released when it
+    exits); a second rotate.py on the same file is refused instead of interleaving."""
+    key = path.resolve()
+    if key in _held:
+        return
+    fd = os.open(lock_file(path), os.O_RDWR | os.O_CREAT, 0o600)
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            break
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                os.close(fd)
+                raise EnvFileBusy(
+                    ENV_FILE_VARIABLE,
+                    f"{path} is locked by another process ({lock_file(path)}): another "
+                    "rotate.py is writing it",
+                    "wait for it to finish, then run this again",
+                ) from None
+            time.sleep(0.05)
+    _held[key] = fd
+
+
+def release_env_file(path: Path) -> None:
+    fd = _held.pop(path.resolve(), None)
+    if fd is not None:
+        os.close(fd)  # closing the last descriptor releases the flock
+
+
+def update_env_file(
+    path: Path,
+    values: Mapping[str, str | None],
+    expect: Mapping[str, str | None] | None = None,
+    wait: float = LOCK_WAIT,
+) -> None:
+    """Set (None: remove) keys: under the env file's lock, written to a 0600 copy through
+    python-dotenv, then renamed over it. With `expect`, the file must still hold those values
+    (None: not hold the key), or nothing is written (EnvFileBusy)."""
+    held = path.resolve() in _held
+    if not held:
+        hold_env_file(path, wait)
+    try:
+        _update_locked(path, values, expect)
+    finally:
+        if not held:
+            release_env_file(path)
+
+
+def _update_locked(
+    path: Path, values: Mapping[str, str | None], expect: Mapping[str, str | None] | None
+) -> None:
+    text = path.read_text()
+    if expect:
+        current = dotenv_values(path)
+        changed = sorted(key for key, value in expect.items() if current.get(key) != value)
+        if changed:
+            raise EnvFileBusy(
+                changed[0],
+                f"changed in {path} since this run read it (another rotate.py, or an edit)",
+                "nothing was written and no host changed: run rotate.py again",
+            )
     fd, staging = tempfile.mkstemp(prefix=".flowerbed-", dir=path.parent)  # 0600
     try:
         with os.fdopen(fd, "w") as copy:
-            copy.write(path.read_text())
+            copy.write(text)
         for key, value in values.items():
             if value is None:
                 if key in dotenv_values(staging):
@@ -97,7 +193,7 @@ def update_env_file(path: Path, values: Mapping[str, str | None]) -> None:
 class Rotation:
     """One run's rotation, decided once on the operator's machine before any host is touched."""
 
-    kind: str  # "logins" or "broker"
+    kind: str  # "logins", "broker" or "cookie"
     env_file: Path
     variable: str
     old: str = field(repr=False)  # the value hosts accept now
@@ -105,6 +201,7 @@ class Rotation:
     users: tuple[str, ...]  # the rotated logins ("logins" only)
     resumed: bool  # a rotation an earlier run left unfinished
     targets: tuple[str, ...]  # the hosts that must confirm before the old value is dropped
+    outside: tuple[str, ...] = ()  # targets this run does not reach (outside --limit)
 
     @property
     def previous(self) -> str:
@@ -120,26 +217,74 @@ def rotation_kind(data: Mapping) -> str:
     return kind
 
 
+def variable_used(kind: str, data: Mapping) -> str:
+    """The variable a host's data has it use for `kind` ('' = none): read from the raw data
+    (group_data/all.py holds every default), so a host outside --limit counts too."""
+    if kind == "logins":
+        basic = data.get("flower_auth_mode", "basic") == "basic"
+        return data.get("flower_auth_users_env", "") if basic else ""
+    if kind == "broker":
+        return data.get("flower_broker_url_env", "")
+    return data.get("flower_cookie_secret_env", "")
+
+
+def rotation_targets(
+    kind: str, variable: str, fleet: Mapping[str, Mapping], in_run: Iterable[str]
+) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(targets, outside): every host of the inventory (`fleet`: name -> data) that uses
+    `variable`, and those of them this run does not reach. A host in the run that uses another
+    variable would get values that are not its own: refused."""
+    in_run = set(in_run)
+    targets = tuple(name for name, data in fleet.items() if variable_used(kind, data) == variable)
+    strangers = sorted(name for name in in_run if name in fleet and name not in targets)
+    if strangers:
+        raise SettingsError(
+            "rotate",
+            f"hosts {', '.join(strangers)} in this run do not use ${variable} for {kind}",
+            "rotate one variable per run: --limit the hosts that use it",
+        )
+    return targets, tuple(name for name in targets if name not in in_run)
+
+
 def plan_rotation(
-    settings: Settings, data: Mapping, environ: Mapping[str, str], targets
+    settings: Settings,
+    data: Mapping,
+    environ: Mapping[str, str],
+    fleet: Mapping[str, Mapping],
+    in_run: Iterable[str],
 ) -> Rotation:
     kind = rotation_kind(data)
-    variable = settings.auth.users_env if kind == "logins" else settings.flower.broker_url_env
+    variable = {
+        "logins": settings.auth.users_env,
+        "broker": settings.flower.broker_url_env,
+        "cookie": settings.flower.cookie_secret_env,
+    }[kind]
     if kind == "logins" and settings.auth.mode != "basic":
         raise SettingsError(
             "flower_auth_mode",
             "is not 'basic': there are no nginx logins to rotate",
-            "rotate Flower's OAuth secret at the provider",
+            "rotate the OAuth cookie secret with --data rotate=cookie, the client secret at "
+            "the provider",
         )
+    if kind == "cookie" and not variable:
+        raise SettingsError(
+            "flower_cookie_secret_env",
+            "is unset: Flower makes a new cookie secret at every start, there is none to rotate",
+            "name the variable that holds it (see .env.example)",
+        )
+    targets, outside = rotation_targets(kind, variable, fleet, in_run)
     path = env_file_holding(variable, environ)
     values = dotenv_values(path)
     current, previous = values[variable], values.get(variable + PREVIOUS)
-    common = dict(kind=kind, env_file=path, variable=variable, targets=tuple(targets))
+    common = dict(kind=kind, env_file=path, variable=variable, targets=targets, outside=outside)
     if previous:  # an earlier run wrote the new value and has not seen every host confirm it
         users = changed_users(previous, current) if kind == "logins" else ()
         return Rotation(old=previous, new=current, users=users, resumed=True, **common)
     if kind == "broker":
         new = new_broker_url(settings, environ)
+        return Rotation(old=current, new=new, users=(), resumed=False, **common)
+    if kind == "cookie":
+        new = new_cookie_secret(current, environ)
         return Rotation(old=current, new=new, users=(), resumed=False, **common)
     new, users = new_logins(
         current, data.get("rotate_users") or [], environ.get(NEW_LOGINS_VARIABLE, ""), variable
@@ -155,6 +300,23 @@ def new_broker_url(settings: Settings, environ: Mapping[str, str]) -> str:
             "set it to the new broker URL, after adding its password at the broker",
         )
     return broker_url(replace(settings.flower, broker_url_env=NEW_BROKER_VARIABLE), environ).value
+
+
+def new_cookie_secret(current: str, environ: Mapping[str, str]) -> str:
+    """The operator's new cookie secret: $FLOWERBED_NEW_COOKIE_SECRET (checked as a cookie
+    secret is) or 64 random characters."""
+    if not environ.get(NEW_COOKIE_VARIABLE):
+        return secrets.token_urlsafe(COOKIE_SECRET_BYTES)
+    given = read_secret(NEW_COOKIE_VARIABLE, NEW_COOKIE_VARIABLE, environ).value
+    if problem := weak_cookie_secret_problem(given):
+        raise SettingsError(
+            NEW_COOKIE_VARIABLE, problem, "use 32 random bytes or more: `openssl rand -base64 32`"
+        )
+    if given == current:
+        raise SettingsError(
+            NEW_COOKIE_VARIABLE, "is the cookie secret in use now", "choose a new one"
+        )
+    return given
 
 
 def new_logins(
@@ -236,12 +398,22 @@ def prepared_rotation(host_, inventory, checked) -> Rotation:
 
         try:
             settings = load_settings(host_.data.dict())
-            # hosts that could not even be connected to are targets that never confirm
-            reached = set(inventory.get_active_hosts()) | set(state.failed_hosts)
-            targets = sorted(h.name for h in reached)
-            rotation = plan_rotation(settings, host_.data.dict(), os.environ, targets)
+            # every host of the inventory counts, --limit or not: those outside the limit are
+            # targets this run cannot confirm; hosts that could not even be connected to are
+            # in the run and never confirm
+            fleet = {h.name: h.data.dict() for h in inventory}
+            in_run = [h.name for h in inventory if state.is_host_in_limit(h)]
+            rotation = plan_rotation(settings, host_.data.dict(), os.environ, fleet, in_run)
+            hold_env_file(rotation.env_file)  # until this run ends: no other rotate.py
         except SettingsError as error:
             raise InvalidDeploy(f"rotate.py: {error}") from error
+        if rotation.outside:
+            logger.warning(
+                f"--> {len(rotation.outside)} host(s) outside --limit use "
+                f"${rotation.variable}: {', '.join(rotation.outside)}. They will NOT be "
+                f"rotated by this run; {rotation.env_file} keeps the value they accept as "
+                f"${rotation.previous} until a run without --limit finishes the rotation"
+            )
         os.environ[rotation.variable] = rotation.new
         _rotation["plan"] = rotation
     checked(host_, inventory)
@@ -251,7 +423,13 @@ def prepared_rotation(host_, inventory, checked) -> Rotation:
 # --- the run's operations -----------------------------------------------------------------
 
 
-_progress: dict = {"recorded": False, "reported": False, "confirmed": {}, "stopped_at": None}
+_progress: dict = {
+    "recorded": False,
+    "record_error": None,
+    "reported": False,
+    "confirmed": {},
+    "stopped_at": None,
+}
 
 
 @operation(is_idempotent=False)
@@ -275,15 +453,28 @@ def _noop(state, host) -> bool:
 
 
 def _record_once(state, host, rotation: Rotation) -> bool:
+    """Fails every host (so none changes) when the env file changed since the plan read it."""
     if not _progress["recorded"]:
         _progress["recorded"] = True
-        update_env_file(
-            rotation.env_file, {rotation.variable: rotation.new, rotation.previous: rotation.old}
+        try:
+            update_env_file(
+                rotation.env_file,
+                {rotation.variable: rotation.new, rotation.previous: rotation.old},
+                expect={rotation.variable: rotation.old, rotation.previous: None},
+            )
+        except SettingsError as error:
+            _progress["record_error"] = str(error)
+            logger.error(f"--> rotate.py: {error}")
+        else:
+            logger.info(
+                f"--> Wrote the new ${rotation.variable} to {rotation.env_file}; the old one "
+                f"stays as ${rotation.previous} until every host confirms"
+            )
+    if _progress["record_error"]:
+        host.log_styled(
+            "not rotated: the env file could not be written", fg="red", log_func=logger.error
         )
-        logger.info(
-            f"--> Wrote the new ${rotation.variable} to {rotation.env_file}; the old one stays "
-            f"as ${rotation.previous} until every host confirms"
-        )
+        return False
     return True
 
 
@@ -349,25 +540,53 @@ def _finish(state, host, rotation: Rotation) -> bool:
     return _progress["confirmed"].get(host.name, (False, {}))[0]
 
 
-def report(rotation: Rotation) -> None:
-    confirmed = _progress["confirmed"]
-    logger.info(
-        f"--> Rotation of ${rotation.variable} ({', '.join(rotation.users) or 'broker URL'}):"
-    )
+WHAT = {"logins": "", "broker": "broker URL", "cookie": "cookie secret"}
+
+
+def report_lines(rotation: Rotation, confirmed: Mapping[str, tuple]) -> tuple[list[str], bool]:
+    """The per-host lines ("  name: confirmed (...)", "  name: NOT ..."), and whether every
+    target confirmed (only then may the old value leave the env file)."""
+    lines = []
     for name in rotation.targets:
+        if name in rotation.outside:
+            lines.append(
+                f"    {name}: NOT rotated (outside --limit: this run did not reach it; it "
+                f"still accepts the value kept as ${rotation.previous})"
+            )
+            continue
         ok, verdicts = confirmed.get(name, (False, {}))
         if rotation.kind == "logins":
             detail = "; ".join(f"{user}: {VERDICTS.get(v, v)}" for user, v in verdicts.items())
         else:
-            detail = "healthy on the new URL" if ok else verdicts.get("problem", "not reached")
-        line = f"    {name}: {'confirmed' if ok else 'NOT confirmed'}" + (
-            f" ({detail})" if detail else ""
+            healthy = f"healthy on the new {WHAT[rotation.kind]}"
+            detail = healthy if ok else verdicts.get("problem", "not reached")
+        lines.append(
+            f"    {name}: {'confirmed' if ok else 'NOT confirmed'}"
+            + (f" ({detail})" if detail else "")
         )
-        logger.info(line) if ok else logger.error(line)
-    if all(confirmed.get(name, (False,))[0] for name in rotation.targets):
+    done = all(
+        name not in rotation.outside and confirmed.get(name, (False,))[0]
+        for name in rotation.targets
+    )
+    return lines, done
+
+
+def report(rotation: Rotation) -> None:
+    what = ", ".join(rotation.users) or WHAT[rotation.kind]
+    logger.info(f"--> Rotation of ${rotation.variable} ({what}):")
+    lines, done = report_lines(rotation, _progress["confirmed"])
+    for line in lines:
+        logger.info(line) if ": confirmed" in line else logger.error(line)
+    if done:
         update_env_file(rotation.env_file, {rotation.previous: None})
         logger.info(
             f"--> Every host confirmed: ${rotation.previous} removed from {rotation.env_file}"
+        )
+    elif rotation.outside:
+        logger.warning(
+            f"--> Rotation pending: {', '.join(rotation.outside)} (outside --limit) still use "
+            f"the old value: {rotation.env_file} keeps it as ${rotation.previous}; run "
+            "rotate.py without --limit to finish (hosts already rotated are only checked)"
         )
     else:
         logger.error(
@@ -380,27 +599,33 @@ def report(rotation: Rotation) -> None:
 
 
 @operation(is_idempotent=False)
-def broker_rolled(settings: Settings, flower_secrets: FlowerSecrets, healthcheck: tuple[str, ...]):
-    """Flower restarted on the new broker URL and healthy (seeing workers) before the next host.
+def broker_rolled(
+    settings: Settings,
+    flower_secrets: FlowerSecrets,
+    healthcheck: tuple[str, ...],
+    what: str = "broker URL",
+):
+    """Flower restarted on the new `what` (broker URL, cookie secret) and healthy (seeing
+    workers) before the next host.
 
     Run with _serial=True: after a host fails, the rest are left untouched. The operation
     itself never fails (so the report runs), the report fails every host not rolled.
     """
     flower = settings.flower
     if _progress["stopped_at"]:
-        yield FunctionCommand(_stopped, (_progress["stopped_at"],), {})
+        yield FunctionCommand(_stopped, (_progress["stopped_at"], what), {})
         return
     changes = list(secret_file._inner(flower.env_file, env_text(flower, flower_secrets)))
     if changes:
         yield from changes
         yield command("systemctl", "restart", flower.unit_name)
     if state.is_executing:
-        yield FunctionCommand(_healthy_or_stop, (healthcheck,), {})
+        yield FunctionCommand(_healthy_or_stop, (healthcheck, what), {})
 
 
-def _stopped(state, host, where: str) -> bool:
+def _stopped(state, host, where: str, what: str = "broker URL") -> bool:
     host.log_styled(
-        f"the roll stopped at {where}: this host was left on the old broker URL",
+        f"the roll stopped at {where}: this host was left on the old {what}",
         fg="red",
         log_func=logger.error,
     )
@@ -411,7 +636,7 @@ def _stopped(state, host, where: str) -> bool:
     return True  # the report fails this host: it must run
 
 
-def _healthy_or_stop(state, host, healthcheck: tuple[str, ...]) -> bool:
+def _healthy_or_stop(state, host, healthcheck: tuple[str, ...], what: str = "broker URL") -> bool:
     import json
 
     ok, output = host.run_shell_command(command(*healthcheck), print_output=False)
@@ -419,7 +644,7 @@ def _healthy_or_stop(state, host, healthcheck: tuple[str, ...]) -> bool:
     if report_.get("ok"):
         _progress["confirmed"][host.name] = (True, {})
         host.log_styled(
-            f"Flower is healthy on the new broker URL and sees {len(report_['workers'])} worker(s)",
+            f"Flower is healthy on the new {what} and sees {len(report_['workers'])} worker(s)",
             fg="green",
             log_func=logger.info,
         )
@@ -428,6 +653,6 @@ def _healthy_or_stop(state, host, healthcheck: tuple[str, ...]) -> bool:
     _progress["stopped_at"] = host.name
     _progress["confirmed"][host.name] = (False, {"problem": f"the roll stopped here: {problem}"})
     log_unhealthy(
-        host, f"Flower is unhealthy on the new broker URL: {problem}; the roll stops here", report_
+        host, f"Flower is unhealthy on the new {what}: {problem}; the roll stops here", report_
     )
     return True  # the report (after the roll) fails this host

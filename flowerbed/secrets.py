@@ -11,9 +11,12 @@ only when its content differs, and never shown in --diff, -vvv, --json or the op
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from io import BytesIO
 from pathlib import Path
 
@@ -166,15 +169,40 @@ def cookie_secret(flower: Flower, environ: Mapping[str, str]) -> Secret | None:
     return secret
 
 
-def load_flower_secrets(flower: Flower, environ: Mapping[str, str]) -> FlowerSecrets:
-    """Every secret the data names, checked; all problems at once (SettingsErrors)."""
+COOKIE_DERIVATION = b"flowerbed: Flower's cookie secret for one dashboard, v1\0"
+
+
+def host_cookie_secret(operator_secret: Secret, site: str) -> Secret:
+    """The cookie secret of the dashboard named `site`: HMAC-SHA256 of the operator's secret
+    with that name. Each host signs its sessions with its own key, derived one way: root on one
+    host (who can read that key) can neither find the operator's secret nor mint a session
+    another host accepts. The same name always gets the same key, so sessions survive restarts
+    and deploys; a new operator's secret (rotate.py --data rotate=cookie) changes every key."""
+    if not site:
+        raise ValueError("a cookie secret is derived for a named dashboard")
+    mac = hmac.new(
+        operator_secret.value.encode(), COOKIE_DERIVATION + site.encode(), hashlib.sha256
+    )
+    derived = base64.urlsafe_b64encode(mac.digest()).decode().rstrip("=")  # 43 characters
+    return Secret(f"{operator_secret.source} (derived for {site})", derived)
+
+
+def load_flower_secrets(
+    flower: Flower, environ: Mapping[str, str], site: str = ""
+) -> FlowerSecrets:
+    """Every secret the data names, checked; all problems at once (SettingsErrors). With
+    `site` (the dashboard's name), the cookie secret is that host's own (host_cookie_secret):
+    the operator's secret itself never leaves this machine."""
     problems, loaded = Problems(), {}
     for load in (broker_url, basic_auth, oauth2_secret, cookie_secret, broker_api):
         # incomplete: a key that names a variable may have failed its own check already
         with problems.check(incomplete=True):
             loaded[load.__name__] = load(flower, environ)
     problems.raise_any()
-    return FlowerSecrets(**loaded)
+    secrets = FlowerSecrets(**loaded)
+    if site and secrets.cookie_secret:
+        secrets = replace(secrets, cookie_secret=host_cookie_secret(secrets.cookie_secret, site))
+    return secrets
 
 
 # --- the no-diff secret file --------------------------------------------------------------

@@ -2,6 +2,8 @@
 
     FLOWERBED_TEST_HOST_DATA='{"NAME": {"key": value}}'   (JSON)
     FLOWERBED_TEST_UNREACHABLE='{"NAME": "ADDRESS"}'     (more hosts, where nothing answers)
+    FLOWERBED_TEST_ONLY_HOSTS='["NAME", ...]'           (only these hosts: an operator's
+                                                         inventory of one fleet, for rotate.py)
 
 Named lab.py so its hosts join the `lab` group, like inventory/lab.py's (the repository has
 no group_data/lab.py: the lab's data is set per host in inventory/lab.py).
@@ -26,5 +28,12 @@ _ghosts = [
     for name, address in _unreachable.items()
 ]
 
-bookworm = _with_host_data(_lab["bookworm"]) + _ghosts
-trixie = _with_host_data(_lab["trixie"])
+_only = json.loads(os.environ.get("FLOWERBED_TEST_ONLY_HOSTS", "null"))
+
+
+def _kept(hosts: list[tuple[str, dict]]) -> list[tuple[str, dict]]:
+    return [host for host in hosts if _only is None or host[0] in _only]
+
+
+bookworm = _kept(_with_host_data(_lab["bookworm"]) + _ghosts)
+trixie = _kept(_with_host_data(_lab["trixie"]))

@@ -280,6 +280,9 @@ class Runs:
     def run(self, label: str, data: dict | None = None, env: dict | None = None, **kw):
         environment = {"FLOWERBED_ENV_FILE": str(self.env_file), "TMPDIR": str(self.tmpdir)}
         environment.update(env or {})
+        if kw.get("deploy_file") == "rotate.py":  # every host using a variable is a target:
+            kw["inventory"] = "tests/inventories/lab.py"  # an inventory of this host alone
+            environment["FLOWERBED_TEST_ONLY_HOSTS"] = json.dumps([self.host])
         result = run_deploy([self.host], {**DATA, **(data or {})}, env=environment, **kw)
         self.results[label] = result
         return result

@@ -3,10 +3,17 @@
 Three hosts of its own, deployed once for the module with the lab's secrets. Every rotation
 runs against a copy of .lab/lab.env (FLOWERBED_ENV_FILE), so the lab's own file is never
 touched; each test deploys the hosts back to the lab's secrets in a `finally`.
+
+rotate.py counts every host of the inventory that uses the rotated variable, whatever --limit
+says: the rotations run with an inventory of the fleet alone (tests/inventories/lab.py with
+FLOWERBED_TEST_ONLY_HOSTS), as an operator's inventory of one fleet; the lab's h1..h3 share the
+variable names but not this copy of the secrets.
 """
 
 from __future__ import annotations
 
+import fcntl
+import json
 import os
 import re
 import shutil
@@ -62,18 +69,33 @@ def env_file(lab: Lab, tmp_path: Path, fleet: list[str]) -> Path:
     assert restored.ok, restored.explain()
 
 
+FLEET_INVENTORY = "tests/inventories/lab.py"
+
+
 def rotate_args(names: list[str], data: dict | None = None) -> list[str]:
     limits = [arg for name in names for arg in ("--limit", name)]
-    return [PYINFRA, "inventory/lab.py", "rotate.py", "-y", *limits, *data_args(data)]
+    return [PYINFRA, FLEET_INVENTORY, "rotate.py", "-y", *limits, *data_args(data)]
 
 
-def rotate(names: list[str], env_file: Path, data: dict | None = None, env: dict | None = None):
+def rotate(
+    names: list[str],
+    env_file: Path,
+    data: dict | None = None,
+    env: dict | None = None,
+    only: list[str] | None = None,
+):
+    """rotate.py --limit each of `names`, the inventory holding only `only` (default: `names`)."""
     return run_deploy(
         names,
         data,
         flags=("-y",),
         deploy_file="rotate.py",
-        env={"FLOWERBED_ENV_FILE": str(env_file), **(env or {})},
+        inventory=FLEET_INVENTORY,
+        env={
+            "FLOWERBED_ENV_FILE": str(env_file),
+            "FLOWERBED_TEST_ONLY_HOSTS": json.dumps(only or names),
+            **(env or {}),
+        },
     )
 
 
@@ -145,7 +167,12 @@ def rotate_while_polling(lab: Lab, names: list[str], env_file: Path) -> PolledRo
     """Rotate every login on `names` while a client polls each host with the first login,
     switching a host to the new password when the report says that host accepts it."""
     user, old = next(iter(logins(lab.secrets[USERS]).items()))
-    env = {**os.environ, "PYINFRA_PROGRESS": "off", "FLOWERBED_ENV_FILE": str(env_file)}
+    env = {
+        **os.environ,
+        "PYINFRA_PROGRESS": "off",
+        "FLOWERBED_ENV_FILE": str(env_file),
+        "FLOWERBED_TEST_ONLY_HOSTS": json.dumps(names),
+    }
     log = []
     with Poller(lab, names, user, old) as poller:
         time.sleep(3)
@@ -246,12 +273,13 @@ def test_rotate_users_and_limit_pick_logins_and_hosts(lab: Lab, fleet, env_file:
         env_file,
         data={"rotate_users": ["bob"]},
         env={"FLOWERBED_NEW_DASHBOARD_USERS": "bob:Given-by-the-operator1"},
+        only=[target, other],
     )
     assert result.ok, result.explain()
-    assert logins(dotenv_values(env_file)[USERS]) == {
-        user: password,
-        "bob": "Given-by-the-operator1",
-    }
+    values = dotenv_values(env_file)
+    assert logins(values[USERS]) == {user: password, "bob": "Given-by-the-operator1"}
+    assert logins(values[f"{USERS}_PREVIOUS"]) == {user: password, "bob": "bobs-Old-pass1"}
+    assert re.search(rf"{other}: NOT rotated \(outside --limit", result.log), result.log
     assert status(lab, target, ("bob", "Given-by-the-operator1")) == 200
     assert status(lab, target, ("bob", "bobs-Old-pass1")) == 401
     assert status(lab, target, (user, password)) == 200, "the other login is untouched"
@@ -398,3 +426,51 @@ def test_a_host_failing_its_health_check_stops_the_broker_roll(lab: Lab, fleet, 
             rf"{name}: NOT confirmed \(not rolled: the roll stopped at {first}", result.log
         )
     assert dotenv_values(env_file)[f"{BROKER}_PREVIOUS"] == old_url, "the old URL is kept"
+
+
+# --- --limit: every host that uses the variable is a target ---------------------------------
+
+
+def test_a_limited_rotation_keeps_the_old_value_and_names_the_hosts_not_rotated(
+    lab: Lab, fleet, env_file: Path
+):
+    """The issue's case: `rotate.py --limit h1` in a fleet of three."""
+    user, old = next(iter(logins(lab.secrets[USERS]).items()))
+    first, rest = fleet[0], fleet[1:]
+    limited = rotate([first], env_file, only=fleet)
+    assert limited.ok, limited.explain()  # what was asked (the canary) worked
+    values = dotenv_values(env_file)
+    new = logins(values[USERS])[user]
+    assert logins(values[f"{USERS}_PREVIOUS"])[user] == old, ".env keeps what the others accept"
+    assert re.search(rf"{first}: confirmed", limited.log), limited.log
+    for name in rest:
+        assert re.search(rf"{name}: NOT rotated \(outside --limit", limited.log), limited.log
+        assert status(lab, name, (user, old)) == 200, f"{name} still takes the old password"
+        assert status(lab, name, (user, new)) == 401
+    assert "Rotation pending" in limited.log and "Every host confirmed" not in limited.log
+    assert status(lab, first, (user, new)) == 200 and status(lab, first, (user, old)) == 401
+    assert_no_secret(limited, [old, new])
+
+    htpasswd = lab.ssh(first, "sha256sum /etc/nginx/flowerbed.htpasswd", check=True).stdout
+    finished = rotate(fleet, env_file)  # the same fleet, no --limit beyond it
+    assert finished.ok, finished.explain()
+    assert "Every host confirmed" in finished.log, finished.log
+    values = dotenv_values(env_file)
+    assert logins(values[USERS])[user] == new, "the pending rotation was finished, not redone"
+    assert f"{USERS}_PREVIOUS" not in values
+    for name in fleet:
+        assert status(lab, name, (user, new)) == 200 and status(lab, name, (user, old)) == 401
+    assert lab.ssh(first, "sha256sum /etc/nginx/flowerbed.htpasswd").stdout == htpasswd
+
+
+def test_a_second_rotation_of_a_locked_env_file_is_refused(lab: Lab, fleet, env_file: Path):
+    before = env_file.read_text()
+    fd = os.open(f"{env_file}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    fcntl.flock(fd, fcntl.LOCK_EX)  # as a first rotate.py holds it for its whole run
+    try:
+        result = rotate(fleet[:1], env_file, only=fleet[:1])
+    finally:
+        os.close(fd)
+    assert not result.ok and "locked by another process" in result.log, result.log
+    assert "Starting operation" not in result.log
+    assert env_file.read_text() == before

@@ -41,7 +41,9 @@ def test_env_file_update_is_atomic_0600_and_keeps_everything_else(tmp_path: Path
     assert values["FLOWERBED_BROKER_URL"] == "redis://:a@b/0"
     update_env_file(path, {f"{USERS}_PREVIOUS": None})
     assert f"{USERS}_PREVIOUS" not in dotenv_values(path)
-    assert [p.name for p in tmp_path.iterdir()] == [".env"], "no staging copy is left behind"
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names == [".env", ".env.lock"], "no staging copy is left behind; the lock stays"
+    assert stat.S_IMODE((tmp_path / ".env.lock").stat().st_mode) == 0o600
 
 
 def test_simple_values_stay_unquoted_for_line_readers(tmp_path: Path):
