@@ -57,8 +57,11 @@ demo: lab-up
 	$(VENV)/bin/pyinfra -y inventory/lab.py deploy.py
 	$(PY) lab/demo_info.py
 
+# Without PYTEST_ARGS: tests/run_suite.py (unit tests, the lab's shards side by side, then what
+# must run alone); with them, plain pytest, e.g. `make test PYTEST_ARGS=tests/lab/test_edge.py`.
 test: setup machine-packages
-	env -u DISTRO FLOWERBED_TEST_DISTRO=$(DISTRO) $(VENV)/bin/pytest $(PYTEST_ARGS)
+	env -u DISTRO FLOWERBED_TEST_DISTRO=$(DISTRO) \
+	  $(if $(PYTEST_ARGS),$(VENV)/bin/pytest $(PYTEST_ARGS),$(PY) tests/run_suite.py)
 
 # The tests in tests/unit/: `-m "not lab"` still collects tests/lab/, so the layout check in
 # tests/conftest.py sees every test.
