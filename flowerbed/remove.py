@@ -82,8 +82,8 @@ FIREWALL_BOOT_FILES = (NFTABLES_DROP_IN, FIREWALL_UNIT_FILE, BOOT_RULESET)
 # logins it includes
 NGINX_FILES = (HTTPS_SITE, HTTP_SITE, HTPASSWD)
 # directories flowerbed's files were put in with `mkdir -p`: removed when they end up empty
-EMPTIED_PARENTS = (NFTABLES_DROP_IN_DIR, posixpath.dirname(CERTBOT_DROP_IN),
-                   posixpath.dirname(SCRIPT_DIR))  # fmt: skip
+# (not /usr/local/libexec, SCRIPT_DIR's parent: Debian's base-files ships it)
+EMPTIED_PARENTS = (NFTABLES_DROP_IN_DIR, posixpath.dirname(CERTBOT_DROP_IN))
 
 
 @dataclass(frozen=True)

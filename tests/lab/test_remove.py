@@ -16,6 +16,7 @@ apt's and dpkg's state, and what runs on its own on any Debian host (NOISE).
 
 from __future__ import annotations
 
+import re
 import shlex
 import threading
 import time
@@ -106,9 +107,14 @@ def differences(lab: Lab, name: str, before: dict, after: dict) -> list[str]:
     units_shipped = {p.rsplit("/", 1)[1] for p in owned if "/systemd/system/" in p}
     state = [p for package in new_packages for p in NEW_PACKAGE_STATE.get(package, ())]
 
+    init_scripts = {p.rsplit("/", 1)[1] for p in owned if p.startswith("/etc/init.d/")}
+
     def explained(path: str) -> bool:
         wants = path.startswith("/etc/systemd/system/") and path.rsplit("/", 1)[1] in units_shipped
-        return path in owned or wants or under(path, (*NOISE, *state))
+        # update-rc.d's links for a kept package's init script (its postinst makes them)
+        rc_link = re.fullmatch(r"/etc/rc[0-6S]\.d/[SK]\d\d(.+)", path)
+        runlevels = bool(rc_link) and rc_link[1] in init_scripts
+        return path in owned or wants or runlevels or under(path, (*NOISE, *state))
 
     found = []
     paths = before["paths"].keys() | after["paths"].keys()
