@@ -12,11 +12,11 @@ PYTEST_ARGS ?=
 # What the lab and the tests need on this machine (the lab installs its own part too).
 MACHINE_PACKAGES := make debootstrap systemd-container tinyproxy pebble redis-server openssl \
 	curl openssh-client iproute2 gpg nftables bind9-dnsutils chromium shellcheck \
-	prometheus prometheus-blackbox-exporter prometheus-alertmanager rabbitmq-server nodejs
+	prometheus prometheus-blackbox-exporter prometheus-alertmanager rabbitmq-server nodejs fail2ban
 # What the unit tests (`-m "not lab"`) run: git (the wheel is built from git's file list),
 # nft (nft -c, as root), shellcheck, promtool (prometheus), the blackbox exporter and amtool.
 UNIT_PACKAGES := git nftables shellcheck prometheus prometheus-blackbox-exporter \
-	prometheus-alertmanager
+	prometheus-alertmanager fail2ban
 
 # Installs the Debian packages in $(1) that are missing.
 define install_missing

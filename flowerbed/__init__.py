@@ -22,7 +22,8 @@ Modules, one concern each:
 - firewall: the nftables table with its rollback; listeners: what else listens on the host,
   which a new ruleset must not close unless declared
 - edge: nginx, TLS, logins, in order; nginx: the sites; existing_site: Flower inside the
-  operator's own nginx site; tls: the certificate (certbot); auth: the dashboard's logins
+  operator's own nginx site; tls: the certificate (certbot); auth: the dashboard's logins;
+  ban: fail2ban's jail for sources that keep failing to log in
 - verify: the health check in a deploy and the fleet check (verify.py); probe: HTTPS checks
   from the operator's machine; rotate: secret rotation (rotate.py); remove: flowerbed taken
   off a host (remove.py)

@@ -171,7 +171,10 @@ def deploy_edge() -> None:
       flower_nginx_proxy_read_timeout, flower_nginx_server_snippets (from an allow-list;
       flower_nginx_server_snippets_unchecked = True lets any directive through): the HTTPS site
     + flower_nginx_login_failures_per_minute, flower_nginx_login_failures_burst,
-      flower_nginx_requests_per_second, flower_nginx_requests_burst: throttles per source
+      flower_nginx_requests_per_second, flower_nginx_requests_burst,
+      flower_nginx_connections_per_source: throttles per source (an IPv6 /64 is one)
+    + flower_nginx_ban_failures, flower_nginx_ban_window_seconds, flower_nginx_ban_seconds:
+      fail2ban bans a source that keeps failing to log in (ports 80 and 443)
     + flower_tls_acme_directory, flower_tls_acme_ca_bundle, flower_tls_email,
       flower_tls_challenge, flower_tls_dns_plugin, flower_tls_dns_credentials_env,
       flower_tls_dns_hook: the certificate

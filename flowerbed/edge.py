@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pyinfra.api import deploy
 
 from .auth import HTPASSWD, Login, dashboard_logins, htpasswd
+from .ban import login_ban
 from .existing_site import nginx_in_no_site, nginx_in_site
 from .hostfiles import Absent, root_files
 from .nginx import Dashboard, nginx_http, nginx_https, site_names
@@ -93,3 +94,4 @@ def edge(settings: Settings, inputs: EdgeInputs) -> None:
         nginx_in_site(site, settings, logins)  # the site's own certificate
     else:
         nginx_https(site, settings, certificate, logins)
+    login_ban(settings)  # after nginx: it reads the log nginx writes

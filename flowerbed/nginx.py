@@ -34,6 +34,7 @@ from pyinfra.operations.util import any_changed
 
 from . import facts
 from .auth import HTPASSWD
+from .ban import BAN, SOURCE_PREFIX_MAP
 from .hostfiles import Absent, PathStates, RootFile, entry_commands
 from .render import render
 from .settings import Settings, dns_name
@@ -185,6 +186,8 @@ def dashboard_context(site: Dashboard, settings: Settings, in_site: bool = False
         "local_sources": LOOPBACK,
         "origins": origin_patterns(site.names),
         "failures_listen": LOGIN_FAILURES_LISTEN,
+        "source_prefix_map": SOURCE_PREFIX_MAP,
+        "ban": BAN,
     }
 
 

@@ -25,6 +25,7 @@ from pyinfra import host, logger, state
 from pyinfra.api import FactBase, FunctionCommand, StringCommand, deploy, operation
 
 from . import facts
+from .ban import LoginBans, banning
 from .existing_site import ExistingSite, include_verdict, site_file
 from .firewall import LoadedRulesetDigest, ruleset
 from .hostfiles import PathStates, root_file
@@ -344,6 +345,12 @@ def host_layers_checked(settings: Settings, checks: OperatorChecks, server_name:
         problem="nginx's configuration fails `nginx -t`",
     )
     firewall_layer(settings, _fact(LoadedRulesetDigest))
+    if banning(settings):  # the jail runs; its current bans are news, not a problem
+        bans = _fact(LoginBans) or LoginBans.default()
+        shown = f"{len(bans['banned'])} banned" + (
+            f": {' '.join(bans['banned'])}" if bans["banned"] else ""
+        )
+        layer("login_ban", bans["running"], shown, "fail2ban's jail flowerbed-login is not running")
     if path := settings.site.existing_site:  # inside the operator's site: its server includes us
         ok, problem = include_verdict(
             site_file(path, _fact(ExistingSite, path=path) or {}), server_name

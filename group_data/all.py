@@ -118,6 +118,13 @@ flower_nginx_login_failures_per_minute = 10  # failed logins per minute a source
 flower_nginx_login_failures_burst = 5  # ... after this many at once; then 429 Too Many Requests
 flower_nginx_requests_per_second = 5  # requests per second one source may make (UI polling: ~1) ...
 flower_nginx_requests_burst = 50  # ... after this many at once (a page load); then 429
+flower_nginx_connections_per_source = 20  # connections one source may hold open (then 429)
+# A source (an IPv4 address; an IPv6 /64, for these and the throttles above) that keeps failing
+# is banned by fail2ban (jail flowerbed-login) in nftables on ports 80 and 443, before bcrypt;
+# never flower_admin_sources or loopback, and never on SSH.
+flower_nginx_ban_failures = 10  # failed logins within the window that ban a source (0 = no ban)
+flower_nginx_ban_window_seconds = 600  # ... the window (fail2ban's findtime)
+flower_nginx_ban_seconds = 3600  # how long a ban lasts (fail2ban's bantime)
 flower_tls_acme_directory = "letsencrypt"  # "letsencrypt", "letsencrypt-staging" or a directory URL
 flower_tls_acme_ca_bundle = ""  # local CA bundle a private ACME directory's HTTPS needs ('' = system)
 flower_tls_email = ""  # ACME account e-mail (expiry and policy notices; '' = register without)

@@ -180,6 +180,20 @@ class Nginx:
         integer(minimum=1, maximum=10000), "requests a source may make per second (caps bcrypt)"
     )
     requests_burst: int = setting(integer(maximum=100000), "requests a source may make at once")
+    connections_per_source: int = setting(
+        integer(minimum=1, maximum=10000), "connections one source may hold open to the dashboard"
+    )
+    ban_failures: int = setting(
+        integer(maximum=1000),
+        "failed logins in flower_nginx_ban_window_seconds that get a source banned by fail2ban "
+        "(ports 80 and 443; 0 = no ban)",
+    )
+    ban_window_seconds: int = setting(
+        integer(minimum=10, maximum=DAY), "seconds in which those failed logins count (findtime)"
+    )
+    ban_seconds: int = setting(
+        integer(minimum=10, maximum=30 * DAY), "seconds a banned source stays banned (bantime)"
+    )
 
     prefix = "flower_nginx_"
 
