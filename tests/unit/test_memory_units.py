@@ -112,3 +112,49 @@ def test_systemd_parses_the_ceiling_of_the_rendered_unit(tmp_path: Path):
     complaints = "\n".join(analyze_verify(tmp_path, broken))
     assert "Invalid memory limit '470 MiB'" in complaints  # the check can fail
     assert "Failed to parse OOM policy" in complaints
+
+
+# --- verify.py's memory layer ------------------------------------------------------------------
+
+MIB = 2**20
+
+
+def shown(lines: list[str]):
+    from flowerbed.verify import MemoryUse, memory_verdict
+
+    return memory_verdict(MemoryUse().process(lines))
+
+
+def test_the_memory_layer_reads_systemctl_and_the_journal():
+    from flowerbed.verify import MemoryUse
+
+    text = str(MemoryUse().command("flower.service"))
+    assert "systemctl show flower.service --property=MemoryCurrent,MemoryMax,NRestarts" in text
+    assert "journalctl --unit flower.service --since=-24h" in text
+    assert "grep -cF 'Failed with result '\"'\"'oom-kill'\"'\"''" in text
+
+
+def test_the_memory_layer_passes_under_the_ceiling():
+    verdict = shown([f"MemoryCurrent={100 * MIB}", f"MemoryMax={470 * MIB}", "NRestarts=0",
+                     "OOMKills=0"])  # fmt: skip
+    assert verdict.ok and verdict.value == "100/470 MiB"
+
+
+def test_the_memory_layer_fails_near_the_ceiling():
+    verdict = shown([f"MemoryCurrent={430 * MIB}", f"MemoryMax={470 * MIB}", "OOMKills=0"])
+    assert not verdict.ok and verdict.value == "430/470 MiB"
+    assert "uses 430 of its 470 MiB ceiling" in verdict.problem
+
+
+def test_the_memory_layer_reports_a_kill_at_the_ceiling():
+    verdict = shown(["MemoryCurrent=[not set]", f"MemoryMax={80 * MIB}", "NRestarts=2",
+                     "OOMKills=2"])  # fmt: skip
+    assert not verdict.ok and verdict.value == "oom-kill x2"
+    assert "killed Flower at its 80 MiB ceiling 2 time(s)" in verdict.problem
+    assert "restarted it 2 time(s)" in verdict.problem
+
+
+def test_the_memory_layer_fails_a_unit_without_a_ceiling():
+    verdict = shown(["MemoryCurrent=1", "MemoryMax=infinity", "OOMKills=0"])
+    assert not verdict.ok and "no MemoryMax: run the deploy" in verdict.problem
+    assert not shown([]).ok  # a host never deployed
