@@ -31,19 +31,14 @@ def derived_max_mib(max_tasks: int) -> int:
 
 @dataclass(frozen=True)
 class Ceiling:
+    """The unit's MemoryMax and MemoryHigh (MiB), and whether flower_max_tasks gave them."""
+
     max_mib: int
+    high_mib: int
     derived: bool
-
-    @property
-    def high_mib(self) -> int:
-        return math.floor(self.max_mib * HIGH_SHARE)
-
-    def unit_lines(self) -> list[str]:
-        return [f"MemoryHigh={self.high_mib}M", f"MemoryMax={self.max_mib}M"]
 
 
 def ceiling(memory_max: int, max_tasks: int) -> Ceiling:
     """flower_memory_max (0 = derived from flower_max_tasks) as the unit's ceiling."""
-    if memory_max:
-        return Ceiling(memory_max, derived=False)
-    return Ceiling(derived_max_mib(max_tasks), derived=True)
+    max_mib = memory_max or derived_max_mib(max_tasks)
+    return Ceiling(max_mib, math.floor(max_mib * HIGH_SHARE), derived=not memory_max)

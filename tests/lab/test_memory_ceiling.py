@@ -22,6 +22,7 @@ from celery import Celery
 from conftest import Lab
 from deploy_helpers import run_deploy
 from lab_worker import flower_api
+from test_rabbitmq import wait_for
 
 from flowerbed.memory import derived_max_mib
 from flowerbed.verify import MEMORY_SHARE_MAX
@@ -60,14 +61,6 @@ def send_tasks(broker: str, name: str, count: int, rate: int) -> None:
             ahead = (sent + 1) / rate - (time.monotonic() - started)
             if ahead > 0:
                 time.sleep(ahead)
-
-
-def wait_for(condition, seconds: float, what: str):
-    deadline = time.monotonic() + seconds
-    while not (found := condition()):
-        assert time.monotonic() < deadline, f"never: {what}"
-        time.sleep(1)
-    return found
 
 
 def show(lab: Lab, name: str) -> dict[str, str]:
