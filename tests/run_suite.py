@@ -37,7 +37,7 @@ SHARDS = {
 # Alone, after the shards: they stop the shared worker or broker, or take the lab down.
 ALONE = [
     "test_verify.py", "test_alerts.py", "test_faults.py", "test_alert_delivery.py",
-    "test_lab.py", "test_lab_handover.py",
+    "test_lab.py", "test_lab_handover.py", "test_memory_ceiling.py",
 ]  # fmt: skip
 
 

@@ -30,6 +30,7 @@ ALERTS = [
     "FlowerTargetsMissing",
     "FlowerCertificateExpiringSoon",
     "FlowerProbeFailed",
+    "FlowerMemoryNearCeiling",
 ]
 
 
