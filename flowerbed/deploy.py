@@ -148,6 +148,9 @@ def deploy_flower() -> None:
     + flower_unauthenticated_api, flower_restart_sec, flower_start_limit_burst,
       flower_start_limit_interval_sec, flower_stop_timeout_sec: the service
     + flower_healthcheck_min_workers, flower_healthcheck_timeout: the health check
+    + flower_takeover_unit, flower_takeover_db: a hand-made Flower to take over (its unit
+      stopped and kept in a root-only backup, its state carried over); any other Flower found
+      fails the host before any change
 
     + Example:
 

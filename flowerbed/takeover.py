@@ -36,6 +36,7 @@ from pyinfra import host, logger, state
 from pyinfra.api import FactBase, FunctionCommand, StringCommand, deploy, operation
 
 from . import facts
+from .firewall import _refuse
 from .hostfiles import PathStates
 from .settings import Settings
 from .shell import command
@@ -333,7 +334,8 @@ def keep_plan(
         lines.append(f"left in place (a package's, now disabled): {', '.join(staying)}")
     if db:
         sources = [p for p in state_files(db) if p in present]
-        own = [p for p in state_files(target) if p in present]
+        # flowerbed's `<db>.db` may be the old state's own file (--db=.../flower.db)
+        own = [p for p in state_files(target) if p in present and p not in sources]
         if not sources:
             lines.append(f"no state found at {db} (nor {db}.db/.dat/.dir/.bak): none carried over")
         elif db == target:
@@ -351,10 +353,12 @@ def keep_plan(
             user, group = owner
             steps.append(("install", "-d", "-m", "700", "-o", user, "-g", group, state_dir))
             for source in sources:
-                suffix = source[len(db) :]
                 steps.append(("cp", "--preserve=timestamps", "--", source, state_backup + "/"))
-                steps.append(("install", "-m", "600", "-o", user, "-g", group, "--", source,
-                              target + suffix))  # fmt: skip
+            clashes = [p for p in sources if target + p[len(db) :] in sources]
+            for source in sources:
+                if source not in clashes:  # never written over one of the old state's files
+                    steps.append(("install", "-m", "600", "-o", user, "-g", group, "--", source,
+                                  target + source[len(db) :]))  # fmt: skip
             lines.append(
                 f"its state {', '.join(sources)} was copied to flowerbed's {target} (a copy is "
                 f"kept in {state_backup}; the original stays where it was"
@@ -365,6 +369,11 @@ def keep_plan(
                 )
                 + ")"
             )
+            if clashes:
+                lines.append(
+                    f"not copied (flowerbed's name for it is another of its files): "
+                    f"{', '.join(clashes)}"
+                )
             if not persistent:
                 lines.append("flower_persistent is False: flowerbed's Flower will not load it")
     port = port_of(files.text)
@@ -386,15 +395,14 @@ def no_foreign_flower(own_unit: str, units: tuple[str, ...], takeover_unit: str)
     if not sightings:
         host.noop("no Flower but flowerbed's (or the one taken over) is on the host")
         return
-    message = refusal(sightings, own_unit)
-    if not state.is_executing:  # a preview shows the refusal it would meet
+    yield refused(refusal(sightings, own_unit))
+
+
+def refused(message: str) -> FunctionCommand:
+    """Fails the host with `message` (the firewall's refusal); a preview shows it now."""
+    if not state.is_executing:
         host.log_styled(f"would fail: {message}", fg="red", log_func=logger.error)
-    yield FunctionCommand(_refuse, (message,), {})
-
-
-def _refuse(state, host, message: str) -> bool:
-    host.log_styled(message, fg="red", log_func=logger.error)
-    return False
+    return FunctionCommand(_refuse, (message,), {})
 
 
 @operation()

@@ -47,11 +47,9 @@ def state_path() -> Check:
 class Takeover:
     """The hand-made Flower a deploy takes over; defaults in group_data/all.py."""
 
-    unit: str = setting(
-        unit_name(), "the hand-made Flower's systemd unit: stopped, disabled, kept in a backup"
-    )
-    db: str = setting(
-        state_path(), "its --db state file: copied into flowerbed's state (the original stays)"
-    )
+    # its systemd unit: stopped, disabled, its files kept in a root-only backup
+    unit: str = setting(unit_name(), "the hand-made Flower's systemd unit")
+    # its --db: copied into flowerbed's state (the original stays where it was)
+    db: str = setting(state_path(), "its state file (--db), carried into flowerbed's")
 
     prefix = "flower_takeover_"
