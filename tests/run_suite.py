@@ -31,7 +31,7 @@ SHARDS = {
         "test_beside_services.py", "test_beside_sites.py", "test_own_firewall.py",
         "test_consumer.py", "test_egress.py", "test_firewall_edges.py", "test_sudo.py",
         "test_leak_scan.py", "test_remove.py", "test_beside_docker.py",
-        "test_cookie_rotation.py", "test_login_ban.py",
+        "test_cookie_rotation.py", "test_login_ban.py", "test_takeover.py",
     ],
 }  # fmt: skip
 # Alone, after the shards: they stop the shared worker or broker, or take the lab down.
