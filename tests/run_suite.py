@@ -3,7 +3,8 @@ run alone. Exits non-zero if any part failed; each shard's output is printed who
 
 The lab is brought up once, before the shards (FLOWERBED_LAB_UP=1 then tells each session's
 `lab` fixture to use it as it is: sessions never bring it up or rebuild it under each other).
-A shard holds whole modules. Modules that take the lab's shared worker or broker away for a
+A shard holds whole modules: "shared" those on the shared hosts h1..h3, the others those that
+boot fresh hosts of their own. Modules that take the lab's shared worker or broker away for a
 while (their deploys would fail the health check of a module beside them) and the lifecycle
 tests (they take the whole lab down) run alone, after the shards.
 
@@ -24,20 +25,23 @@ LAB = "tests/lab"
 SHARDS = {
     "shared": [
         "test_claims.py", "test_browser.py", "test_flower.py", "test_firewall.py",
-        "test_preflight.py", "test_preview.py", "test_rotate.py", "test_secret_output.py",
-        "test_rabbitmq.py", "test_oauth.py", "test_edge.py", "test_inside_site.py",
+        "test_preflight.py", "test_preview.py", "test_secret_output.py",
     ],
-    "fresh": [
+    "fresh-a": [
         "test_beside_services.py", "test_beside_sites.py", "test_own_firewall.py",
         "test_consumer.py", "test_egress.py", "test_firewall_edges.py", "test_sudo.py",
-        "test_leak_scan.py", "test_remove.py", "test_beside_docker.py",
-        "test_cookie_rotation.py", "test_login_ban.py", "test_takeover.py",
+        "test_oauth.py", "test_rabbitmq.py", "test_faults.py",  # (its own broker and worker)
+    ],
+    "fresh-b": [
+        "test_leak_scan.py", "test_remove.py", "test_beside_docker.py", "test_cookie_rotation.py",
+        "test_login_ban.py", "test_takeover.py", "test_edge.py", "test_inside_site.py",
     ],
 }  # fmt: skip
-# Alone, after the shards: they stop the shared worker or broker, or take the lab down.
+# Alone, after the shards: they stop the shared worker or broker, flood it, rotate the lab's own
+# logins (.lab/lab.env, which every deploy reads), or take the lab down.
 ALONE = [
-    "test_verify.py", "test_alerts.py", "test_faults.py", "test_alert_delivery.py",
-    "test_lab.py", "test_lab_handover.py", "test_memory_ceiling.py",
+    "test_rotate.py", "test_verify.py", "test_alerts.py", "test_alert_delivery.py",
+    "test_memory_ceiling.py", "test_lab.py", "test_lab_handover.py",
 ]  # fmt: skip
 
 
