@@ -38,6 +38,7 @@ from pyinfra.operations.util import any_changed
 
 from . import facts
 from .auth import HTPASSWD
+from .ban import FILES as BAN_FILES
 from .existing_site import SNIPPET, ExistingSite, flower_not_included
 from .firewall import (
     BOOT_DIR,
@@ -112,6 +113,7 @@ def host_paths(flower: Flower) -> tuple[HostPath, ...]:
         HostPath(APT_PROXY_CONF, "apt's egress proxy"),
         HostPath(EXTRA_CA_DIR, "the extra CAs"),
         HostPath(INSTALLED_RECORD_DIR, "the ACME webroot, firewall state, health and apt records"),
+        *(HostPath(path, "fail2ban's jail for failed logins") for path in BAN_FILES),
     )
 
 
@@ -380,6 +382,8 @@ def paths_removed(paths: tuple[str, ...], units: tuple[str, ...], parents: tuple
             yield StringCommand(command("rmdir", "--ignore-fail-on-non-empty", parent))
     if set(present) & set(units):
         yield command("systemctl", "daemon-reload")
+    if set(present) & set(BAN_FILES):  # fail2ban drops the jail and its nftables table
+        yield command("systemctl", "try-reload-or-restart", "fail2ban")
     if any(inside(path, EXTRA_CA_DIR) for path in present):
         yield command("update-ca-certificates", "--fresh")
 

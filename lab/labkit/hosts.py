@@ -158,14 +158,14 @@ def boot_host(host: dict) -> None:
             cgroup.mkdir(exist_ok=True)
     # Own cgroup per launcher (hosts otherwise share one and see each other's processes);
     # restart on exit 133, which is how `systemctl reboot` inside a host ends nspawn. The
-    # keyring system calls, which nspawn filters by default, are a real host's: Docker's runc
-    # makes a session keyring for each container.
+    # keyring and bpf system calls, which nspawn filters by default, are a real host's:
+    # Docker's runc makes a session keyring and a device filter (cgroup BPF) per container.
     script = (
         'for cg in "$@"; do echo $$ > "$cg/cgroup.procs"; done\n'
         "while :; do\n"
         f"  systemd-nspawn -q -D {root} -b -M {name} --register=no --keep-unit"
         f" --network-bridge={BRIDGE} --resolv-conf=off --timezone=off --link-journal=no"
-        " --console=passive --system-call-filter=@keyring </dev/null & child=$!\n"
+        " --console=passive --system-call-filter='@keyring bpf' </dev/null & child=$!\n"
         f"  echo $child > {RUN}/nspawn-{name}.pid\n"
         "  wait $child; rc=$?\n"
         '  [ "$rc" = 133 ] || break\n'

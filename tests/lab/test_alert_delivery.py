@@ -122,6 +122,14 @@ class Setup:
         ok = {"flower", "flower-tls", "monitoring"} <= jobs
         return targets if ok and all(t["health"] == "up" for t in targets) else None
 
+    def diagnosis(self) -> str:
+        """What Prometheus and Alertmanager say, and every mail the inbox has (on a failure)."""
+        alerts = self.prometheus("alerts").get("data", {}).get("alerts", [])
+        journal = self.lab.ssh(self.mon, "journalctl -u prometheus-alertmanager -n 20 --no-pager")
+        subjects = [m["subject"] for m in lab_smtp.mails()]
+        return (f"Prometheus alerts: {json.dumps(alerts)[:3000]}\nAlertmanager: "
+                f"{journal.stdout[-3000:]}\nmails: {subjects}")  # fmt: skip
+
     def verify(self) -> DeployResult:
         return self.deploy([self.mon], flags=("-y",), deploy_file="verify.py")
 
@@ -194,10 +202,13 @@ def test_a_stopped_worker_mails_then_resolves(lab: Lab, fresh_host, tmp_path: Pa
         stopped_at = time.time()
         try:
             stop_mid_task(lab)
-            firing = until(
-                "mail naming the host and the condition",
-                mail_like("FIRING", "CeleryWorkersMissing", stopped_at),
-            )
+            try:
+                firing = until(
+                    "mail naming the host and the condition",
+                    mail_like("FIRING", "CeleryWorkersMissing", stopped_at),
+                )
+            except AssertionError as error:
+                raise AssertionError(f"{error}\n{setup.diagnosis()}") from None
             fired_after = time.time() - stopped_at
             body = firing[0]["body"]
             assert f"Dashboard: https://{DASHBOARD}.flowerbed.test/" in body, body
