@@ -34,7 +34,6 @@ from .packages import package_sources
 from .preflight import Checked, checked
 from .pyinfra_internals import install
 from .resources import DEFAULTS
-from .takeover import hand_made_flower_kept, hand_made_flower_stopped
 from .verify import verify_flower
 
 
@@ -62,14 +61,11 @@ def deploy_flowerbed() -> None:
     """
     checked_host = this_host()
     settings = checked_host.settings
-    # before the listener check: the hand-made Flower's port is not a listener to keep
-    hand_made_flower_stopped(settings)
     other_services_kept(settings.firewall)
     existing_site_checked(settings.site, checked_host.edge.site.fqdn)
     package_sources(settings.egress)
     inbound_firewall(settings.firewall)
     installed = install_flower(settings)
-    hand_made_flower_kept(settings)
     flower_service(settings, checked_host.secrets, installed)
     edge(settings, checked_host.edge)
     verify_flower(settings, after_changes_only=True)
@@ -149,9 +145,6 @@ def deploy_flower() -> None:
       flower_start_limit_interval_sec, flower_stop_timeout_sec: the service; flower_memory_max: its
       memory ceiling (0 = derived from flower_max_tasks)
     + flower_healthcheck_min_workers, flower_healthcheck_timeout: the health check
-    + flower_takeover_unit, flower_takeover_db: a hand-made Flower to take over (its unit
-      stopped and kept in a root-only backup, its state carried over); any other Flower found
-      fails the host before any change
 
     + Example:
 
@@ -163,9 +156,7 @@ def deploy_flower() -> None:
     """
     checked_host = this_host()
     settings = checked_host.settings
-    hand_made_flower_stopped(settings)
     installed = install_flower(settings)
-    hand_made_flower_kept(settings)
     flower_service(settings, checked_host.secrets, installed)
     verify_flower(settings, after_changes_only=True)
     remove_old_venvs(settings.flower, installed)

@@ -154,15 +154,6 @@ flower_remove_packages = False  # True: also purge the apt packages flowerbed in
 flower_remove_revoke_certificate = False  # True: revoke the certificate at its ACME directory before deleting it
 flower_remove_keep_state = True  # Flower's state goes to /var/backups/flowerbed-<service>-<UTC time>.tar.gz (root 0600); False: deleted
 
-# --- Taking over a hand-made Flower (flowerbed/takeover.py) ---------------------------------
-# A Flower flowerbed does not manage (a process running `flower`, or a unit named like flowerbed's
-# that flowerbed did not write) fails the host before any change, unless named here. Named, the
-# deploy stops and disables its unit, keeps its unit file in a root-only backup
-# (/var/backups/flowerbed-takeover-<unit>/), copies its state into flowerbed's (if that is empty)
-# and leaves its port to flowerbed's firewall.
-flower_takeover_unit = ""  # its systemd unit, e.g. "flower.service" ('' = nothing to take over)
-flower_takeover_db = ""  # its --db state file, e.g. "/var/lib/flower/flower.db" ('' = no state carried over)
-
 # --- Monitoring: Prometheus, the blackbox exporter and Alertmanager on a host (issue 22) ------
 # Off by default. Name the monitoring host for every host (here, or in your inventory's group
 # data): it runs Debian's prometheus, prometheus-alertmanager and prometheus-blackbox-exporter,

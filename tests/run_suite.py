@@ -34,7 +34,7 @@ SHARDS = {
     ],
     "fresh-b": [
         "test_leak_scan.py", "test_remove.py", "test_beside_docker.py", "test_cookie_rotation.py",
-        "test_login_ban.py", "test_takeover.py", "test_edge.py", "test_inside_site.py",
+        "test_login_ban.py", "test_edge.py", "test_inside_site.py",
     ],
 }  # fmt: skip
 # Alone, after the shards: they stop the shared worker or broker, flood it, rotate the lab's own

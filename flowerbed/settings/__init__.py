@@ -19,7 +19,6 @@ in its own module, with the checks and rules only it uses:
   oauth      OAuthProvider: what Flower's OAuth login handlers read
   verify     Verify: what the operator's runs (verify.py, rotate.py) expect of a host
   remove     Remove: what the removal run (remove.py) keeps
-  takeover   Takeover: a hand-made Flower a deploy takes over
   monitoring Monitoring: the host that scrapes the dashboards and mails alerts
 
 and this module puts them together: SECTIONS, the rules between keys (RULES), and loading.
@@ -52,14 +51,12 @@ from .flower import BROKER_SCHEMES, MANAGED_KEYS, Flower, FlowerOptions, check_f
 from .monitoring import Monitoring, check_monitoring
 from .oauth import GITHUB, GITLAB, OKTA, OAuthProvider, check_oauth_provider
 from .remove import Remove
-from .takeover import Takeover
 from .verify import Verify, operator_checks
 
 __all__ = [  # what the operation modules, the operator's runs and the tests import from here
     "BROKER_SCHEMES", "GITHUB", "GITLAB", "LETS_ENCRYPT", "OKTA", "OWNED_PREFIXES", "RENAMED",
     "Auth", "Egress", "Firewall", "Flower", "FlowerOptions", "Nginx", "OAuthProvider",
-    "PortOpening", "Remove", "Settings", "SettingsError", "Site", "Takeover", "Tls", "Verify",
-    "dns_name",
+    "PortOpening", "Remove", "Settings", "SettingsError", "Site", "Tls", "Verify", "dns_name",
     "duplicate_names", "known_keys",
     "load_settings", "local_app_dir", "operator_checks", "validate", "with_defaults",
 ]  # fmt: skip
@@ -106,7 +103,6 @@ class Settings:
     verify: Verify
     remove: Remove
     monitoring: Monitoring
-    takeover: Takeover
 
 
 # attribute -> section, in the order Settings lists them
