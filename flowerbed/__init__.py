@@ -17,7 +17,7 @@ Modules, one concern each:
 - secrets: the operator's secrets (environment or .env) and the no-diff secret file; quiet:
   secret files compared or read on a host without printing them, in one round trip
 - packages: apt and pip egress (proxy, CAs, mirror); venv: the locked venvs
-- flower: Flower's install, configuration and service; memory: its unit's memory ceiling
+- flower: Flower's install, configuration and service
 - proxy_login: Flower's own login, which only nginx holds (logins at nginx)
 - firewall: the nftables table with its rollback; listeners: what else listens on the host,
   which a new ruleset must not close unless declared

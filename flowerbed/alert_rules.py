@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import re
 
-from .memory import derived_max_mib
 from .render import render as render_template
 
 TEMPLATE = "flowerbed.rules.yml.j2"
@@ -35,12 +34,6 @@ DEFAULTS: dict[str, str] = {
     "flower_down_for": "5m",  # Flower unscrapeable, no targets, or the HTTPS probe failing
     "certificate_days": "14",  # alert when the served certificate expires sooner (certbot: 30)
     "certificate_for": "1h",
-    # Flower's unit's MemoryMax (flowerbed/memory.py): the derived one for the default
-    # flower_max_tasks (100000); one value for every host, so set yours (verify.py's memory
-    # layer reads each host's own ceiling)
-    "memory_max_mib": str(derived_max_mib(100_000)),
-    "memory_ratio": "0.8",  # alert when Flower's resident memory passes this share of it
-    "memory_for": "5m",
 }
 
 DURATION = re.compile(r"^(\d+(ms|s|m|h|d|w|y))+$")

@@ -142,8 +142,7 @@ def deploy_flower() -> None:
     + flower_oauth2_okta_base_url, flower_github_oauth_domain, flower_gitlab_oauth_domain,
       flower_gitlab_auth_allowed_groups, flower_gitlab_min_access_level: OAuth providers
     + flower_unauthenticated_api, flower_restart_sec, flower_start_limit_burst,
-      flower_start_limit_interval_sec, flower_stop_timeout_sec: the service; flower_memory_max: its
-      memory ceiling (0 = derived from flower_max_tasks)
+      flower_start_limit_interval_sec, flower_stop_timeout_sec: the service
     + flower_healthcheck_min_workers, flower_healthcheck_timeout: the health check
 
     + Example:

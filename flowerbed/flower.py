@@ -22,7 +22,6 @@ from pyinfra.operations.util import any_changed
 
 from . import facts
 from .hostfiles import RootDirectory, RootFile, changed, root_files
-from .memory import Ceiling, ceiling
 from .packages import pip_conf, system_packages
 from .proxy_login import env_files, no_proxy_login, proxy_login
 from .render import render
@@ -113,29 +112,17 @@ def exec_start(flower: Flower) -> list[str]:
 
 
 def unit_text(
-    flower: Flower,
-    environment: list[tuple[str, str]] | None = None,
-    auth_mode: str = "basic",
-    memory: Ceiling | None = None,
+    flower: Flower, environment: list[tuple[str, str]] | None = None, auth_mode: str = "basic"
 ) -> str:
     """The unit; `environment` = what the OAuth provider's handler reads (not secret); with
-    logins at nginx, Flower also reads its proxy login (flowerbed/proxy_login.py); `memory`:
-    its MemoryHigh/MemoryMax (flowerbed/memory.py; flower_unit_text passes it)."""
+    logins at nginx, Flower also reads its proxy login (flowerbed/proxy_login.py)."""
     return render(
         "flower.service.j2",
         flower=flower,
-        memory=memory,
         env_files=env_files(flower, auth_mode),
         exec_start=" ".join(exec_start(flower)),
         environment=[unit_quote(f"{name}={value}") for name, value in environment or []],
     )
-
-
-def flower_unit_text(settings: Settings) -> str:
-    """The unit the deploy writes: with the OAuth provider's environment and the memory ceiling."""
-    environment = settings.oauth_provider.environment(settings.options.auth_provider)
-    memory = ceiling(settings.flower.memory_max, settings.options.max_tasks)
-    return unit_text(settings.flower, environment, settings.auth.mode, memory)
 
 
 def unit_quote(assignment: str) -> str:
@@ -254,13 +241,14 @@ def created_accounts(found: dict, user: str, group: str) -> tuple[str, ...]:
 def flower_service(settings: Settings, secrets: FlowerSecrets, installed: Installed):
     """Flower runs the installed venv with the current config; restarted only on change."""
     flower = settings.flower
+    environment = settings.oauth_provider.environment(settings.options.auth_provider)
     workdir = [RootDirectory(flower.app_workdir)] if flower.app_workdir else []
     root_files(
         "Flower's options (flowerconfig.py), hardened systemd unit and directories",
         [
             RootDirectory(flower.config_dir),
             RootFile(flower.config_file, config_text(settings)),
-            RootFile(flower.unit_file, flower_unit_text(settings)),
+            RootFile(flower.unit_file, unit_text(flower, environment, settings.auth.mode)),
             *workdir,
         ],
     )

@@ -163,7 +163,7 @@ class HostReport:
 
 LAYERS = (
     "unit", "socket", "nginx", "nginx_config", "https", "certificate", "renewal", "firewall",
-    "sandbox", "state", "memory", "workers", "failed_tasks", "stuck_tasks", "queues", "registered",
+    "sandbox", "state", "workers", "failed_tasks", "stuck_tasks", "queues", "registered",
     "site_include",  # inside the operator's site only
     "targets", "rules", "delivery",  # the monitoring host only (flowerbed/monitoring_verify.py)
 )  # fmt: skip
@@ -252,53 +252,6 @@ class StateSaved(FactBase):
         saved = values.get("saved")
         age = int(values["now"]) - int(saved) if saved else None
         return {"age": age, "used": values.get("used", "?").strip()}
-
-
-class MemoryUse(FactBase):
-    """Flower's unit: its memory (MemoryCurrent), its ceiling (MemoryMax), systemd's restarts
-    of it (NRestarts) and how often the kernel killed it at the ceiling in the last 24 hours."""
-
-    def command(self, unit: str) -> StringCommand:
-        show = ["systemctl", "show", unit, "--property=MemoryCurrent,MemoryMax,NRestarts"]
-        journal = ["journalctl", "--unit", unit, "--since=-24h", "--output=cat", "--quiet"]
-        killed = shlex.quote("Failed with result 'oom-kill'")
-        return StringCommand(
-            f"{shlex.join(show)}; echo OOMKills=$({shlex.join(journal)} 2>/dev/null"
-            f" | grep -cF {killed})"
-        )
-
-    def process(self, output: list[str]) -> dict:
-        return dict(line.split("=", 1) for line in output if "=" in line)
-
-
-MEMORY_SHARE_MAX = 0.9  # MemoryHigh (flowerbed/memory.py): the kernel throttles Flower there
-
-
-def memory_verdict(found: dict | None) -> Verdict:
-    """Flower's memory under its ceiling, and never killed at it in the last 24 hours."""
-    found = found or {}
-    ceiling, current = found.get("MemoryMax", ""), found.get("MemoryCurrent", "")
-    if not ceiling.isdigit():
-        return Verdict(False, "no ceiling", "Flower's unit has no MemoryMax: run the deploy")
-    mib = int(ceiling) // 2**20
-    used = int(current) // 2**20 if current.isdigit() else 0  # "[not set]": not running
-    kills, restarts = found.get("OOMKills", "0").strip() or "0", found.get("NRestarts", "?")
-    if kills != "0":
-        return Verdict(
-            False,
-            f"oom-kill x{kills}",
-            f"the kernel killed Flower at its {mib} MiB ceiling {kills} time(s) in the last 24 h "
-            f"(systemd restarted it {restarts} time(s); it loaded its last saved state): raise "
-            "flower_memory_max, lower flower_max_tasks, or look for a leak",
-        )
-    if used > MEMORY_SHARE_MAX * mib:
-        return Verdict(
-            False,
-            f"{used}/{mib} MiB",
-            f"Flower's unit uses {used} of its {mib} MiB ceiling: near MemoryMax, where the "
-            "kernel kills it (raise flower_memory_max or lower flower_max_tasks)",
-        )
-    return Verdict(True, f"{used}/{mib} MiB")
 
 
 def firewall_layer(settings: Settings, loaded: str | None) -> None:
@@ -405,7 +358,6 @@ def host_layers_checked(settings: Settings, checks: OperatorChecks, server_name:
         layer("site_include", ok, "ok" if ok else "missing", problem)
     for name, verdict in (
         ("state", state_verdict(flower, settings.options)),
-        ("memory", memory_verdict(_fact(MemoryUse, unit=flower.unit_name))),
         ("renewal", renewal_verdict() if not settings.site.existing_site else Verdict(True, "n/a")),
     ):
         layer(name, verdict.ok, verdict.value, verdict.problem)
@@ -591,7 +543,7 @@ COLUMNS = (
     ("host", None), ("unit", "unit"), ("socket", "socket"), ("nginx", "nginx"),
     ("nginx -t", "nginx_config"), ("https", "https"), ("cert days", "certificate"),
     ("renewal", "renewal"), ("firewall", "firewall"), ("sandbox", "sandbox"),
-    ("state", "state"), ("memory", "memory"), ("workers on/off", "workers"),
+    ("state", "state"), ("workers on/off", "workers"),
     ("failed 1h", "failed_tasks"), ("stuck", "stuck_tasks"), ("max queue", "queues"),
     ("registered", "registered"), ("in site", "site_include"), ("targets", "targets"),
     ("rules", "rules"), ("delivery", "delivery"), ("verdict", None),

@@ -41,7 +41,7 @@ SHARDS = {
 # logins (.lab/lab.env, which every deploy reads), or take the lab down.
 ALONE = [
     "test_rotate.py", "test_verify.py", "test_alerts.py", "test_alert_delivery.py",
-    "test_memory_ceiling.py", "test_lab.py", "test_lab_handover.py",
+    "test_lab.py", "test_lab_handover.py",
 ]  # fmt: skip
 
 

@@ -9,7 +9,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..memory import IDLE_MIB, MINIMUM_MIB
 from ..resources import LOCKS, is_local_dir, local_path
 from ..validation import SettingsError, flower_auth_problem, has_credentials, shown, split_url
 from .checks import (
@@ -196,25 +195,6 @@ def app_source() -> Check:
     return check
 
 
-def memory_mib() -> Check:
-    """flower_memory_max: 0 (derived from flower_max_tasks) or a ceiling in MiB above what an
-    idle Flower already uses (flowerbed/memory.py)."""
-    hint = f"0 (derived from flower_max_tasks) or a MiB value from {MINIMUM_MIB} up"
-
-    def check(key: str, value: Any) -> int:
-        integer(maximum=1_000_000)(key, value)
-        if 0 < value < MINIMUM_MIB:
-            raise SettingsError(
-                key,
-                f"{value} MiB is below what an idle Flower uses ({IDLE_MIB} MiB resident, "
-                "benchmarks/flood.py): systemd would kill it as it starts",
-                f"use {hint}",
-            )
-        return value
-
-    return check
-
-
 @dataclass(frozen=True)
 class FlowerOptions:
     """Flower's own options, under their real names, written to flowerconfig.py."""
@@ -261,7 +241,6 @@ class Flower:
     start_limit_burst: int = setting(integer(minimum=1, maximum=1000))
     start_limit_interval_sec: int = setting(integer(minimum=1, maximum=DAY))
     stop_timeout_sec: int = setting(integer(minimum=1, maximum=3600))
-    memory_max: int = setting(memory_mib())  # MiB; 0 = derived from max_tasks
     healthcheck_min_workers: int = setting(integer(maximum=100_000))
     healthcheck_timeout: int = setting(integer(minimum=1, maximum=3600))
     broker_url_env: str = setting(env_name())

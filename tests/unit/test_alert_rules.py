@@ -30,7 +30,6 @@ ALERTS = [
     "FlowerTargetsMissing",
     "FlowerCertificateExpiringSoon",
     "FlowerProbeFailed",
-    "FlowerMemoryNearCeiling",
 ]
 
 
