@@ -110,7 +110,7 @@ def login_ban(settings: Settings) -> None:
     unit_running("fail2ban is enabled and running", "fail2ban", reset_failed=True)
     server.shell(
         name="Reload fail2ban (flowerbed's jail changed)",
-        commands=[command("fail2ban-client", "reload")],
+        commands=[RELOAD],
         _if=changed(*FILES),
     )
 
@@ -125,9 +125,12 @@ def failures_log():
 
 
 # (fail2ban may be gone, or stopped: then there is nothing to reload)
+# fail2ban's server answers a while after systemd started it (a first install starts it just
+# before this): wait for its socket, then reload.
+ANSWERING = command("timeout", "30", "sh", "-c", "until fail2ban-client ping; do sleep 0.2; done")
 RELOAD = StringCommand(
     "!", command("systemctl", "is-active", "-q", "fail2ban"), "||",
-    command("fail2ban-client", "reload"),
+    "{", ANSWERING, ">/dev/null", "&&", command("fail2ban-client", "reload"), ";", "}",
 )  # fmt: skip
 
 

@@ -58,6 +58,7 @@ NEW_PACKAGE_STATE = {
     "certbot": ("/etc/letsencrypt", "/var/lib/letsencrypt"),
     "python3-certbot": ("/etc/letsencrypt", "/var/lib/letsencrypt"),
     "ca-certificates": ("/etc/ssl/certs", "/etc/ca-certificates.conf"),
+    "fail2ban": ("/var/lib/fail2ban",),  # its ban database
 }
 
 
