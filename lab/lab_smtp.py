@@ -126,6 +126,9 @@ def serve() -> None:
         authenticator=authenticator,
         auth_required=True,
         auth_require_tls=True,
+        # aiosmtpd's LOGIN asks "User Name", where mail servers ask "Username:" (Alertmanager,
+        # like most clients, accepts only that): PLAIN, as every server offers it
+        auth_exclude_mechanism=["LOGIN"],
     )
     controller.start()
     print(f"lab SMTP inbox on {GATEWAY}:{PORT}", flush=True)
