@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import secrets
+import shlex
 import subprocess
 import time
 from pathlib import Path
@@ -167,7 +168,7 @@ def assert_no_password(setup: Setup, password: str) -> None:
         "   except OSError: pass\n"
     )
     found = subprocess.run(
-        [*LAB_CLI, "ssh", setup.mon, "python3 -c " + json.dumps(scan)],
+        [*LAB_CLI, "ssh", setup.mon, "python3 -c " + shlex.quote(scan)],
         input=password, capture_output=True, text=True, timeout=120, cwd=REPO,
     )  # fmt: skip
     assert found.returncode == 0 and not found.stdout.strip(), found.stdout + found.stderr
