@@ -14,9 +14,19 @@ import subprocess
 import sys
 import time
 
+import deploy_helpers
 import pytest
 from conftest import Lab, lab_cli
-from deploy_helpers import DeployResult, assert_no_secret, run_deploy
+from deploy_helpers import DeployResult, assert_no_secret
+
+# The throttle's own tests send lab-allowed's wrong passwords by the dozen: fail2ban's ban
+# (tests/lab/test_login_ban.py proves it) would drop lab-allowed for an hour. Off here.
+NO_BAN = {"flower_nginx_ban_failures": 0}
+
+
+def run_deploy(hosts, data: dict | None = None, **kwargs) -> DeployResult:
+    return deploy_helpers.run_deploy(hosts, {**NO_BAN, **(data or {})}, **kwargs)
+
 
 pytestmark = pytest.mark.lab
 

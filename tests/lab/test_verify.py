@@ -24,6 +24,7 @@ WORKER = "demo@labmachine"
 LAYERS = {
     "unit", "socket", "nginx", "nginx_config", "https", "certificate", "renewal", "firewall",
     "sandbox", "state", "workers", "failed_tasks", "stuck_tasks", "queues", "registered",
+    "login_ban",
 }  # fmt: skip
 
 
