@@ -32,7 +32,9 @@ def docker_host(lab: Lab, module_hosts) -> dict:
     host = module_hosts(prefix="dk")
     name, token = host["name"], f"container on {host['name']}"
     install = "DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends"
-    lab.ssh(name, f"{install} docker.io busybox-static", timeout=900, check=True)
+    # Debian 13 ships the docker command in docker-cli, 12 in docker.io itself
+    cli = "$(apt-cache show docker-cli >/dev/null 2>&1 && echo docker-cli)"
+    lab.ssh(name, f"{install} docker.io {cli} busybox-static", timeout=900, check=True)
     for step in (
         "mkdir -p /srv/image/bin /srv/image/www && cp /bin/busybox /srv/image/bin/",
         f"echo '{token}' > /srv/image/www/index.html",
