@@ -383,7 +383,12 @@ def paths_removed(paths: tuple[str, ...], units: tuple[str, ...], parents: tuple
     if set(present) & set(units):
         yield command("systemctl", "daemon-reload")
     if set(present) & set(BAN_FILES):  # fail2ban drops the jail and its nftables table
-        yield command("systemctl", "try-reload-or-restart", "fail2ban")
+        # (Debian 12's own sshd jail reads an auth.log hosts without rsyslog lack: without
+        # flowerbed's jail file fail2ban cannot start, so it stops, as a kept package may)
+        yield StringCommand(
+            command("systemctl", "try-reload-or-restart", "fail2ban"), "||",
+            command("systemctl", "stop", "fail2ban"),
+        )  # fmt: skip
     if any(inside(path, EXTRA_CA_DIR) for path in present):
         yield command("update-ca-certificates", "--fresh")
 
