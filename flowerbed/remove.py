@@ -83,7 +83,8 @@ FIREWALL_BOOT_FILES = (NFTABLES_DROP_IN, FIREWALL_UNIT_FILE, BOOT_RULESET)
 # logins it includes
 NGINX_FILES = (HTTPS_SITE, HTTP_SITE, HTPASSWD)
 # directories flowerbed's files were put in with `mkdir -p`: removed when they end up empty
-# (not /usr/local/libexec, SCRIPT_DIR's parent: Debian's base-files ships it)
+# Removed when left empty. Not /usr/local/libexec, SCRIPT_DIR's parent: a directory of the FHS
+# that Debian 13 makes (no package owns it) and 12 does not, so nothing says whose it is.
 EMPTIED_PARENTS = (NFTABLES_DROP_IN_DIR, posixpath.dirname(CERTBOT_DROP_IN))
 
 

@@ -115,7 +115,9 @@ def differences(lab: Lab, name: str, before: dict, after: dict) -> list[str]:
         # update-rc.d's links for a kept package's init script (its postinst makes them)
         rc_link = re.fullmatch(r"/etc/rc[0-6S]\.d/[SK]\d\d(.+)", path)
         runlevels = bool(rc_link) and rc_link[1] in init_scripts
-        return path in owned or wants or runlevels or under(path, (*NOISE, *state))
+        # the FHS's /usr/local/libexec, which Debian 13 makes and 12 does not, stays once made
+        standard = path == "/usr/local/libexec"
+        return path in owned or wants or runlevels or standard or under(path, (*NOISE, *state))
 
     found = []
     paths = before["paths"].keys() | after["paths"].keys()
