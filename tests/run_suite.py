@@ -30,8 +30,9 @@ SHARDS = {
     "fresh-a": [
         "test_beside_services.py", "test_beside_sites.py", "test_own_firewall.py",
         "test_consumer.py", "test_egress.py", "test_firewall_edges.py", "test_sudo.py",
-        "test_oauth.py", "test_rabbitmq.py", "test_faults.py",  # (its own broker and worker)
+        "test_oauth.py",
     ],
+    "fresh-c": ["test_faults.py", "test_rabbitmq.py"],  # (faults: its own broker and worker)
     "fresh-b": [
         "test_leak_scan.py", "test_remove.py", "test_beside_docker.py", "test_cookie_rotation.py",
         "test_login_ban.py", "test_edge.py", "test_inside_site.py",
