@@ -22,8 +22,8 @@ import re
 import shlex
 from dataclasses import dataclass
 
-from pyinfra import host, logger, state
-from pyinfra.api import FactBase, FunctionCommand, StringCommand, deploy, operation
+from pyinfra import host, logger
+from pyinfra.api import FactBase, StringCommand, deploy, operation
 
 from . import facts
 from .hostfiles import Absent, PathStates, RootFile, entry_commands, root_files
@@ -39,7 +39,7 @@ from .nginx import (
 )
 from .render import render
 from .settings import Settings, Site
-from .shell import command
+from .shell import command, refused
 from .units import unit_running
 
 SNIPPET = "/etc/nginx/snippets/flowerbed-flower.conf"
@@ -207,14 +207,7 @@ def existing_site_usable(path: str, server_name: str, add_include: bool):
     if problem is None:
         host.noop(f"{path} serves {server_name} over HTTPS")
         return
-    if not state.is_executing:  # a preview shows the refusal it would meet
-        host.log_styled(f"would fail: {problem}", fg="red", log_func=logger.error)
-    yield FunctionCommand(_refuse, (problem,), {})
-
-
-def _refuse(state, host, message: str) -> bool:
-    host.log_styled(message, fg="red", log_func=logger.error)
-    return False
+    yield from refused(problem)
 
 
 def marked_lines_removed(paths: tuple[str, ...]):

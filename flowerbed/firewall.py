@@ -35,10 +35,9 @@ import time
 from dataclasses import dataclass
 from io import StringIO
 
-from pyinfra import host, logger, state
+from pyinfra import host, logger
 from pyinfra.api import (
     FileUploadCommand,
-    FunctionCommand,
     StringCommand,
     deploy,
     operation,
@@ -62,7 +61,7 @@ from .render import render
 from .resources import HOST_SCRIPTS
 from .settings import Firewall, PortOpening
 from .settings.firewall import EVERYWHERE
-from .shell import command
+from .shell import command, refused
 from .units import UnitStates, unit_running
 
 HTTP_PORT, HTTPS_PORT = 80, 443
@@ -330,14 +329,7 @@ def listeners_kept(firewall: Firewall):
         host.noop("every service listening beyond loopback stays reachable, or is agreed closed")
         return
     message = refusal(cut, shared)
-    if not state.is_executing:  # a preview shows the refusal it would meet
-        host.log_styled(f"would fail: {message}", fg="red", log_func=logger.error)
-    yield FunctionCommand(_refuse, (message,), {})
-
-
-def _refuse(state, host, message: str) -> bool:
-    host.log_styled(message, fg="red", log_func=logger.error)
-    return False
+    yield from refused(message)
 
 
 @deploy("Firewall: the host's other services")
