@@ -101,6 +101,17 @@ class Lab:
             command = shlex.join(command)
         return run([*LAB_CLI, "ssh", name, command], timeout, check)
 
+    def dashboard_status(self, fqdn: str, address: str, path: str = "/") -> str:
+        """The HTTP status of https://<fqdn><path> at `address`, with the lab's dashboard login
+        and the lab's ACME root as the only trusted CA."""
+        user, password = self.dashboard_login
+        return run(
+            ["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "--cacert",
+             self.state["acme"]["root"], "--resolve", f"{fqdn}:443:{address}",
+             "-u", f"{user}:{password}", f"https://{fqdn}{path}"],
+            timeout=30, check=True,
+        ).stdout  # fmt: skip
+
     def in_namespace(
         self, namespace: str, command: list[str], timeout: float = 30
     ) -> subprocess.CompletedProcess:

@@ -134,14 +134,9 @@ def test_other_sites_answer_the_same_bytes_and_flower_works(lab: Lab, busy_host:
     assert "default_server" not in conf
     fqdn = busy_host["fqdn"]
     assert redirects(busy_host), "port 80 redirects flowerbed's own name to HTTPS"
-    user, password = lab.dashboard_login
-    status = subprocess.run(
-        ["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "--cacert",
-         lab.state["acme"]["root"], "--resolve", f"{fqdn}:443:{busy_host['address']}",
-         "-u", f"{user}:{password}", f"https://{fqdn}/"],
-        capture_output=True, text=True, timeout=30, check=True,
-    ).stdout  # fmt: skip
-    assert status == "200", "Flower answers a login on its own name"
+    assert lab.dashboard_status(fqdn, busy_host["address"]) == "200", (
+        "Flower answers a login on its own name"
+    )
     again = run_deploy(name, AGREED)
     assert again.ok and again.totals["success"] == 0, again.explain()
 

@@ -258,11 +258,4 @@ def test_the_mode_off_leaves_the_apps_site_as_it_was(lab: Lab, app_host: dict, b
     leftovers = lab.ssh(name, "grep -rlF 'added by flowerbed' /etc/nginx; ls /etc/nginx/snippets")
     assert "flowerbed" not in leftovers.stdout, leftovers.stdout
     assert app_answers(app_host) == before["answers"]
-    user, password = lab.dashboard_login
-    status = subprocess.run(
-        ["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "--cacert",
-         lab.state["acme"]["root"], "--resolve", f"{own}:443:{app_host['address']}",
-         "-u", f"{user}:{password}", f"https://{own}/"],
-        capture_output=True, text=True, timeout=30, check=True,
-    ).stdout  # fmt: skip
-    assert status == "200", "Flower answers on its own name"
+    assert lab.dashboard_status(own, app_host["address"]) == "200", "Flower on its own name"
