@@ -26,7 +26,8 @@ Modules, one concern each:
   ban: fail2ban's jail for sources that keep failing to log in
 - verify: the health check in a deploy and the fleet check (verify.py); probe: HTTPS checks
   from the operator's machine; rotate: secret rotation (rotate.py); remove: flowerbed taken
-  off a host (remove.py)
+  off a host (remove.py); rollout: a change rolled out batch by batch, canary first
+  (python -m flowerbed.rollout)
 - render: the templates; hostfiles: root-owned files; shell: commands as argument lists
 - facts: what the operations ask of a host, fetched in one round trip; units: systemd units
   enabled and running, from those facts; pyinfra_internals: every use of pyinfra outside its

@@ -153,6 +153,13 @@ flower_remove_packages = False  # True: also purge the apt packages flowerbed in
 flower_remove_revoke_certificate = False  # True: revoke the certificate at its ACME directory before deleting it
 flower_remove_keep_state = True  # Flower's state goes to /var/backups/flowerbed-<service>-<UTC time>.tar.gz (root 0600); False: deleted
 
+# --- Rollout: python -m flowerbed.rollout changes the hosts batch by batch (flowerbed/rollout.py) ---
+# The canary first and alone, then batches in inventory order; a batch runs only once every host
+# of the one before passed the deploy's own checks (Flower's health check, nginx -t). Set them for
+# every host (here or a group's data), or per run: --data flower_rollout_batch=5.
+flower_rollout_batch = 1  # hosts changed together after the canary (1 = one dashboard down at a time)
+flower_rollout_canary = ""  # inventory name of the host changed first and alone ('' = the first host)
+
 # --- Monitoring: Prometheus, the blackbox exporter and Alertmanager on a host (issue 22) ------
 # Off by default. Name the monitoring host for every host (here, or in your inventory's group
 # data): it runs Debian's prometheus, prometheus-alertmanager and prometheus-blackbox-exporter,

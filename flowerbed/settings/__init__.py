@@ -19,6 +19,7 @@ in its own module, with the checks and rules only it uses:
   oauth      OAuthProvider: what Flower's OAuth login handlers read
   verify     Verify: what the operator's runs (verify.py, rotate.py) expect of a host
   remove     Remove: what the removal run (remove.py) keeps
+  rollout    Rollout: the batches and canary of a rollout (python -m flowerbed.rollout)
   monitoring Monitoring: the host that scrapes the dashboards and mails alerts
 
 and this module puts them together: SECTIONS, the rules between keys (RULES), and loading.
@@ -51,14 +52,16 @@ from .flower import BROKER_SCHEMES, MANAGED_KEYS, Flower, FlowerOptions, check_f
 from .monitoring import Monitoring, check_monitoring
 from .oauth import GITHUB, GITLAB, OKTA, OAuthProvider, check_oauth_provider
 from .remove import Remove
+from .rollout import Rollout, rollout_knobs
 from .verify import Verify, operator_checks
 
 __all__ = [  # what the operation modules, the operator's runs and the tests import from here
     "BROKER_SCHEMES", "GITHUB", "GITLAB", "LETS_ENCRYPT", "OKTA", "OWNED_PREFIXES", "RENAMED",
     "Auth", "Egress", "Firewall", "Flower", "FlowerOptions", "Nginx", "OAuthProvider",
-    "PortOpening", "Remove", "Settings", "SettingsError", "Site", "Tls", "Verify", "dns_name",
-    "duplicate_names", "known_keys",
-    "load_settings", "local_app_dir", "operator_checks", "validate", "with_defaults",
+    "PortOpening", "Remove", "Rollout", "Settings", "SettingsError", "Site", "Tls", "Verify",
+    "dns_name", "duplicate_names", "known_keys",
+    "load_settings", "local_app_dir", "operator_checks", "rollout_knobs", "validate",
+    "with_defaults",
 ]  # fmt: skip
 
 
@@ -102,6 +105,7 @@ class Settings:
     oauth_provider: OAuthProvider
     verify: Verify
     remove: Remove
+    rollout: Rollout
     monitoring: Monitoring
 
 

@@ -4,8 +4,8 @@ or raises SettingsError naming the key, the problem and the fix."""
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
-from dataclasses import field
+from collections.abc import Callable, Mapping
+from dataclasses import field, fields
 from pathlib import PurePosixPath
 from typing import Any
 
@@ -44,6 +44,18 @@ def _as_tuple(kind: type | tuple[type, ...]) -> tuple[type, ...]:
 
 def setting(check: Check, doc: str = "") -> Any:
     return field(metadata={"check": check, "doc": doc})
+
+
+def section_from(section: type, data: Mapping[str, Any]) -> Any:
+    """One section (its keys: section.prefix + field name) checked from `data`, for the runs
+    that read only their own knobs; the first problem raises, a misspelt key included."""
+    checks = {section.prefix + f.name: f.metadata["check"] for f in fields(section)}
+    unknown = sorted(key for key in data if key.startswith(section.prefix) and key not in checks)
+    if unknown:
+        raise SettingsError(unknown[0], "unknown key", f"use one of {sorted(checks)}")
+    return section(
+        **{key.removeprefix(section.prefix): check(key, data[key]) for key, check in checks.items()}
+    )
 
 
 def boolean() -> Check:

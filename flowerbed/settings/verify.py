@@ -5,12 +5,12 @@ with `operator_checks(host.data.dict())`."""
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any
 
 from ..resources import DEFAULTS, is_local_file
 from ..validation import SettingsError
-from .checks import Check, setting
+from .checks import Check, section_from, setting
 
 VERIFY = "flower_verify_"
 
@@ -70,11 +70,4 @@ class Verify:
 def operator_checks(data: Mapping[str, Any]) -> Verify:
     """The flower_verify_* knobs over their defaults, validated; the first problem raises
     (a misspelt knob included)."""
-    data = {**DEFAULTS, **data}
-    checks = {VERIFY + f.name: f.metadata["check"] for f in fields(Verify)}
-    unknown = sorted(key for key in data if key.startswith(VERIFY) and key not in checks)
-    if unknown:
-        raise SettingsError(unknown[0], "unknown key", f"use one of {sorted(checks)}")
-    return Verify(
-        **{key.removeprefix(VERIFY): check(key, data[key]) for key, check in checks.items()}
-    )
+    return section_from(Verify, {**DEFAULTS, **data})
