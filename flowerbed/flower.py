@@ -36,6 +36,18 @@ NOLOGIN = "/usr/sbin/nologin"
 # remove.py deletes only accounts carrying it (see created_accounts).
 CREATED = "Flower (created by flowerbed)"
 CREATED_WITH_GROUP = "Flower (created by flowerbed with its group)"
+# Loads the Celery app the way `celery --app=APP` does (the working directory on the path).
+# Prints only the error's kind and, for an import, the module's name: an app's own message
+# could quote its settings, the broker URL among them.
+APP_CHECK = """import sys
+from celery.app.utils import find_app
+try:
+    find_app(sys.argv[1])
+except Exception as error:
+    name = getattr(error, "name", None)
+    module = f" {name}" if isinstance(name, str) and isinstance(error, ImportError) else ""
+    sys.exit(f"the Celery app {sys.argv[1]} cannot be loaded: {type(error).__name__}{module}")
+"""
 
 
 @dataclass(frozen=True)
@@ -258,11 +270,30 @@ def flower_service(settings: Settings, secrets: FlowerSecrets, installed: Instal
         content=env_text(flower, secrets),
     )
     login = proxy_login(flower) if settings.auth.mode == "basic" else no_proxy_login(flower)
-    return restart_on_change(flower, env, installed.venv, login)
+    check = app_check(flower, settings.auth.mode)
+    return restart_on_change(flower, env, installed.venv, login, app_check=check)
 
 
-def restart_on_change(flower: Flower, *inputs: OperationMeta) -> OperationMeta:
+def app_check(flower: Flower, auth_mode: str) -> tuple[str, ...]:
+    """A command that loads the Celery app (flower_app) from the venv Flower will run, as its
+    unit would: its user, environment files and working directory. Empty in app-less mode."""
+    if not flower.app:
+        return ()
+    return (
+        "systemd-run", "--wait", "--pipe", "--quiet", "--collect",
+        f"--uid={flower.user}", f"--gid={flower.group}",
+        *(f"--property=EnvironmentFile=-{path}" for path in env_files(flower, auth_mode)),
+        f"--property=WorkingDirectory=-{flower.workdir}",
+        f"{flower.venv}/bin/python", "-c", APP_CHECK, flower.app,
+    )  # fmt: skip
+
+
+def restart_on_change(
+    flower: Flower, *inputs: OperationMeta, app_check: tuple[str, ...] = ()
+) -> OperationMeta:
     """daemon-reload only for a new unit; one restart for any change; enabled and running.
+    `app_check` runs first: an app that cannot be loaded fails the host before the restart,
+    so a running Flower keeps serving.
 
     A run killed after writing an input but before the restart leaves the files right and the
     service stale: the next run sees no change, so the host itself is asked (StaleService)."""
@@ -275,6 +306,7 @@ def restart_on_change(flower: Flower, *inputs: OperationMeta) -> OperationMeta:
         name="Restart Flower (unit, environment, config or venv changed)",
         unit=flower.unit_name,
         daemon_reload=lambda: unit_changed() or stale()["reload"],
+        app_check=app_check,
         _if=lambda: config_changed() or inputs_changed() or stale()["restart"],
     )
     unit_running("Flower is enabled and running", flower.unit_name, reset_failed=True)
@@ -282,9 +314,12 @@ def restart_on_change(flower: Flower, *inputs: OperationMeta) -> OperationMeta:
 
 
 @operation()
-def restarted(unit: str, daemon_reload: Callable[[], bool]):
-    """`unit` (re)started, after a daemon-reload if its unit file is new to systemd."""
+def restarted(unit: str, daemon_reload: Callable[[], bool], app_check: tuple[str, ...] = ()):
+    """`unit` (re)started, after a daemon-reload if its unit file is new to systemd; first
+    `app_check`, whose failure leaves the running service and what systemd loaded as they are."""
     state = unit_state(unit)
+    if app_check:
+        yield command(*app_check)
     if daemon_reload():
         yield command("systemctl", "daemon-reload")
     # StartLimitBurst is there to stop crash loops, not the (re)starts a deploy asks for. Only

@@ -12,9 +12,10 @@ from pathlib import Path
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from settings_helpers import error_for
+from settings_helpers import error_for, settings_with
 
 from flowerbed import rollout
+from flowerbed.flower import APP_CHECK, app_check
 from flowerbed.rollout import (
     BatchResult,
     FleetHost,
@@ -290,3 +291,46 @@ def test_pyinfra_gets_the_environment_unchanged_and_no_secret_reaches_argv_or_ou
     assert seen["digest"] == hashlib.sha256(url.encode()).hexdigest()
     assert not any(secret in arg for arg in seen["argv"])
     assert secret not in "".join(capfd.readouterr())
+
+
+# --- a Flower restart's app check: a canary that cannot load its app keeps serving ----------
+
+
+def load_app(app: str, cwd: Path) -> subprocess.CompletedProcess:
+    """flowerbed's app check (APP_CHECK), run by this venv's Python, which has Celery."""
+    return subprocess.run(
+        [sys.executable, "-c", APP_CHECK, app], cwd=cwd, capture_output=True, text=True
+    )
+
+
+def test_the_app_check_loads_an_app_from_the_working_directory_as_celery_does(tmp_path):
+    (tmp_path / "proj.py").write_text("from celery import Celery\napp = Celery('proj')\n")
+    assert load_app("proj:app", tmp_path).returncode == 0
+    assert load_app("proj", tmp_path).returncode == 0  # celery finds `app` in the module
+
+
+def test_an_app_that_cannot_be_imported_fails_the_check_naming_the_module(tmp_path):
+    done = load_app("proj.no_such_app:app", tmp_path)
+    assert done.returncode == 1
+    assert done.stderr.strip() == (
+        "the Celery app proj.no_such_app:app cannot be loaded: ModuleNotFoundError proj"
+    )
+
+
+def test_the_app_check_never_prints_the_apps_own_message(tmp_path):
+    secret = "redis://:hunter2-broker-pw@broker:6379/0"
+    (tmp_path / "proj.py").write_text(f"raise ValueError('bad broker {secret}')\n")
+    done = load_app("proj:app", tmp_path)
+    assert done.returncode == 1 and "ValueError" in done.stderr
+    assert "hunter2" not in done.stdout + done.stderr
+
+
+def test_the_app_check_runs_as_flowers_unit_would_and_only_with_an_app():
+    app = {"flower_app": "proj.celery:app", "flower_app_source": "proj==1.0"}
+    flower = settings_with(**app, flower_app_workdir="/srv/proj").flower
+    argv = app_check(flower, "basic")
+    assert argv[:5] == ("systemd-run", "--wait", "--pipe", "--quiet", "--collect")
+    assert {"--uid=flower", "--gid=flower", "--property=WorkingDirectory=-/srv/proj"} <= set(argv)
+    assert "--property=EnvironmentFile=-/etc/flower/flower.env" in argv
+    assert argv[-4:] == ("/opt/flower/venv/bin/python", "-c", APP_CHECK, "proj.celery:app")
+    assert app_check(settings_with().flower, "basic") == ()
