@@ -242,10 +242,10 @@ Runner = Callable[[list[str], bool], subprocess.CompletedProcess]
 
 def run_pyinfra(args: list[str], capture: bool) -> subprocess.CompletedProcess:
     """pyinfra with the operator's environment unchanged; its log (stderr) goes to the
-    terminal as it comes; with `capture`, stdout (the --json results) is read here."""
-    return subprocess.run(
-        [*PYINFRA, *args], stdout=subprocess.PIPE if capture else None, text=True, check=False
-    )
+    terminal as it comes; with `capture`, stdout (the --json results) is read here, otherwise
+    it joins the log: this run's stdout holds only the report."""
+    stdout = subprocess.PIPE if capture else sys.stderr
+    return subprocess.run([*PYINFRA, *args], stdout=stdout, text=True, check=False)
 
 
 def limited(hosts: Sequence[str]) -> list[str]:

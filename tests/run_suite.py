@@ -32,7 +32,8 @@ SHARDS = {
         "test_consumer.py", "test_egress.py", "test_firewall_edges.py", "test_sudo.py",
         "test_oauth.py",
     ],
-    "fresh-c": ["test_faults.py", "test_rabbitmq.py"],  # (faults: its own broker and worker)
+    # (faults: its own broker and worker; rollout: six hosts of its own)
+    "fresh-c": ["test_faults.py", "test_rabbitmq.py", "test_rollout.py"],
     "fresh-b": [
         "test_leak_scan.py", "test_remove.py", "test_beside_docker.py", "test_cookie_rotation.py",
         "test_login_ban.py", "test_edge.py", "test_inside_site.py",
