@@ -177,6 +177,20 @@ def known_tasks(lab: Lab, name: str) -> set[str]:
     return set(flower_api(lab, name, "/api/tasks"))
 
 
+def tasks_everywhere(lab: Lab, names: list[str]) -> dict[str, set[str]] | None:
+    """Each host's known tasks, once every host knows one (the lab's producer sends them)."""
+    known = {name: known_tasks(lab, name) for name in names}
+    return known if all(known.values()) else None
+
+
+def wait_until(check, timeout: float, what: str, every: float = 1):
+    deadline = time.monotonic() + timeout
+    while not (value := check()):
+        assert time.monotonic() < deadline, f"timed out after {timeout:.0f} s: {what}"
+        time.sleep(every)
+    return value
+
+
 # --- the module's six hosts -----------------------------------------------------------------
 
 
@@ -201,8 +215,7 @@ def test_an_upgrade_rolls_out_batch_by_batch_keeping_state_and_every_other_dashb
 ):
     canary = fleet[3]  # not the first: the knob chooses it
     assert {flower_version(lab, name) for name in fleet} == {OLD}
-    before = {name: known_tasks(lab, name) for name in fleet}
-    assert all(before.values()), "every Flower knows tasks before the upgrade"
+    before = wait_until(lambda: tasks_everywhere(lab, fleet), 60, "every Flower knows tasks")
     done = roll(
         lab, fleet, "--data", f"flower_version={NEW}", "--data", f"flower_rollout_batch={BATCH}",
         "--data", f"flower_rollout_canary={canary}", poll=True,
