@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -334,3 +335,29 @@ def test_the_app_check_runs_as_flowers_unit_would_and_only_with_an_app():
     assert "--property=EnvironmentFile=-/etc/flower/flower.env" in argv
     assert argv[-4:] == ("/opt/flower/venv/bin/python", "-c", APP_CHECK, "proj.celery:app")
     assert app_check(settings_with().flower, "basic") == ()
+
+
+@pytest.mark.parametrize(("command", "code", "first_line"), [
+    ("true", 0, "rollout done: 1 batch(es)"),
+    ("false", 1, "rollout STOPPED at the canary"),
+])  # fmt: skip
+def test_a_rollout_drives_the_real_pyinfra_on_this_machine(tmp_path, command, code, first_line):
+    """The arguments as the real pyinfra takes them: debug-inventory, the dry run, a batch
+    with --json and --limit, on `@local` (a command that changes nothing on this machine)."""
+    (tmp_path / "inventory.py").write_text('hosts = ["@local"]\n')
+    (tmp_path / "step.py").write_text(
+        "from pyinfra.operations import server\n"
+        f"server.shell(name='the step', commands=[{command!r}])\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "flowerbed.rollout", "inventory.py", "step.py"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=120,
+        env={**os.environ, "PYTHONPATH": str(REPO), "PYINFRA_PROGRESS": "off"},
+    )  # fmt: skip
+    assert done.returncode == code, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0].startswith(first_line)
+    assert lines[1 if code == 0 else 2].startswith(
+        f"  {'changed' if code == 0 else 'failed'} (1): @local"
+    )
+    assert "rollout: the canary: @local" in done.stderr
