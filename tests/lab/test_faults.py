@@ -573,10 +573,7 @@ def test_an_app_flower_cannot_import_fails_its_host_before_the_restart_and_spare
         assert result.returncode != 0 and result.stdout, result.explain()
         assert result.failed_hosts == [a], result.explain()
         assert "cannot be loaded: ModuleNotFoundError flowerbed_demo.no_such_app" in result.log
-        assert (
-            result.failed_operations(a)[0]
-            == "Restart Flower (unit, environment, config or venv changed)"
-        )
+        assert "| Restart Flower (" in result.failed_operations(a)[0], result.explain()
         # a keeps the Flower it ran, serving; b was never touched
         assert {name: unit(lab, name)["MainPID"] for name in hosts} == before
         assert serves_the_worker(lab, a) and serves_the_worker(lab, b)
