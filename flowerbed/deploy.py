@@ -172,6 +172,7 @@ def deploy_edge() -> None:
       flower_nginx_server_snippets_unchecked = True lets any directive through): the HTTPS site
     + flower_nginx_login_failures_per_minute, flower_nginx_login_failures_burst,
       flower_nginx_requests_per_second, flower_nginx_requests_burst,
+      flower_nginx_expensive_per_minute, flower_nginx_expensive_burst,
       flower_nginx_connections_per_source: throttles per source (an IPv6 /64 is one)
     + flower_nginx_ban_failures, flower_nginx_ban_window_seconds, flower_nginx_ban_seconds:
       fail2ban bans a source that keeps failing to log in (ports 80 and 443)
