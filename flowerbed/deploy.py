@@ -30,11 +30,11 @@ from .edge import edge
 from .existing_site import existing_site_checked
 from .firewall import inbound_firewall, other_services_kept
 from .flower import flower_service, install_flower, remove_old_venvs
+from .healthcheck import verify_flower
 from .packages import package_sources
 from .preflight import Checked, checked
 from .pyinfra_internals import install
 from .resources import DEFAULTS
-from .verify import verify_flower
 
 
 def this_host() -> Checked:
