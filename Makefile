@@ -12,11 +12,12 @@ PYTEST_ARGS ?=
 # What the lab and the tests need on this machine (the lab installs its own part too).
 MACHINE_PACKAGES := make debootstrap systemd-container tinyproxy pebble redis-server openssl \
 	curl openssh-client iproute2 gpg nftables bind9-dnsutils chromium shellcheck \
-	prometheus prometheus-blackbox-exporter prometheus-alertmanager rabbitmq-server nodejs fail2ban
+	prometheus prometheus-blackbox-exporter prometheus-alertmanager rabbitmq-server nodejs fail2ban nginx
 # What the unit tests (`-m "not lab"`) run: git (the wheel is built from git's file list),
-# nft (nft -c, as root), shellcheck, promtool (prometheus), the blackbox exporter and amtool.
+# nft (nft -c, as root), shellcheck, promtool (prometheus), the blackbox exporter and amtool,
+# fail2ban-regex and nginx (run on a port of its own, as the test's user, never as a service).
 UNIT_PACKAGES := git nftables shellcheck prometheus prometheus-blackbox-exporter \
-	prometheus-alertmanager fail2ban
+	prometheus-alertmanager fail2ban nginx
 
 # Installs the Debian packages in $(1) that are missing.
 define install_missing

@@ -4,18 +4,16 @@
     pyinfra inventory/prod.py deploy.py -y
 
 Every host's settings and secrets are validated before any host is touched. This repository
-is a ready-to-run project around the package: the same one call a consumer's deploy makes.
+is a ready-to-run project around the package: its run makes the same one call a consumer's
+deploy makes, deploy_flowerbed().
 The host that the dashboards name in flower_monitoring_host also gets the monitoring part
 (Prometheus, the blackbox exporter, Alertmanager: docs/monitoring.md); one with
 flower_monitoring_only = True gets only that.
+
+The run is flowerbed.runs.deploy(), in the wheel: a project that installed only the
+package runs it as `pyinfra inventory/prod.py flowerbed.runs.deploy` (a preview: add --dry --diff).
 """
 
-from pyinfra import host, inventory
+from flowerbed.runs import deploy
 
-from flowerbed import deploy_flowerbed
-from flowerbed.monitoring import deploy_monitoring, is_monitoring_host, runs_dashboard
-
-if runs_dashboard(host.data.dict()):
-    deploy_flowerbed()
-if is_monitoring_host(host, inventory):
-    deploy_monitoring()
+deploy()

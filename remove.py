@@ -9,15 +9,11 @@ from the apt packages (kept by default) and Flower's state (kept in a dated back
 Needs the inventory's data (its settings are validated) but no secret. Each host ends with one
 line saying what was kept where; a host flowerbed never touched is told so and left alone. See
 flowerbed/remove.py for what goes, in which order.
+
+The run is flowerbed.runs.remove(), in the wheel: a project that installed only the
+package runs it as `pyinfra inventory/prod.py flowerbed.runs.remove --dry`.
 """
 
-from pyinfra import host
+from flowerbed.runs import remove
 
-from flowerbed.preflight import InvalidDeploy, explicit_keys
-from flowerbed.remove import remove_flowerbed
-from flowerbed.settings import validate
-
-settings, problems = validate(host.data.dict(), explicit_keys(host))
-if problems.errors:
-    raise InvalidDeploy(f"host {host.name}: " + "; ".join(str(error) for error in problems.errors))
-remove_flowerbed(settings.flower, settings.remove)
+remove()

@@ -24,10 +24,13 @@ Modules, one concern each:
 - edge: nginx, TLS, logins, in order; nginx: the sites; existing_site: Flower inside the
   operator's own nginx site; tls: the certificate (certbot); auth: the dashboard's logins;
   ban: fail2ban's jail for sources that keep failing to log in
-- verify: the health check in a deploy and the fleet check (verify.py); probe: HTTPS checks
-  from the operator's machine; rotate: secret rotation (rotate.py); remove: flowerbed taken
-  off a host (remove.py); rollout: a change rolled out batch by batch, canary first
-  (python -m flowerbed.rollout)
+- healthcheck: Flower's health check in a deploy; verify: the fleet check (verify.py): each
+  host's layers and the fleet's report; probe: HTTPS checks from the operator's machine;
+  rotate: secret rotation (rotate.py); env_file: the operator's .env, locked and written
+  atomically; remove: flowerbed taken off a host (remove.py); rollout: a change rolled out
+  batch by batch, canary first (python -m flowerbed.rollout)
+- runs: the operator's runs (deploy, verify, rotate, remove) that the repository's files call
+  and a project with only the wheel runs by name (`pyinfra INVENTORY flowerbed.runs.verify`)
 - render: the templates; hostfiles: root-owned files; shell: commands as argument lists
 - facts: what the operations ask of a host, fetched in one round trip; units: systemd units
   enabled and running, from those facts; pyinfra_internals: every use of pyinfra outside its

@@ -28,6 +28,8 @@ DEFAULTS: dict[str, str] = {
     "slow_task_ratio": "0.1",  # alert when more than this share of a task's runs are slow
     "slow_window": "30m",
     "slow_for": "15m",
+    "stuck_after": "30m",  # a task run not finished this long after it started is stuck
+    "stuck_for": "5m",
     "prefetch_seconds": "60",  # alert when tasks waited longer at a worker before starting
     "prefetch_window": "5m",
     "prefetch_for": "10m",

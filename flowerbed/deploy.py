@@ -30,11 +30,11 @@ from .edge import edge
 from .existing_site import existing_site_checked
 from .firewall import inbound_firewall, other_services_kept
 from .flower import flower_service, install_flower, remove_old_venvs
+from .healthcheck import verify_flower
 from .packages import package_sources
 from .preflight import Checked, checked
 from .pyinfra_internals import install
 from .resources import DEFAULTS
-from .verify import verify_flower
 
 
 def this_host() -> Checked:
@@ -172,6 +172,7 @@ def deploy_edge() -> None:
       flower_nginx_server_snippets_unchecked = True lets any directive through): the HTTPS site
     + flower_nginx_login_failures_per_minute, flower_nginx_login_failures_burst,
       flower_nginx_requests_per_second, flower_nginx_requests_burst,
+      flower_nginx_expensive_per_minute, flower_nginx_expensive_burst,
       flower_nginx_connections_per_source: throttles per source (an IPv6 /64 is one)
     + flower_nginx_ban_failures, flower_nginx_ban_window_seconds, flower_nginx_ban_seconds:
       fail2ban bans a source that keeps failing to log in (ports 80 and 443)

@@ -183,6 +183,7 @@ def dashboard_context(site: Dashboard, settings: Settings, in_site: bool = False
         "proxy_login": settings.flower.proxy_login_nginx,
         "allowed_sources": settings.firewall.allowed_sources,
         "monitoring_sources": settings.firewall.monitoring_sources,
+        "admin_sources": settings.firewall.admin_sources,
         "local_sources": LOOPBACK,
         "origins": origin_patterns(site.names),
         "failures_listen": LOGIN_FAILURES_LISTEN,

@@ -51,6 +51,7 @@ from .firewall import (
 from .firewall import UNIT as FIREWALL_UNIT
 from .firewall import UNIT_FILE as FIREWALL_UNIT_FILE
 from .flower import Accounts, created_accounts
+from .healthcheck import HEALTHCHECK_PATH, UNHEALTHY_MARKER
 from .hostfiles import PathStates
 from .listeners import TABLE, LoadedTable
 from .nginx import DEFAULT_SITE, HTTP_SITE, HTTPS_SITE, STOCK_DEFAULT, checked_or_restored
@@ -70,7 +71,6 @@ from .tls import (
     WEBROOT,
 )
 from .units import UnitStates, unit_state
-from .verify import HEALTHCHECK_PATH, UNHEALTHY_MARKER
 
 BACKUP_DIR = "/var/backups"
 # files/flowerbed-firewall arms it (TIMER=flowerbed-firewall-rollback): when it fires it loads

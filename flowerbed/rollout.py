@@ -2,6 +2,7 @@
 
     python -m flowerbed.rollout inventory/prod.py deploy.py [pyinfra options]
     python -m flowerbed.rollout inventory/prod.py deploy.py --data flower_rollout_batch=5
+    python -m flowerbed.rollout inventory/prod.py flowerbed.runs.deploy    # only the wheel
 
 pyinfra runs a deploy operation by operation across all its hosts, so a restart reaches every
 host in the same step. This runs pyinfra once per batch instead (`--limit`): first a dry run of
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import fnmatch
 import json
+import re
 import subprocess
 import sys
 from collections.abc import Callable, Sequence
@@ -29,7 +31,11 @@ from dataclasses import dataclass, field
 from .settings import Rollout, SettingsError, rollout_knobs
 
 PYINFRA = (sys.executable, "-m", "pyinfra")
-USAGE = "usage: python -m flowerbed.rollout INVENTORY DEPLOY.py [pyinfra options]"
+USAGE = (
+    "usage: python -m flowerbed.rollout INVENTORY DEPLOY [pyinfra options] "
+    "(DEPLOY: a deploy file, or a function such as flowerbed.runs.deploy)"
+)
+DEPLOY = re.compile(r".+\.py|[A-Za-z_]\w*(\.[A-Za-z_]\w*)+")  # what pyinfra runs per host
 # options the rollout sets itself, or that would undo its batches
 REFUSED = {
     "--serial": "the rollout already changes hosts batch by batch (flower_rollout_batch = 1)",
@@ -63,7 +69,7 @@ class Invocation:
 def parsed(argv: Sequence[str]) -> Invocation:
     """The inventory, the deploy file and the pyinfra options; --limit and --exclude taken out
     (the rollout limits each run to its batch), options that would undo the batches refused."""
-    if len(argv) < 2 or argv[0].startswith("-") or not argv[1].endswith(".py"):
+    if len(argv) < 2 or argv[0].startswith("-") or not DEPLOY.fullmatch(argv[1]):
         raise RolloutError(USAGE)
     options: list[str] = []
     chosen: dict[str, list[str]] = {"--limit": [], "--exclude": []}

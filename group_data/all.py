@@ -118,6 +118,12 @@ flower_nginx_login_failures_per_minute = 10  # failed logins per minute a source
 flower_nginx_login_failures_burst = 5  # ... after this many at once; then 429 Too Many Requests
 flower_nginx_requests_per_second = 5  # requests per second one source may make (UI polling: ~1) ...
 flower_nginx_requests_burst = 50  # ... after this many at once (a page load); then 429
+# Requests that have Flower ask every worker (`refresh=`, a worker's page or its controls) or
+# hold a connection waiting for a task (`timeout=`, a task's apply) count in a budget of their
+# own too (not for flower_admin_sources or loopback): Flower answers them one at a time, about
+# one a second, so a flood of them would queue everyone's dashboard behind it.
+flower_nginx_expensive_per_minute = 12  # such requests per minute one source may make ...
+flower_nginx_expensive_burst = 5  # ... after this many at once; then 429
 flower_nginx_connections_per_source = 20  # connections one source may hold open (then 429)
 # A source (an IPv4 address; an IPv6 /64, for these and the throttles above) that keeps failing
 # is banned by fail2ban (jail flowerbed-login) in nftables on ports 80 and 443, before bcrypt;

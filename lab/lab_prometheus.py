@@ -43,6 +43,8 @@ LAB_RULES = {
     "failure_ratio": "0.5",
     "failure_min_tasks": "5",
     "failure_for": "10s",
+    "stuck_after": "45s",  # longer than the producer's longest sleep (30 s)
+    "stuck_for": "5s",
     "flower_down_for": "30s",
 }
 

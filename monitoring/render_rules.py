@@ -1,9 +1,12 @@
 #!/usr/bin/env python3
 """Render flowerbed's Prometheus alerting rules with your thresholds.
 
-    python3 monitoring/render_rules.py          # the defaults: = flowerbed.rules.yml
-    python3 monitoring/render_rules.py --set expected_workers=4 --set failure_ratio=0.02 \
-        -o /etc/prometheus/rules/flowerbed.rules.yml
+    .venv/bin/python monitoring/render_rules.py          # the defaults: = flowerbed.rules.yml
+    .venv/bin/python monitoring/render_rules.py --list   # every threshold and its default
+    .venv/bin/python monitoring/render_rules.py --set expected_workers=4 --set failure_ratio=0.02 \
+        -o /etc/prometheus/flowerbed.rules.yml
+
+It needs the project's venv (`make setup`: jinja2).
 
 `flowerbed.rules.yml` beside this script is the rendering with the defaults
 (flowerbed/alert_rules.py), ready to load as it is. Check a rendering with

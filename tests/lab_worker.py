@@ -39,6 +39,22 @@ def demo(lab: Lab, code: str, timeout: float = 60) -> str:
     return done.stdout.strip()
 
 
+def queued(lab: Lab) -> int:
+    """Tasks waiting in the broker's default queue (Redis list `celery`), none reserved yet."""
+    return int(demo(lab, "from flowerbed_demo.app import app\n"
+                         "with app.connection_for_write() as c:\n"
+                         "    print(c.default_channel.client.llen('celery'))"))  # fmt: skip
+
+
+def queue_drained(lab: Lab, timeout: float = 180) -> None:
+    """Wait until the worker has taken every queued task (e.g. the producer's, piled up while
+    the worker was stopped): tasks sent next are not queued behind them."""
+    deadline = time.monotonic() + timeout
+    while (waiting := queued(lab)) > 0:
+        assert time.monotonic() < deadline, f"{waiting} tasks still queued after {timeout:.0f} s"
+        time.sleep(2)
+
+
 def flower_api(lab: Lab, host: str, path: str):
     """Flower's own API on a host, through its socket, as root with Flower's proxy login (as
     the health check asks; the login goes to curl on stdin, never on a command line)."""

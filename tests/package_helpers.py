@@ -15,6 +15,7 @@ import os
 import shutil
 import subprocess
 import sys
+import sysconfig
 import zipfile
 from pathlib import Path
 
@@ -71,6 +72,24 @@ def missing_from_wheel(wheel: Path) -> list[str]:
         "flowerbed/resources.py",
     }
     return sorted(wanted - set(wheel_files(wheel)))
+
+
+def venv_with_repo_dependencies(venv: Path, pip: bool = False) -> tuple[Path, str]:
+    """A fresh venv (with pip, or without) that finds flowerbed's dependencies (pyinfra,
+    jinja2, ...) in the repo venv through a .pth file, which Python appends after the venv's
+    own site-packages: no index needed. Returns its python and its site-packages."""
+    base_python = Path(sys.base_prefix) / "bin" / "python3"
+    options = [] if pip else ["--without-pip"]
+    subprocess.run([base_python, "-m", "venv", *options, venv], check=True, timeout=120)
+    python = venv / "bin" / "python"
+    site = subprocess.run(
+        [python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        capture_output=True, text=True, check=True,
+    ).stdout.strip()  # fmt: skip
+    (Path(site) / "dependencies-from-repo-venv.pth").write_text(
+        sysconfig.get_paths()["purelib"] + "\n"
+    )
+    return python, site
 
 
 def main(argv: list[str]) -> None:

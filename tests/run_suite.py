@@ -25,7 +25,7 @@ LAB = "tests/lab"
 SHARDS = {
     "shared": [
         "test_claims.py", "test_browser.py", "test_flower.py", "test_firewall.py",
-        "test_preflight.py", "test_preview.py", "test_secret_output.py",
+        "test_preflight.py", "test_preview.py", "test_secret_output.py", "test_doc_commands.py",
     ],
     "fresh-a": [
         "test_beside_services.py", "test_beside_sites.py", "test_own_firewall.py",

@@ -180,6 +180,14 @@ class Nginx:
         integer(minimum=1, maximum=10000), "requests a source may make per second (caps bcrypt)"
     )
     requests_burst: int = setting(integer(maximum=100000), "requests a source may make at once")
+    expensive_per_minute: int = setting(
+        integer(minimum=1, maximum=6000),
+        "requests per minute a source may make that have Flower ask every worker or wait for a "
+        "task (refresh=, timeout=, a worker's page or control, a task's apply)",
+    )
+    expensive_burst: int = setting(
+        integer(maximum=10000), "such requests a source may make at once"
+    )
     connections_per_source: int = setting(
         integer(minimum=1, maximum=10000), "connections one source may hold open to the dashboard"
     )

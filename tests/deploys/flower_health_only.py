@@ -2,9 +2,9 @@
 
 from pyinfra import host
 
+from flowerbed.healthcheck import verify_flower
 from flowerbed.pyinfra_internals import install
 from flowerbed.settings import load_settings
-from flowerbed.verify import verify_flower
 
 install()  # as flowerbed's own deploys do
 verify_flower(load_settings(host.data.dict()))

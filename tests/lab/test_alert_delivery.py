@@ -9,13 +9,19 @@ so each mail comes within seconds; every wait polls. In one run, in order:
 - every target up, the rules loaded, verify.py's monitoring layers fine;
 - the lab's worker stops: a mail names h1 and the condition and links the dashboard; the worker
   comes back (always, in a finally): a resolved mail;
+- failures over the threshold (150 failing tasks): one mail;
+- a run stuck past the lab's threshold (the demo app's `hang`, 45 s): one mail, and a resolved
+  one when the run ends;
+- h1's certificate near expiry (the rule's `certificate_days` above the days it has left: the
+  lab's ACME CA, Debian's pebble 2.4, cannot issue short-lived certificates): one mail;
 - a second deploy changes nothing;
 - the SMTP password is in no output (-vvv, --dry --diff), no process list on the host, no file
   others can read there (the password file is 0640 root:prometheus);
 - a wrong SMTP password: the deploy goes through, Prometheus keeps running, the inbox refuses
   the login and verify.py reports Alertmanager's failing deliveries.
 
-Not covered here (yet): the stuck-task, failure-ratio and certificate-expiry mails.
+Each test prints the time from its event to its mail. The module runs alone (tests/run_suite.py):
+it stops the shared worker.
 
     make test PYTEST_ARGS=tests/lab/test_alert_delivery.py
 """
@@ -34,7 +40,7 @@ import pytest
 from conftest import LAB_CLI, REPO, Lab
 from deploy_helpers import DeployResult, run_deploy
 from lab_prometheus import LAB_RULES
-from lab_worker import put_back, stop_mid_task
+from lab_worker import WORKER, demo, put_back, queue_drained, stop_mid_task
 from test_secret_output import fingerprints
 
 pytestmark = pytest.mark.lab
@@ -48,10 +54,12 @@ LAB_MONITORING = {
     "flower_monitoring_group_wait": "5s",
     "flower_monitoring_group_interval": "10s",
     "flower_monitoring_repeat_interval": "1h",
-    # lab/lab_prometheus.py's: quick, and the demo producer's failures stay quiet
-    "flower_monitoring_rules": dict(LAB_RULES),
 }
 PROMETHEUS = "http://127.0.0.1:9090/api/v1"
+
+
+# after the first mail of a group, how long to watch for a second one (group_interval + a margin)
+ONE_MAIL_WATCH_S = 25
 
 
 def until(what: str, check, timeout: float = 180, every: float = 2):
@@ -69,6 +77,8 @@ class Setup:
         self.password = secrets.token_urlsafe(24)
         self.inbox = lab_smtp.ensure_smtp(self.password)
         self.env_file = tmp_path / "operator.env"
+        # lab/lab_prometheus.py's: quick, and the demo producer's failures stay quiet
+        self.rules = dict(LAB_RULES)
         self.results: list[DeployResult] = []
 
     def host_data(self) -> dict:
@@ -85,6 +95,7 @@ class Setup:
                 "flower_monitoring_smtp_password_env": PASSWORD_ENV,
                 "flower_monitoring_smtp_ca_bundle": self.inbox["ca"],
                 **LAB_MONITORING,
+                "flower_monitoring_rules": self.rules,
             },
         }
 
@@ -135,12 +146,16 @@ class Setup:
         return self.deploy([self.mon], flags=("-y",), deploy_file="verify.py")
 
 
+def mailed_at(mail: dict) -> float:
+    return float(Path(mail["path"]).name.split("-")[0])
+
+
 def mail_like(status: str, alert: str, after: float):
     def check():
         return [
             m
             for m in lab_smtp.mails()
-            if float(Path(m["path"]).name.split("-")[0]) >= after
+            if mailed_at(m) >= after
             and m["subject"].startswith(f"[{status}] {alert} on {DASHBOARD}.")
         ]
 
@@ -178,92 +193,159 @@ def assert_no_password(setup: Setup, password: str) -> None:
     assert mode.stdout.split() == ["640", "root", "prometheus"]
 
 
-def test_a_stopped_worker_mails_then_resolves(lab: Lab, fresh_host, tmp_path: Path):
-    mon = fresh_host(prefix="mon")["name"]
-    setup = Setup(lab, mon, tmp_path)
+@pytest.fixture(scope="module")
+def monitoring(lab: Lab, module_hosts, tmp_path_factory) -> Setup:
+    """A fresh monitoring host for h1, deployed, its targets up; the inbox stopped and h1 put
+    back without it at the end."""
+    mon = module_hosts(prefix="mon")["name"]
+    setup = Setup(lab, mon, tmp_path_factory.mktemp("alert-delivery"))
     setup.write_env(setup.password)
     try:
         first = setup.deploy([DASHBOARD, mon], flags=("-y", "--json", "-vvv"))
         assert first.ok, first.explain()
         assert first.changed_hosts("prometheus.yml") == [mon]
-        targets = until("target up in every job", setup.targets_up)
-        assert {t["labels"]["instance"] for t in targets if t["labels"]["job"] == "flower"} == {
-            f"{DASHBOARD}.flowerbed.test"
-        }
-        groups = setup.prometheus("rules").get("data", {}).get("groups", [])
-        assert {"flowerbed-celery", "flowerbed-flower"} <= {g["name"] for g in groups}
-        for port in (9090, 9093, 9115):  # loopback only
-            listening = lab.ssh(mon, ["ss", "-Htln", f"sport = :{port}"], check=True).stdout
-            assert listening.strip() and all(
-                "127.0.0.1:" in line for line in listening.splitlines()
-            )
-        verified = until("healthy verify run", lambda: (v := setup.verify()).ok and v, 120, 5)
-        assert "delivery" in verified.stdout, verified.explain()
-
-        stopped_at = time.time()
-        try:
-            stop_mid_task(lab)
-            try:
-                firing = until(
-                    "mail naming the host and the condition",
-                    mail_like("FIRING", "CeleryWorkersMissing", stopped_at),
-                )
-            except AssertionError as error:
-                raise AssertionError(f"{error}\n{setup.diagnosis()}") from None
-            fired_after = time.time() - stopped_at
-            body = firing[0]["body"]
-            assert f"Dashboard: https://{DASHBOARD}.flowerbed.test/" in body, body
-            assert "CeleryWorkersMissing" in body and f"{DASHBOARD}.flowerbed.test" in body
-        finally:
-            coming_back = time.time()  # (the resolved mail may come before put_back returns)
-            put_back(lab, [DASHBOARD])
-        try:
-            resolved = until(
-                "resolved mail", mail_like("RESOLVED", "CeleryWorkersMissing", coming_back)
-            )
-        except AssertionError as error:
-            raise AssertionError(f"{error}\n{setup.diagnosis()}") from None
-        mailed = float(Path(resolved[0]["path"]).name.split("-")[0])
-        print(
-            f"\nworker stopped -> mail: {fired_after:.0f} s; "
-            f"worker started again -> resolved mail: {mailed - coming_back:.0f} s"
-        )
-
-        again = setup.deploy([DASHBOARD, mon])
-        assert again.ok and again.totals["success"] == 0, again.explain()
-        dry = setup.deploy([mon], flags=("-y", "--json", "--dry", "--diff", "-vvv"))
-        assert dry.ok, dry.explain()
-        assert_no_password(setup, setup.password)
-
-        # a wrong password: the deploy goes through, Prometheus runs, deliveries fail
-        wrong = secrets.token_urlsafe(24)
-        setup.write_env(wrong)
-        refused = lab_smtp.refused_logins()
-        changed = setup.deploy([mon], flags=("-y", "--json", "-vvv"))
-        assert changed.ok and changed.changed_hosts("SMTP login's password") == [mon]
-        test_alert = json.dumps(
-            [{"labels": {"alertname": "FlowerbedDeliveryTest", "instance": "lab"}}]
-        )
-        lab.ssh(
-            mon,
-            ["curl", "-sS", "--fail", "-XPOST", "-H", "Content-Type: application/json",
-             "--data", test_alert, "http://127.0.0.1:9093/api/v2/alerts"],
-            check=True,
-        )  # fmt: skip
-        until("refused SMTP login", lambda: lab_smtp.refused_logins() > refused, 120)
-        failing = until(
-            "verify run reporting failing deliveries",
-            lambda: (v := setup.verify()).returncode != 0 and "delivery" in v.stdout and v,
-            180,
-            5,
-        )
-        assert "Alertmanager failed" in failing.stdout, failing.explain()
-        assert setup.targets_up(), "Prometheus stopped scraping after the wrong password"
-        active = lab.ssh(mon, ["systemctl", "is-active", "prometheus"]).stdout.strip()
-        assert active == "active"
-        assert_no_password(setup, wrong)
+        yield setup
     finally:
         lab_smtp.stop("smtp")
         # h1 as the other tests know it: without the monitoring host's address
         restored = run_deploy([DASHBOARD])
         assert restored.ok, restored.explain()
+
+
+def mail_for(setup: Setup, status: str, alert: str, after: float, timeout: float = 180) -> dict:
+    """The first mail of `status` for `alert` on h1 since `after`; on a timeout, what Prometheus
+    and Alertmanager saw."""
+    try:
+        return until(f"{status} mail for {alert}", mail_like(status, alert, after), timeout)[0]
+    except AssertionError as error:
+        raise AssertionError(f"{error}\n{setup.diagnosis()}") from None
+
+
+def assert_one_mail(alert: str, after: float) -> None:
+    """No second FIRING mail for `alert` within a group interval and a margin of the first."""
+    deadline = time.monotonic() + ONE_MAIL_WATCH_S
+    while time.monotonic() < deadline:
+        firing = mail_like("FIRING", alert, after)()
+        assert len(firing) == 1, [m["subject"] for m in firing]
+        time.sleep(2)
+
+
+def test_the_monitoring_host_scrapes_h1_and_verifies(monitoring: Setup):
+    setup, lab, mon = monitoring, monitoring.lab, monitoring.mon
+    targets = until("target up in every job", setup.targets_up)
+    assert {t["labels"]["instance"] for t in targets if t["labels"]["job"] == "flower"} == {
+        f"{DASHBOARD}.flowerbed.test"
+    }
+    groups = setup.prometheus("rules").get("data", {}).get("groups", [])
+    assert {"flowerbed-celery", "flowerbed-flower"} <= {g["name"] for g in groups}
+    for port in (9090, 9093, 9115):  # loopback only
+        listening = lab.ssh(mon, ["ss", "-Htln", f"sport = :{port}"], check=True).stdout
+        assert listening.strip() and all("127.0.0.1:" in line for line in listening.splitlines())
+    verified = until("healthy verify run", lambda: (v := setup.verify()).ok and v, 120, 5)
+    assert "delivery" in verified.stdout, verified.explain()
+
+
+def test_a_stopped_worker_mails_then_resolves(monitoring: Setup):
+    setup, lab = monitoring, monitoring.lab
+    stopped_at = time.time()
+    try:
+        stop_mid_task(lab)
+        firing = mail_for(setup, "FIRING", "CeleryWorkersMissing", stopped_at)
+        fired_after = mailed_at(firing) - stopped_at
+        body = firing["body"]
+        assert f"Dashboard: https://{DASHBOARD}.flowerbed.test/" in body, body
+        assert "CeleryWorkersMissing" in body and f"{DASHBOARD}.flowerbed.test" in body
+    finally:
+        coming_back = time.time()  # (the resolved mail may come before put_back returns)
+        put_back(lab, [DASHBOARD])
+    resolved = mail_for(setup, "RESOLVED", "CeleryWorkersMissing", coming_back)
+    print(
+        f"\nworker stopped -> mail: {fired_after:.0f} s; "
+        f"worker started again -> resolved mail: {mailed_at(resolved) - coming_back:.0f} s"
+    )
+
+
+def test_failures_over_the_threshold_mail_once(monitoring: Setup):
+    setup, lab = monitoring, monitoring.lab
+    queue_drained(lab)  # the failures are not queued behind what piled up while a worker was away
+    sent_at = time.time()
+    demo(lab, "from flowerbed_demo.app import fail\nfor _ in range(150): fail.delay('on purpose')")
+    firing = mail_for(setup, "FIRING", "CeleryTaskFailureRatioHigh", sent_at)
+    assert "of Celery tasks failed on h1.flowerbed.test" in firing["body"], firing["body"]
+    print(f"\n150 failing tasks sent -> mail: {mailed_at(firing) - sent_at:.0f} s")
+    assert_one_mail("CeleryTaskFailureRatioHigh", sent_at)
+
+
+def test_a_stuck_task_mails_once(monitoring: Setup):
+    setup, lab = monitoring, monitoring.lab
+    stuck_after = LAB_RULES["stuck_after"]
+    run_s = 120  # past the threshold, its `for:`, a scrape, an evaluation and the group wait
+    sent_at = time.time()
+    demo(lab, f"from flowerbed_demo.app import hang\nhang.delay({run_s})")
+    firing = mail_for(setup, "FIRING", "CeleryTaskStuck", sent_at)
+    expected = f"A run of flowerbed_demo.hang on {WORKER} started over {stuck_after}"
+    assert expected in firing["body"], firing["body"]
+    print(f"\nrun started -> mail: {mailed_at(firing) - sent_at:.0f} s (threshold {stuck_after})")
+    assert_one_mail("CeleryTaskStuck", sent_at)
+    # the run ends: a resolved mail (and the worker has both its processes again)
+    resolved = mail_for(setup, "RESOLVED", "CeleryTaskStuck", sent_at, timeout=run_s + 120)
+    print(f"run ended -> resolved mail: {mailed_at(resolved) - sent_at - run_s:.0f} s")
+
+
+def test_a_certificate_near_expiry_mails_once(monitoring: Setup):
+    """The rule's threshold above the days h1's certificate has left: to the rule, the same as
+    a certificate that near its end."""
+    setup = monitoring
+    rules = {**LAB_RULES, "certificate_days": "36500", "certificate_for": "5s"}
+    try:
+        setup.rules = rules
+        changed = setup.deploy([setup.mon])
+        assert changed.ok, changed.explain()
+        reloaded_at = time.time()
+        firing = mail_for(setup, "FIRING", "FlowerCertificateExpiringSoon", reloaded_at - 10)
+        assert "The certificate of h1.flowerbed.test expires in" in firing["body"], firing["body"]
+        print(f"\nthreshold above the days left -> mail: {mailed_at(firing) - reloaded_at:.0f} s")
+        assert_one_mail("FlowerCertificateExpiringSoon", reloaded_at - 10)
+    finally:
+        setup.rules = dict(LAB_RULES)
+        restored = setup.deploy([setup.mon])
+        assert restored.ok, restored.explain()
+
+
+def test_a_second_run_changes_nothing_and_shows_no_password(monitoring: Setup):
+    setup = monitoring
+    again = setup.deploy([DASHBOARD, setup.mon])
+    assert again.ok and again.totals["success"] == 0, again.explain()
+    dry = setup.deploy([setup.mon], flags=("-y", "--json", "--dry", "--diff", "-vvv"))
+    assert dry.ok, dry.explain()
+    assert_no_password(setup, setup.password)
+
+
+def test_a_wrong_smtp_password_is_reported(monitoring: Setup):
+    """The deploy goes through, Prometheus runs, the inbox refuses the login and verify.py
+    reports Alertmanager's failing deliveries."""
+    setup, lab, mon = monitoring, monitoring.lab, monitoring.mon
+    wrong = secrets.token_urlsafe(24)
+    setup.write_env(wrong)
+    refused = lab_smtp.refused_logins()
+    changed = setup.deploy([mon], flags=("-y", "--json", "-vvv"))
+    assert changed.ok and changed.changed_hosts("SMTP login's password") == [mon]
+    test_alert = json.dumps([{"labels": {"alertname": "FlowerbedDeliveryTest", "instance": "lab"}}])
+    lab.ssh(
+        mon,
+        ["curl", "-sS", "--fail", "-XPOST", "-H", "Content-Type: application/json",
+         "--data", test_alert, "http://127.0.0.1:9093/api/v2/alerts"],
+        check=True,
+    )  # fmt: skip
+    until("refused SMTP login", lambda: lab_smtp.refused_logins() > refused, 120)
+    failing = until(
+        "verify run reporting failing deliveries",
+        lambda: (v := setup.verify()).returncode != 0 and "delivery" in v.stdout and v,
+        180,
+        5,
+    )
+    assert "Alertmanager failed" in failing.stdout, failing.explain()
+    assert setup.targets_up(), "Prometheus stopped scraping after the wrong password"
+    active = lab.ssh(mon, ["systemctl", "is-active", "prometheus"]).stdout.strip()
+    assert active == "active"
+    assert_no_password(setup, wrong)

@@ -72,11 +72,12 @@ def alerts(name: str, state: str = "firing") -> set[str]:
     }
 
 
-def wait_until(check, timeout: float, what: str, every: float = 1) -> float:
+def wait_until(check, timeout: float, what: str, every: float = 1, explain=None) -> float:
     started = time.monotonic()
     while not check():
         if time.monotonic() - started > timeout:
-            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+            seen = f"; {explain()}" if explain else ""
+            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}{seen}")
         time.sleep(every)
     return time.monotonic() - started
 
@@ -165,11 +166,20 @@ def test_stopping_the_worker_fires_the_worker_alert(monitored: Lab):
 
 def test_failing_tasks_fire_the_failure_ratio_alert(monitored: Lab):
     assert not alerts("CeleryTaskFailureRatioHigh"), "the producer alone stays under 50 %"
+    # not queued behind the tasks the producer piled up while the last test stopped the worker
+    lab_worker.queue_drained(monitored)
     lab_worker.demo(
         monitored,
         "from flowerbed_demo.app import fail\nfor _ in range(150): fail.delay('on purpose')",
     )
+    ratio = "sum by (instance) (rate(flower_events_total{type='task-failed'}[1m]))"
     seconds = wait_until(
-        lambda: alerts("CeleryTaskFailureRatioHigh") == set(HOSTS), 120, "the failure alert"
+        lambda: alerts("CeleryTaskFailureRatioHigh") == set(HOSTS),
+        180,
+        "the failure alert",
+        explain=lambda: (
+            f"pending: {alerts('CeleryTaskFailureRatioHigh', 'pending')}, "
+            f"failed/s: {api('query', query=ratio)['result']}"
+        ),
     )
     print(f"150 failing tasks sent -> CeleryTaskFailureRatioHigh firing: {seconds:.0f} s")

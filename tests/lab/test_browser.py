@@ -200,8 +200,13 @@ def elsewhere(lab: Lab, tmp_path: Path):
         server.wait(timeout=10)
 
 
-def api(page, site: str, path: str):
-    response = page.request.get(f"{site}{path}", timeout=TIMEOUT_MS)
+def api(page, site: str, path: str, patience: float = 60):
+    """Flower's API as the page's session asks it; a 429 (the edge's budget for refreshes and
+    a worker's page: flower_nginx_expensive_*) is waited out, as a well-behaved client does."""
+    deadline = time.monotonic() + patience
+    while (response := page.request.get(f"{site}{path}", timeout=TIMEOUT_MS)).status == 429:
+        assert time.monotonic() < deadline, f"{path}: still 429 after {patience:.0f} s"
+        time.sleep(2)
     assert response.ok, f"{path}: {response.status} {response.text()}"
     return response.json()
 
@@ -212,7 +217,7 @@ def pool_processes(page, site: str) -> int:
     return len(workers[WORKER]["stats"]["pool"]["processes"])
 
 
-def wait_for_pool(page, site: str, processes: int, timeout: float = 30) -> None:
+def wait_for_pool(page, site: str, processes: int, timeout: float = 90) -> None:
     deadline = time.monotonic() + timeout
     while (now := pool_processes(page, site)) != processes:
         assert time.monotonic() < deadline, f"the pool has {now} processes, not {processes}"

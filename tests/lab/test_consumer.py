@@ -6,8 +6,11 @@ dependencies (pyinfra, jinja2, ...) come from the repo venv's site-packages thro
 file, appended after the venv's own site-packages, so `flowerbed` itself can only come from
 the wheel (asserted). The consumer project, in a temporary directory, has its own inventory
 for a fresh lab host, group data with only the keys that have no safe default (plus this
-lab's proxy and ACME directory), a key of its own that flowerbed once used (`fqdn`), and a
-deploy.py with an operation of its own using its own `nginx_user` next to deploy_flowerbed().
+lab's proxy, ACME directory and CA, and the failed tasks its demo app makes on purpose), a key
+of its own that flowerbed once used (`fqdn`), and a deploy.py with an operation of its own
+using its own `nginx_user` next to deploy_flowerbed(). Then it runs the verify run from the
+wheel as the README shows (`pyinfra inventory/prod.py flowerbed.runs.verify -y`, with the
+`pyinfra` command pip would have put in the venv).
 """
 
 from __future__ import annotations
@@ -15,20 +18,22 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import sysconfig
 import time
 from pathlib import Path
 
 import pytest
-from conftest import Lab
+from conftest import REPO, Lab
 from deploy_helpers import DeployResult
-from package_helpers import build_wheel, missing_from_wheel
+from doc_commands import documented
+from package_helpers import build_wheel, missing_from_wheel, venv_with_repo_dependencies
 
 from flowerbed.probe import https_get
 
 pytestmark = pytest.mark.lab
 
 OWN_FILE = "/etc/myapp/nginx-user.conf"
+VERIFY_FROM_THE_WHEEL = "pyinfra inventory/prod.py flowerbed.runs.verify -y"
+PYINFRA_SCRIPT = "import sys\n\nfrom pyinfra_cli.main import main\n\nsys.exit(main())\n"
 
 CONSUMER_DEPLOY = (
     '''\
@@ -58,20 +63,10 @@ def consumer_venv(work: Path) -> Path:
     """A fresh venv holding the wheel; dependencies from the repo venv (see the docstring)."""
     wheel = build_wheel(work)
     assert missing_from_wheel(wheel) == [], "templates, host scripts, locks and defaults"
-    venv = work / "venv"
-    base_python = Path(sys.base_prefix) / "bin" / "python3"
-    subprocess.run([base_python, "-m", "venv", "--without-pip", venv], check=True, timeout=60)
-    python = venv / "bin" / "python"
+    python, _ = venv_with_repo_dependencies(work / "venv")
     install = [sys.executable, "-m", "pip", "--python", python, "install", "--no-deps",
                "--no-index", "--quiet", wheel]  # fmt: skip
     subprocess.run(install, check=True, timeout=120, capture_output=True)
-    site = subprocess.run(
-        [python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-        capture_output=True, text=True, check=True,
-    ).stdout.strip()  # fmt: skip
-    (Path(site) / "dependencies-from-repo-venv.pth").write_text(
-        sysconfig.get_paths()["purelib"] + "\n"
-    )
     return python
 
 
@@ -80,7 +75,8 @@ def consumer_project(lab: Lab, project: Path, host: dict) -> None:
     (project / "certs").mkdir()
     # the lab's ACME CA bundle as the consumer keeps it: a path relative to the project
     (project / "certs" / "acme-ca.pem").write_text(Path(lab.state["acme"]["ca_bundle"]).read_text())
-    (project / "inventory.py").write_text(
+    (project / "inventory").mkdir()
+    (project / "inventory" / "prod.py").write_text(
         f"dashboards = [({host['name']!r}, {{\n"
         f"    'ssh_hostname': {host['address']!r}, 'ssh_user': 'root',\n"
         f"    'ssh_key': {lab.state['ssh_key']!r},\n"
@@ -99,17 +95,47 @@ def consumer_project(lab: Lab, project: Path, host: dict) -> None:
         f"flower_egress_proxy = {lab.state['proxy']!r}\n"
         f"flower_tls_acme_directory = {lab.state['acme']['directory']!r}\n"
         "flower_tls_acme_ca_bundle = 'certs/acme-ca.pem'\n"
+        "# the verify run trusts the lab's ACME root; the demo app fails tasks on purpose\n"
+        f"flower_verify_ca_bundle = {lab.state['acme']['root']!r}\n"
+        "flower_verify_max_failed_tasks = 1000\n"
     )
     (project / "deploy.py").write_text(CONSUMER_DEPLOY)
 
 
 def consumer_deploy(lab: Lab, python: Path, project: Path) -> DeployResult:
-    args = [str(python), "-m", "pyinfra", "inventory.py", "deploy.py", "-y", "--json"]
+    args = [str(python), "-m", "pyinfra", "inventory/prod.py", "deploy.py", "-y", "--json"]
+    started = time.monotonic()
+    done = subprocess.run(
+        args, cwd=project, env=consumer_env(lab), capture_output=True, text=True, timeout=900
+    )
+    return DeployResult(args, done.returncode, done.stdout, done.stderr, time.monotonic() - started)
+
+
+def consumer_env(lab: Lab, venv: Path | None = None) -> dict[str, str]:
+    """The consumer's shell: no trace of the repo venv; with `venv`, that one on PATH."""
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
     env |= {"PYINFRA_PROGRESS": "off", "FLOWERBED_ENV_FILE": lab.state["secrets_file"]}
-    started = time.monotonic()
-    done = subprocess.run(args, cwd=project, env=env, capture_output=True, text=True, timeout=900)
-    return DeployResult(args, done.returncode, done.stdout, done.stderr, time.monotonic() - started)
+    if venv:
+        path = [p for p in env["PATH"].split(":") if not p.startswith(str(REPO))]
+        env |= {"PATH": ":".join([str(venv / "bin"), *path]), "VIRTUAL_ENV": str(venv)}
+    return env
+
+
+def pyinfra_command(python: Path) -> None:
+    """The `pyinfra` command pip writes into a venv when it installs pyinfra (here its
+    dependencies come from the repo venv, without their scripts)."""
+    script = python.parent / "pyinfra"
+    script.write_text(f"#!{python}\n{PYINFRA_SCRIPT}")
+    script.chmod(0o755)
+
+
+def verify_from_the_wheel(lab: Lab, python: Path, project: Path) -> subprocess.CompletedProcess:
+    """The README's command for a project with only the wheel, as written."""
+    pyinfra_command(python)
+    return subprocess.run(
+        ["bash", "-c", documented(VERIFY_FROM_THE_WHEEL).text], cwd=project,
+        env=consumer_env(lab, python.parent.parent), capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
 
 
 def test_a_consumer_project_deploys_flowerbed_from_its_wheel(lab: Lab, fresh_host, tmp_path):
@@ -136,3 +162,10 @@ def test_a_consumer_project_deploys_flowerbed_from_its_wheel(lab: Lab, fresh_hos
 
     second = consumer_deploy(lab, python, project)
     assert second.ok and second.totals["success"] == 0, second.totals
+
+    verified = verify_from_the_wheel(lab, python, project)
+    output = verified.stdout + verified.stderr
+    assert verified.returncode == 0, output
+    (row,) = [line for line in verified.stdout.splitlines() if line.startswith(f"{host['name']} ")]
+    assert row.split()[-1] == "OK" and "!" not in row, output
+    assert not (project / "verify.py").exists(), "the run came from the wheel, not a file"

@@ -470,6 +470,50 @@ def test_a_request_flood_is_capped_before_any_password_is_checked(lab: Lab, edge
         time.sleep(2)
 
 
+def test_a_flood_of_refreshes_leaves_the_dashboard_answering(lab: Lab, edge):
+    """One logged-in client in lab-allowed asks 100 refreshes, each for a new worker name
+    (Flower cannot merge them; it answers 404 after asking), 5 a second: within the request
+    throttle, so only the refreshes' own budget stops them. Flower answers such requests one at
+    a time, so without it the flood queues everyone else's behind it (tried: 40 of them took
+    54 s). Meanwhile the lab machine's refresh (an admin source: not in that budget) and the
+    local health check answer."""
+    host = fqdn(lab, edge[1])
+    user, password = login(lab)
+    wait_for_budget(lab, f"https://{host}/api/workers", user)
+    urls = [f"https://{host}/api/workers?refresh=1&workername=flood-{n}" for n in range(100)]
+    argv = ["curl", "-sS", "-m", "40", "--cacert", lab.state["acme"]["root"], "-u",
+            f"{user}:{password}", "-Z", "--parallel-max", "20", "--rate", "5/s",
+            "-w", "%{http_code}\n"]  # fmt: skip
+    for url in urls:
+        argv += ["-o", "/dev/null", url]
+    flood = subprocess.Popen(
+        ["ip", "netns", "exec", "lab-allowed", *argv], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        statuses = [int(flood.stdout.readline()) for _ in range(30)]  # 6 s into the flood
+        started = time.monotonic()
+        other = curl(lab, f"https://{host}/api/workers?refresh=1", auth=(user, password))
+        other_seconds = time.monotonic() - started
+        healthy = lab.ssh(
+            edge[1],
+            ["curl", "-sS", "-m", "10", "--resolve", f"{host}:443:127.0.0.1", "-k",
+             f"https://{host}/healthcheck"],
+        )  # fmt: skip
+        statuses += [int(line) for line in flood.stdout]
+    finally:
+        flood.kill()
+        flood.wait()
+    print(f"100 refreshes at 5/s: {statuses.count(429)} got 429, {statuses.count(404)} reached "
+          f"Flower; another source's refresh meanwhile: {other_seconds:.1f} s")  # fmt: skip
+    assert len(statuses) == 100 and set(statuses) <= {404, 429}, statuses  # none timed out
+    assert statuses.count(429) >= 80, "5 at once, then 12 a minute (flower_nginx_expensive_*)"
+    assert other[0] == 200 and WORKER in json.loads(other[2]), other
+    assert healthy.stdout == "OK", healthy.stdout + healthy.stderr
+    # the same source's other requests are not in that budget: they still answer
+    plain = curl(lab, f"https://{host}/api/workers", auth=(user, password), namespace="lab-allowed")
+    assert plain[0] == 200, plain
+
+
 def test_debian_13_host(lab: Lab, fresh_host):
     """trixie's nginx 1.26 and certbot 4: the same site, certificate and logins; idempotent."""
     host = fresh_host(distro="trixie", prefix="edge")

@@ -25,6 +25,7 @@ ALERTS = [
     "CeleryWorkerOffline",
     "CeleryTaskFailureRatioHigh",
     "CeleryTasksSlow",
+    "CeleryTaskStuck",
     "CeleryTasksWaitingLong",
     "FlowerDown",
     "FlowerTargetsMissing",

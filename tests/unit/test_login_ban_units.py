@@ -149,8 +149,8 @@ def log_line(source: str, address: str, status: int = 401) -> str:
     )
 
 
-@pytest.mark.skipif(not shutil.which("fail2ban-regex"), reason="fail2ban is not installed")
 def test_fail2ban_reads_the_source_of_each_failed_login(tmp_path):
+    assert shutil.which("fail2ban-regex"), "fail2ban is missing: `make unit-packages`"
     lines = [
         log_line("198.51.100.20", "198.51.100.20"),
         log_line("2001:db8:1:2::/64", "2001:db8:1:2:a:b:c:d", 429),
@@ -178,9 +178,9 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-@pytest.mark.skipif(not shutil.which("nginx"), reason="nginx is not installed")
 def test_nginx_maps_the_addresses_it_spells_to_their_64(tmp_path):
     """nginx's own map on nginx's own spelling: realip turns a header into $remote_addr."""
+    assert shutil.which("nginx"), "nginx is missing: `make unit-packages` (never started)"
     port = free_port()
     entries = "\n".join(f'    "{p}" "{r}";' for p, r in SOURCE_PREFIX_MAP)
     (tmp_path / "nginx.conf").write_text(f"""

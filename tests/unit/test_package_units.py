@@ -6,16 +6,20 @@ The lab test that installs the wheel for a consumer project is tests/lab/test_co
 from __future__ import annotations
 
 import ast
+import inspect
 import pkgutil
 import re
+import textwrap
 
 import pytest
 from package_helpers import REPO, build_wheel, missing_from_wheel, wheel_files
 from pem_helpers import ca_pem
 from pyinfra.api import Inventory
+from pyinfra_cli.commands import get_func_and_args
 from settings_helpers import error_for, settings_with
 
 import flowerbed
+from flowerbed import runs
 from flowerbed.deploy import PARTS, deploy_flowerbed
 from flowerbed.monitoring import deploy_monitoring
 from flowerbed.preflight import explicit_keys
@@ -23,6 +27,7 @@ from flowerbed.resources import DEFAULTS, HOST_SCRIPTS, LOCKS, TEMPLATES, local_
 from flowerbed.settings import RENAMED, known_keys, load_settings, local_app_dir
 
 PACKAGE = REPO / "flowerbed"
+RUNS = ("deploy", "verify", "rotate", "remove")  # the repository's runs: flowerbed.runs
 
 
 # --- package data: one copy, found inside the package -----------------------------------------
@@ -165,11 +170,28 @@ def test_the_package_docstring_names_every_module():
 
 
 def test_the_repository_deploy_is_the_one_call():
-    tree = ast.parse((REPO / "deploy.py").read_text())
+    tree = ast.parse(textwrap.dedent(inspect.getsource(runs.deploy)))
     calls = [n.value.func.id for n in ast.walk(tree) if isinstance(n, ast.Expr)
              and isinstance(n.value, ast.Call)]  # fmt: skip
     # the dashboards' one call, and the monitoring part on the host they name (issue 22)
     assert calls == ["deploy_flowerbed", "deploy_monitoring"]
+
+
+@pytest.mark.parametrize("run", RUNS)
+def test_each_repository_run_is_its_docstring_and_one_call_into_the_wheel(run):
+    docstring, imported, called = ast.parse((REPO / f"{run}.py").read_text()).body
+    assert isinstance(docstring.value, ast.Constant), "the run's usage, for the operator"
+    assert ast.unparse(imported) == f"from flowerbed.runs import {run}"
+    assert ast.unparse(called) == f"{run}()"
+    assert f"pyinfra inventory/prod.py flowerbed.runs.{run}" in docstring.value.value
+    assert f"pyinfra inventory/prod.py flowerbed.runs.{run}" in runs.__doc__
+
+
+@pytest.mark.parametrize("run", RUNS)
+def test_pyinfras_command_line_runs_each_run_by_its_name(run):
+    """What `pyinfra INVENTORY flowerbed.runs.<run>` calls per host: the run itself."""
+    function, arguments = get_func_and_args([f"flowerbed.runs.{run}"])
+    assert function is getattr(runs, run) and arguments == ([], {})
 
 
 def test_the_defaults_alone_need_only_the_operators_choices():

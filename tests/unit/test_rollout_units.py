@@ -77,6 +77,11 @@ def test_pyinfra_options_pass_through_as_given_and_limit_is_taken_out():
     )  # fmt: skip
 
 
+def test_the_deploy_is_a_file_or_a_function_pyinfra_runs_by_name():
+    assert parsed(["inv.py", "flowerbed.runs.deploy"]).deploy == "flowerbed.runs.deploy"
+    assert parsed(["inv.py", "deploys/web.py"]).deploy == "deploys/web.py"
+
+
 @pytest.mark.parametrize("option", ["--serial", "--no-wait", "--dry", "--json", "--fail-percent"])
 def test_options_that_would_undo_the_batches_are_refused(option):
     with pytest.raises(RolloutError, match=f"^{option} is not for a rollout: "):
@@ -94,7 +99,7 @@ def test_a_password_option_is_refused_without_repeating_it(option):
 @pytest.mark.parametrize(
     "argv", [[], ["inv.py"], ["--limit", "x", "deploy.py"], ["inv.py", "deploy"]]
 )
-def test_without_an_inventory_and_a_deploy_file_the_usage_is_shown(argv):
+def test_without_an_inventory_and_a_deploy_the_usage_is_shown(argv):
     with pytest.raises(RolloutError, match="usage: python -m flowerbed.rollout"):
         parsed(argv)
 

@@ -10,12 +10,8 @@ import pytest
 import settings_helpers
 from dotenv import dotenv_values
 
-from flowerbed.rotate import (
-    NEW_LOGINS_VARIABLE,
-    env_file_holding,
-    new_logins,
-    update_env_file,
-)
+from flowerbed.env_file import env_file_holding, update_env_file
+from flowerbed.rotate import NEW_LOGINS_VARIABLE, new_logins
 from flowerbed.settings import SettingsError, operator_checks
 
 USERS = "FLOWERBED_DASHBOARD_USERS"

@@ -16,17 +16,19 @@ import pytest
 from dotenv import dotenv_values
 from settings_helpers import OAUTH, settings_with, valid_data
 
-from flowerbed.rotate import (
-    NEW_COOKIE_VARIABLE,
+from flowerbed.env_file import (
     EnvFileBusy,
-    Rotation,
     hold_env_file,
     lock_file,
-    plan_rotation,
     release_env_file,
+    update_env_file,
+)
+from flowerbed.rotate import (
+    NEW_COOKIE_VARIABLE,
+    Rotation,
+    plan_rotation,
     report_lines,
     rotation_targets,
-    update_env_file,
     variable_used,
 )
 from flowerbed.settings import SettingsError
@@ -154,7 +156,7 @@ def test_a_second_rotate_on_the_same_file_is_refused_while_the_first_holds_it(tm
         other = subprocess.run(
             [sys.executable, "-c", textwrap.dedent(f"""
                 from pathlib import Path
-                from flowerbed.rotate import hold_env_file, EnvFileBusy
+                from flowerbed.env_file import hold_env_file, EnvFileBusy
                 try:
                     hold_env_file(Path({str(path)!r}))
                 except EnvFileBusy as error:

@@ -38,3 +38,10 @@ def flaky(self, failure_rate: float = 0.5) -> str:
 def sleep(seconds: float = 30) -> float:
     time.sleep(seconds)
     return seconds
+
+
+@app.task(name="flowerbed_demo.hang")
+def hang(seconds: float = 90) -> float:
+    """A run that outlasts the lab's stuck-task threshold (the producer never sends it)."""
+    time.sleep(seconds)
+    return seconds
