@@ -24,10 +24,12 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))
+sys.path.insert(0, str(REPO / "lab"))
 sys.path.insert(0, str(REPO))
 
 from conftest import LAB_CLI, Lab, lab_cli, run  # noqa: E402
 from deploy_helpers import ANSI, DeployResult, deploy_args, deploy_env, run_deploy  # noqa: E402
+from labkit.hosts import host_cgroups  # noqa: E402
 
 from flowerbed.probe import https_get  # noqa: E402
 
@@ -46,6 +48,7 @@ class Timed:
     peak_rss_mib: float  # pyinfra's largest resident set (os.wait4's ru_maxrss)
     machine_cpu: float  # every core's busy time during the run: pyinfra's and the lab hosts'
     lines: list[tuple[float, str]]
+    hosts_cpu: float = 0.0  # the run's hosts' own CPU (their cgroups): not others' load
 
     @property
     def seconds(self) -> float:
@@ -87,7 +90,7 @@ def timed_deploy(
     """run_deploy's command, with each log line's time and the run's CPU and memory."""
     flags = ("-y", "--json", *(["-" + "v" * verbosity] if verbosity else []))
     args = deploy_args(names, data, flags, inventory, deploy_file)
-    busy_before = machine_busy_seconds()
+    busy_before, hosts_before = machine_busy_seconds(), hosts_cpu_seconds(names)
     started = time.monotonic()
     process = subprocess.Popen(
         args, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -106,11 +109,13 @@ def timed_deploy(
     _, status, usage = os.wait4(process.pid, 0)
     seconds = time.monotonic() - started
     machine_cpu = machine_busy_seconds() - busy_before
+    hosts_cpu = hosts_cpu_seconds(names) - hosts_before
     process.returncode = os.waitstatus_to_exitcode(status)
     log = "".join(line for _, line in lines)
     result = DeployResult(args, process.returncode, stdout, log, seconds)
     peak = usage.ru_maxrss / 1024  # KiB on Linux
-    return Timed(result, usage.ru_utime + usage.ru_stime, peak, machine_cpu, lines)
+    cpu = usage.ru_utime + usage.ru_stime
+    return Timed(result, cpu, peak, machine_cpu, lines, hosts_cpu)
 
 
 def machine_busy_seconds() -> float:
@@ -119,6 +124,14 @@ def machine_busy_seconds() -> float:
     fields = [int(value) for value in Path("/proc/stat").read_text().split("\n")[0].split()[1:]]
     idle = fields[3] + fields[4]  # idle, iowait
     return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
+def hosts_cpu_seconds(names: list[str]) -> float:
+    """CPU seconds the lab hosts `names` used since they booted: every process in each one's
+    cgroup (cgroup v2's cpu.stat; 0 for a host without one)."""
+    stats = [cgroup / "cpu.stat" for name in names for cgroup in host_cgroups(name)]
+    usage = [stat.read_text().split("usage_usec ")[1] for stat in stats if stat.exists()]
+    return sum(int(text.split()[0]) for text in usage) / 1e6
 
 
 def changed_nothing(run: Timed) -> Timed:

@@ -19,7 +19,14 @@ def test_the_line_through_the_sizes_is_least_squares():
 
 
 def test_the_model_adds_pyinfras_serial_cpu_and_one_wait_per_wave_of_hosts():
-    fit = Fit(wall=(0, 0), cpu=(1.0, 0.02), rss=(80.0, 0.5), machine=(0, 0), host_work=0.5)
+    fit = Fit(
+        wall=(0, 0),
+        cpu=(1.0, 0.02),
+        rss=(80.0, 0.5),
+        machine=(0, 0),
+        hosts=(0, 0),
+        host_work=0.5,
+    )
     # a 2-core controller: 40 hosts in flight; 100 hosts are 3 waves, 1,000 are 25
     assert modelled_wall(fit, 100, trips=10, rtt=0.05, cores=2) == pytest.approx(
         1.0 + 0.02 * 100 + 3 * (10 * 0.05 + 0.5)
