@@ -177,7 +177,10 @@ def lab_hosts(names: list[str], distro: str, keep: bool = False):
     `lab.py host-up` holds the lab's lock while it boots a host, so they boot one by one."""
     try:
         for name in names:
-            lab_cli("host-up", name, "--distro", distro)
+            booted = run([*LAB_CLI, "host-up", name, "--distro", distro], timeout=600)
+            if booted.returncode != 0:  # e.g. ssh late on a busy machine: lab.py removed it
+                print(f"{name}: {booted.stderr.strip()}; booting it again", flush=True)
+                lab_cli("host-up", name, "--distro", distro)
         yield Lab.load()
     finally:
         for name in [] if keep else names:
