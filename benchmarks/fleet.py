@@ -200,7 +200,7 @@ def modelled_mib(fit: Fit, hosts: int) -> float:
 
 
 def print_sizes(results: dict[int, dict[str, list[Timed]]], runs: int) -> None:
-    print(f"\nper size (medians of {runs}; the first runs once):")
+    print(f"\nper size (medians of {runs}; the first runs once):", flush=True)
     print(f"{'run':<26} {'hosts':>5} {'wall s':>7} {'CPU s':>6} {'peak RSS MiB':>12}"
           f" {'machine CPU s/host':>18} {'host CPU s/host':>15} {'runs':>4}")  # fmt: skip
     for kind in KINDS:
@@ -332,6 +332,7 @@ def main() -> None:
             first = results[size][FIRST][0].seconds
             print(f"{size} fresh hosts: booted in {booted:.0f} s (one by one: lab.py's lock), "
                   f"first converge {first:.1f} s, measured and removed", flush=True)  # fmt: skip
+            print_sizes({size: results[size]}, args.runs)
 
     print_sizes(results, args.runs)
     print(f"\ncommands per host (-vv, {sizes[0]} hosts): "
