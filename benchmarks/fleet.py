@@ -91,6 +91,19 @@ MODEL_SIZES = (100, 1000)
 # pyinfra's published run (latest_results.csv): first run on 1 and 100 hosts, second on 100
 PUBLISHED_FIRST = {1: 1.149, 100: 8.368}
 PUBLISHED_SECOND_100 = 6.540
+# each lab host's systemd takes inotify instances (about 5): Debian's default 128 stops the 26th
+INOTIFY_INSTANCES_PER_HOST = 8
+INOTIFY_LIMIT = Path("/proc/sys/fs/inotify/max_user_instances")
+
+
+def enough_inotify_instances(hosts: int) -> None:
+    """Fail before booting when the machine cannot boot this many more hosts."""
+    limit, wanted = int(INOTIFY_LIMIT.read_text()), 1024
+    if limit < INOTIFY_INSTANCES_PER_HOST * hosts + 128:
+        raise SystemExit(
+            f"fs.inotify.max_user_instances is {limit}: {hosts} more lab hosts fail to boot "
+            f'("Too many open files"); raise it: sysctl -w fs.inotify.max_user_instances={wanted}'
+        )
 
 
 def fleet_env(names: list[str], env_file: Path) -> dict[str, str]:
