@@ -35,7 +35,14 @@ from .config import (
     STATE,
 )
 from .handover import remove_foreign_hosts, stop_foreign_labs
-from .hosts import ensure_hosts, ensure_ssh_key, new_host, ssh_command, stop_host
+from .hosts import (
+    ensure_hosts,
+    ensure_inotify_instances,
+    ensure_ssh_key,
+    new_host,
+    ssh_command,
+    stop_host,
+)
 from .image import ensure_machine_packages
 from .network import (
     delete_link,
@@ -57,6 +64,7 @@ def ensure_services() -> dict:
     ACTIVE_LAB.write_text(f"{LAB.resolve()}\n")
     RUN.mkdir(parents=True, exist_ok=True)
     ensure_ssh_key()
+    ensure_inotify_instances()
     ensure_bridge()
     for name, address in NAMESPACES.items():
         ensure_namespace(name, address)

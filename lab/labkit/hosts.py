@@ -35,6 +35,17 @@ from .process import (
 )
 from .services import publish_dns
 
+# Each host's systemd takes inotify instances (about 5; root's, like the machine's own): Debian's
+# default of 128 stops a host's boot ("Too many open files") at about the 26th. Raised, never
+# lowered, before any host boots.
+INOTIFY_INSTANCES = Path("/proc/sys/fs/inotify/max_user_instances")
+INOTIFY_INSTANCES_WANTED = 1024
+
+
+def ensure_inotify_instances() -> None:
+    if int(INOTIFY_INSTANCES.read_text()) < INOTIFY_INSTANCES_WANTED:
+        INOTIFY_INSTANCES.write_text(f"{INOTIFY_INSTANCES_WANTED}\n")
+
 
 def new_host(name: str, distro: str, hosts: list[dict]) -> dict:
     """hN gets 10.77.0.(10+N); other names the first free address from .61 up."""
