@@ -42,7 +42,11 @@ def shell(
     """The documented commands, each checked to be in the docs, in one bash script."""
     script = "\n".join(documented(command).text for command in commands)
     venv = REPO / ".venv"
-    environ = {**os.environ, "VIRTUAL_ENV": str(venv), "PYINFRA_PROGRESS": "off"}
+    # as typed in a shell of its own: not as a sub-make of the suite's `make test`, which would
+    # print make's "Entering directory" lines around the output
+    outer_make = {"MAKEFLAGS", "MFLAGS", "MAKELEVEL", "MAKEOVERRIDES"}
+    environ = {k: v for k, v in os.environ.items() if k not in outer_make}
+    environ |= {"VIRTUAL_ENV": str(venv), "PYINFRA_PROGRESS": "off"}
     environ["PATH"] = f"{venv / 'bin'}:{environ['PATH']}"
     return subprocess.run(
         ["bash", "-c", script], cwd=cwd, env={**environ, **(env or {})},
