@@ -89,8 +89,8 @@ bench-converge: setup lab-up
 	$(PY) benchmarks/converge.py
 
 # The fleet measured (issue 23): 10, 20 and 30 fresh hosts, per-host costs, a model of 100 and
-# 1,000 hosts (about 35 minutes; FLEET_ARGS=--sizes=2,3 for a short trial). 30 hosts need
-# `sysctl -w fs.inotify.max_user_instances=1024` (Debian's 128 stops about the 26th host).
+# 1,000 hosts (about 35 minutes; FLEET_ARGS=--sizes=2,3 for a short trial). The lab raises
+# fs.inotify.max_user_instances to 1024 for 30 hosts (Debian's 128 stops about the 26th).
 FLEET_ARGS ?=
 bench-fleet: setup lab-up
 	$(PY) benchmarks/fleet.py $(FLEET_ARGS)
