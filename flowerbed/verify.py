@@ -341,19 +341,7 @@ def api_verdicts(get, checks: OperatorChecks, now: float) -> dict[str, Verdict]:
     if "workers" in unreachable:
         verdicts["workers"] = Verdict(False, None, unreachable["workers"])
     else:
-        alive = answers["workers"].json()
-        online = sorted(name for name, up in alive.items() if up)
-        offline = sorted(name for name, up in alive.items() if not up)
-        problems = []
-        if len(online) < checks.min_workers_online:
-            problems.append(
-                f"{len(online)} worker(s) online, expected at least {checks.min_workers_online}"
-            )
-        if len(offline) > checks.max_workers_offline:
-            problems.append(f"offline: {', '.join(offline)}")
-        verdicts["workers"] = Verdict(
-            not problems, f"{len(online)}/{len(offline)}", "; ".join(problems)
-        )
+        verdicts["workers"], online = workers_verdict(get, checks, answers["workers"].json())
         if checks.expected_tasks:
             verdicts["registered"] = registered_verdict(get, online, checks.expected_tasks)
 
@@ -398,6 +386,41 @@ def api_verdicts(get, checks: OperatorChecks, now: float) -> dict[str, Verdict]:
         )  # fmt: skip
     verdicts.setdefault("registered", Verdict(True, "n/a"))
     return verdicts
+
+
+# Flower calls a worker offline after two missed heartbeats (4 s), which a loaded host or
+# broker misses now and then: a worker is reported only when Flower still says so after this.
+WORKER_GRACE_S = 12.0
+
+
+def workers_verdict(
+    get,
+    checks: OperatorChecks,
+    alive: dict,
+    grace: float = WORKER_GRACE_S,
+    clock=time.monotonic,
+    pause=time.sleep,
+) -> tuple[Verdict, list[str]]:
+    """Workers online/offline against the checks, Flower asked again for up to `grace` s."""
+    deadline = clock() + grace
+    while True:
+        online = sorted(name for name, up in alive.items() if up)
+        offline = sorted(name for name, up in alive.items() if not up)
+        problems = []
+        if len(online) < checks.min_workers_online:
+            problems.append(
+                f"{len(online)} worker(s) online, expected at least {checks.min_workers_online}"
+            )
+        if len(offline) > checks.max_workers_offline:
+            problems.append(f"offline: {', '.join(offline)}")
+        if not problems or clock() >= deadline:
+            break
+        pause(1.0)
+        answer = get("api/workers?status=true")
+        if answer.status == 200:
+            alive = answer.json()
+    verdict = Verdict(not problems, f"{len(online)}/{len(offline)}", "; ".join(problems))
+    return verdict, online
 
 
 def registered_verdict(get, online: list[str], expected: tuple[str, ...]) -> Verdict:
