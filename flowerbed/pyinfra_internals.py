@@ -36,6 +36,11 @@ import. A guard that does not hold leaves pyinfra's own behaviour, correct and s
 - "ssh connect timeout": the firewall's NEW SSH connection (pyinfra's SSH connector for the
   same host) connects with a short timeout (`make_paramiko_kwargs`). Without: pyinfra's
   CONNECT_TIMEOUT.
+- "argument types": `pyinfra.api.arguments.all_global_arguments` runs `typing.get_type_hints`
+  over pyinfra's argument TypedDicts at every call, and `pop_global_arguments` calls it for
+  every operation on every host (0.35 ms a call here). Its answer depends on pyinfra's own
+  classes only, so it is computed once per process and a copy handed to every caller, whoever's
+  the operation (0.001 ms). Without: pyinfra's own, computed at each call.
 - "diff display": `--diff` of flowerbed's files as files.put shows them (`format_text`,
   `generate_color_diff`). Without: a plain unified diff.
 
@@ -65,6 +70,7 @@ from typing import Any
 
 import pyinfra
 from pyinfra import logger
+from pyinfra.api.arguments import all_global_arguments
 from pyinfra.api.command import PyinfraCommand
 from pyinfra.api.util import PYINFRA_INSTALL_DIR, get_operation_order_from_stack
 from pyinfra.connectors.ssh import SSHConnector
@@ -73,6 +79,7 @@ __all__ = ["PyinfraCommand", "SSHConnector"]
 
 TESTED = ("3.10.0", "3.11")  # >= the first, < the second: pyproject.toml allows the same
 PYINFRAS_OWN = get_operation_order_from_stack
+PYINFRAS_ARGUMENT_TYPES = all_global_arguments
 
 # what each guard relies on: "module:qualified name" -> sha256 of its source (16 hex digits),
 # as in pyinfra 3.10.0
@@ -95,6 +102,9 @@ RECORDED: dict[str, dict[str, str]] = {
     },
     "ssh connect timeout": {
         "pyinfra.connectors.ssh:SSHConnector.make_paramiko_kwargs": "2adb0b9401ccf9f2",
+    },
+    "argument types": {
+        "pyinfra.api.arguments:all_global_arguments": "f7afbc472d78c5d2",
     },
     "diff display": {
         "pyinfra.api.output:format_text": "99b77a99f314cce9",
@@ -177,6 +187,8 @@ def install() -> dict[str, bool]:
         problems += [problem for problem in found if problem not in problems]
     if _applied["operation order"]:
         _operation_module().get_operation_order_from_stack = _order_for_flowerbeds_operations
+    if _applied["argument types"]:
+        _arguments_module().all_global_arguments = _argument_types_once()
     off = [guard for guard, holds in _applied.items() if not holds]
     if off:
         logger.warning(
@@ -189,6 +201,7 @@ def install() -> dict[str, bool]:
 def uninstall() -> None:
     """Back to pyinfra's own behaviour everywhere (tests)."""
     _operation_module().get_operation_order_from_stack = PYINFRAS_OWN
+    _arguments_module().all_global_arguments = PYINFRAS_ARGUMENT_TYPES
     _applied.clear()
 
 
@@ -199,6 +212,20 @@ def applied(guard: str) -> bool:
 def _operation_module():
     # the module: `pyinfra.api.operation` as an attribute is the decorator of that name
     return importlib.import_module("pyinfra.api.operation")
+
+
+def _arguments_module():
+    return importlib.import_module("pyinfra.api.arguments")
+
+
+def _argument_types_once():
+    """pyinfra's `all_global_arguments`, computed now, its answer copied to every caller."""
+    types = tuple(PYINFRAS_ARGUMENT_TYPES())
+
+    def all_global_arguments() -> list[tuple[str, type]]:
+        return list(types)
+
+    return all_global_arguments
 
 
 # --- operation order --------------------------------------------------------------------------

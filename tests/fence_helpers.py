@@ -16,6 +16,7 @@ CHANGED = {
     "operation results": (State, "get_op_data_for_host"),
     "ssh socket": (SSHConnector, "_connect"),
     "ssh connect timeout": (SSHConnector, "make_paramiko_kwargs"),
+    "argument types": (pyinfra.api.arguments, "all_global_arguments"),
     "diff display": (pyinfra.operations.util.files, "generate_color_diff"),
 }
 

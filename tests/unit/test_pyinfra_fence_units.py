@@ -43,6 +43,10 @@ def operation_module():
     return importlib.import_module("pyinfra.api.operation")
 
 
+def arguments_module():
+    return importlib.import_module("pyinfra.api.arguments")
+
+
 def test_on_the_tested_pyinfra_every_shortcut_is_installed(caplog):
     caplog.set_level(logging.INFO)
     assert internals.install() == dict.fromkeys(internals.RECORDED, True)
@@ -63,6 +67,7 @@ def test_an_unknown_version_keeps_pyinfras_own_behaviour_and_says_so_once(monkey
 
 def assert_pyinfras_own_behaviour() -> None:
     assert operation_module().get_operation_order_from_stack is internals.PYINFRAS_OWN
+    assert arguments_module().all_global_arguments.__module__ != internals.__name__
     # facts are not kept past one ask: the count of changes is never the same twice
     state = SimpleNamespace(ops={})
     assert internals.changed_operations(state, "h") != internals.changed_operations(state, "h")
@@ -102,6 +107,9 @@ def test_the_installed_shortcuts(monkeypatch):
     }
     assert internals.changed_operations(SimpleNamespace(ops=ops), "h") == 1
     assert internals.ssh_connector_class().__mro__[1] is SSHConnector
+    cached = arguments_module().all_global_arguments
+    assert cached is not internals.PYINFRAS_ARGUMENT_TYPES
+    assert cached() == internals.PYINFRAS_ARGUMENT_TYPES() and cached() is not cached()
 
 
 @pytest.mark.parametrize(
