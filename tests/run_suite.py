@@ -82,13 +82,11 @@ def run_lab(name: str, tests: list[str], extra: list[str], env: dict, logs: Path
     return pytest(*tests, *extra, f"--junitxml={report}", env=env, log=logs / f"{name}.log")
 
 
-def settle(name: str, code: int, extra: list[str], env: dict, logs: Path, flaky: list) -> bool:
+def settle(
+    name: str, code: int, extra: list[str], env: dict, logs: Path, flaky: list, lab_up=None
+) -> bool:
     """Whether the lab tests of `name` passed, the failed ones run once more on their own."""
-    print(
-        f"\n===== {name}: exit {code} ====="
-        if name == "alone"
-        else f"\n===== shard {name}: exit {code} ====="
-    )
+    print(f"\n===== {name if name == 'alone' else f'shard {name}'}: exit {code} =====")
     print((logs / f"{name}.log").read_text())
     if not code:
         return True
@@ -96,6 +94,8 @@ def settle(name: str, code: int, extra: list[str], env: dict, logs: Path, flaky:
     if not again:  # nothing to rerun (a collection error, say): a failure
         return False
     print(f"===== {name}: running again on their own: {' '.join(again)} =====", flush=True)
+    if lab_up and subprocess.run(lab_up, cwd=REPO).returncode:
+        return False
     code = run_lab(f"{name}-again", again, extra, env, logs).wait()
     print((logs / f"{name}-again.log").read_text())
     if code:
@@ -136,7 +136,8 @@ def main(extra: list[str]) -> int:
         if not settle(name, process.wait(), extra, env, logs, flaky):
             failed.append(name)
     alone = run_lab("alone", [f"{LAB}/{m}" for m in ALONE], extra, env, logs)
-    if not settle("alone", alone.wait(), extra, env, logs, flaky):
+    # the lifecycle tests end with the lab taken down and up again: make sure, before a rerun
+    if not settle("alone", alone.wait(), extra, env, logs, flaky, lab_up=lab_up):
         failed.append("alone")
     if flaky:
         print("\nflaky (failed once, passed on their own):\n  " + "\n  ".join(flaky))
