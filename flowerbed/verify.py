@@ -389,8 +389,22 @@ def api_verdicts(get, checks: OperatorChecks, now: float) -> dict[str, Verdict]:
 
 
 # Flower calls a worker offline after two missed heartbeats (4 s), which a loaded host or
-# broker misses now and then: a worker is reported only when Flower still says so after this.
+# broker misses now and then: a worker is reported only when Flower still says so after this
+# (a worker that is really gone costs a verify run this long).
 WORKER_GRACE_S = 12.0
+
+
+def worker_problems(alive: dict, checks: OperatorChecks) -> list[str]:
+    online = [name for name, up in alive.items() if up]
+    offline = sorted(name for name, up in alive.items() if not up)
+    problems = []
+    if len(online) < checks.min_workers_online:
+        problems.append(
+            f"{len(online)} worker(s) online, expected at least {checks.min_workers_online}"
+        )
+    if len(offline) > checks.max_workers_offline:
+        problems.append(f"offline: {', '.join(offline)}")
+    return problems
 
 
 def workers_verdict(
@@ -401,26 +415,17 @@ def workers_verdict(
     clock=time.monotonic,
     pause=time.sleep,
 ) -> tuple[Verdict, list[str]]:
-    """Workers online/offline against the checks, Flower asked again for up to `grace` s."""
+    """Workers online/offline against the checks, Flower asked again each second while the
+    answer has a problem, until `grace` s have passed."""
     deadline = clock() + grace
-    while True:
-        online = sorted(name for name, up in alive.items() if up)
-        offline = sorted(name for name, up in alive.items() if not up)
-        problems = []
-        if len(online) < checks.min_workers_online:
-            problems.append(
-                f"{len(online)} worker(s) online, expected at least {checks.min_workers_online}"
-            )
-        if len(offline) > checks.max_workers_offline:
-            problems.append(f"offline: {', '.join(offline)}")
-        if not problems or clock() >= deadline:
-            break
+    while (problems := worker_problems(alive, checks)) and clock() + 1 <= deadline:
         pause(1.0)
         answer = get("api/workers?status=true")
         if answer.status == 200:
             alive = answer.json()
-    verdict = Verdict(not problems, f"{len(online)}/{len(offline)}", "; ".join(problems))
-    return verdict, online
+    online = sorted(name for name, up in alive.items() if up)
+    shown = f"{len(online)}/{len(alive) - len(online)}"
+    return Verdict(not problems, shown, "; ".join(problems)), online
 
 
 def registered_verdict(get, online: list[str], expected: tuple[str, ...]) -> Verdict:

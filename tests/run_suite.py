@@ -1,10 +1,11 @@
 """`make test`: the unit tests, then the lab's modules in shards side by side, then what must
 run alone. Exits non-zero if any part failed; each shard's output is printed whole when it ends.
 
-A lab test that fails is run once more, alone in a new session (its module's fixtures set up
-again): on 2 cores with five shards side by side, a test meets timing it never meets alone. A
-test that passes on that second run is named under "flaky" in the summary, with its first
-failure's log kept, and does not fail the suite; one that fails twice does.
+A lab test that fails is run once more in a new session (its module's fixtures set up again),
+after every shard has ended: on 2 cores with five shards side by side, a test meets timing it
+never meets alone. A test that passes on that second run is named under "flaky" in the summary,
+with its first failure's log kept, and does not fail the suite; one that fails twice does, and so
+does a session that crashed or was interrupted, a collection error and a teardown error.
 
 The lab is brought up once, before the shards (FLOWERBED_LAB_UP=1 then tells each session's
 `lab` fixture to use it as it is: sessions never bring it up or rebuild it under each other).
@@ -28,6 +29,7 @@ from subprocess import Popen
 
 REPO = Path(__file__).resolve().parent.parent
 LAB = "tests/lab"
+TESTS_FAILED = 1  # pytest's exit code when tests ran and some failed (pytest.ExitCode)
 # Side by side, each shard in turn. Shard "shared" uses h1..h3; the others boot fresh hosts.
 SHARDS = {
     "shared": [
@@ -68,37 +70,45 @@ def failed_tests(report: Path, root: Path = REPO) -> list[str]:
     for case in ET.parse(report).iter("testcase"):
         if case.find("failure") is None and case.find("error") is None:
             continue
+        error = case.find("error")
+        if error is not None and error.get("message", "").startswith("failed on teardown"):
+            return []  # what the module's passed tests left behind: never run away
         parts = case.get("classname", "").split(".")
         for cut in range(len(parts), 0, -1):  # the module, then any class inside it
             module = "/".join(parts[:cut]) + ".py"
             if (root / module).exists():
                 ids.append("::".join([module, *parts[cut:], case.get("name", "")]))
                 break
-    return ids
+    return list(dict.fromkeys(ids))
 
 
 def run_lab(name: str, tests: list[str], extra: list[str], env: dict, logs: Path) -> Popen:
     report = logs / f"{name}.xml"
+    report.unlink(missing_ok=True)  # a session that dies writes none: never an earlier one's
     return pytest(*tests, *extra, f"--junitxml={report}", env=env, log=logs / f"{name}.log")
 
 
-def settle(
-    name: str, code: int, extra: list[str], env: dict, logs: Path, flaky: list, lab_up=None
-) -> bool:
-    """Whether the lab tests of `name` passed, the failed ones run once more on their own."""
+def shown(name: str, code: int, logs: Path) -> int:
     print(f"\n===== {name if name == 'alone' else f'shard {name}'}: exit {code} =====")
     print((logs / f"{name}.log").read_text())
-    if not code:
+    return code
+
+
+def passed_or_flaky(
+    name: str, code: int, extra: list[str], env: dict, logs: Path, flaky: list, lab_up=None
+) -> bool:
+    """Whether the lab tests of `name` passed, its failed tests run once more in a session of
+    their own. Only failed tests are: an interrupted or crashed session (any other exit code),
+    a collection error or a module's teardown error fails at once."""
+    if code == 0:
         return True
-    again = failed_tests(logs / f"{name}.xml")
-    if not again:  # nothing to rerun (a collection error, say): a failure
+    again = failed_tests(logs / f"{name}.xml") if code == TESTS_FAILED else []
+    if not again:
         return False
-    print(f"===== {name}: running again on their own: {' '.join(again)} =====", flush=True)
+    print(f"\n===== {name}: running again on their own: {' '.join(again)} =====", flush=True)
     if lab_up and subprocess.run(lab_up, cwd=REPO).returncode:
         return False
-    code = run_lab(f"{name}-again", again, extra, env, logs).wait()
-    print((logs / f"{name}-again.log").read_text())
-    if code:
+    if shown(f"{name}-again", run_lab(f"{name}-again", again, extra, env, logs).wait(), logs):
         return False
     flaky.extend(again)
     return True
@@ -132,12 +142,16 @@ def main(extra: list[str]) -> int:
         name: run_lab(name, [f"{LAB}/{m}" for m in modules], extra, env, logs)
         for name, modules in SHARDS.items()
     }
-    for name, process in running.items():
-        if not settle(name, process.wait(), extra, env, logs, flaky):
+    codes = {name: shown(name, process.wait(), logs) for name, process in running.items()}
+    # reruns once every shard has ended: on their own, not beside the load that failed them
+    for name, code in codes.items():
+        if not passed_or_flaky(name, code, extra, env, logs, flaky):
             failed.append(name)
-    alone = run_lab("alone", [f"{LAB}/{m}" for m in ALONE], extra, env, logs)
+    alone = shown(
+        "alone", run_lab("alone", [f"{LAB}/{m}" for m in ALONE], extra, env, logs).wait(), logs
+    )
     # the lifecycle tests end with the lab taken down and up again: make sure, before a rerun
-    if not settle("alone", alone.wait(), extra, env, logs, flaky, lab_up=lab_up):
+    if not passed_or_flaky("alone", alone, extra, env, logs, flaky, lab_up=lab_up):
         failed.append("alone")
     if flaky:
         print("\nflaky (failed once, passed on their own):\n  " + "\n  ".join(flaky))

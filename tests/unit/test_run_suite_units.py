@@ -61,3 +61,29 @@ def test_the_failed_tests_are_read_from_the_report_and_collected_again(tmp_path:
 
 def test_no_report_means_nothing_to_run_again(tmp_path: Path):
     assert failed_tests(tmp_path / "missing.xml", root=tmp_path) == []
+
+
+TEARDOWN_FAILS = """
+import pytest
+
+@pytest.fixture(scope="module")
+def leaves_a_mess():
+    yield
+    raise RuntimeError("what the module's tests left behind")
+
+def test_fails(leaves_a_mess):
+    assert False
+
+def test_passes(leaves_a_mess):
+    pass
+"""
+
+
+def test_a_teardown_error_is_never_run_again(tmp_path: Path):
+    """A module fixture that fails on teardown tells of the module's passed tests too: running
+    only the failed test again would set it up fresh and call the mess flaky."""
+    (tmp_path / "tests").mkdir()
+    (tmp_path / "tests" / "test_mess.py").write_text(TEARDOWN_FAILS)
+    report = tmp_path / "report.xml"
+    assert pytest_in(tmp_path, "tests/test_mess.py", f"--junitxml={report}").returncode == 1
+    assert failed_tests(report, root=tmp_path) == []
