@@ -55,7 +55,11 @@ def verify() -> None:
     if is_monitoring_host(host, inventory):  # Prometheus' targets and rules, Alertmanager's
         monitoring_checked(name="Monitoring: every target up, rules loaded, deliveries")
     verify_host(
-        this_host.settings, this_host.edge, checks, dashboard=runs_dashboard(host.data.dict())
+        this_host.settings,
+        this_host.edge,
+        checks,
+        dashboard=runs_dashboard(host.data.dict()),
+        instances=this_host.instances,
     )
 
 
