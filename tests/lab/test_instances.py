@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -263,6 +264,7 @@ def test_verify_reports_each_instance_and_flags_a_stopped_one(lab: Lab, setup: d
     name = setup["host"]["name"]
     verified = deploy(setup, BOTH, deploy_file="verify.py")
     assert verified.ok, verified.log
+    assert re.search(r"\s2/2\s", verified.log), verified.log  # the instances column
     assert "instance:" not in verified.log.replace("Each instance", ""), verified.log
     lab.ssh(name, ["systemctl", "stop", "flower-beta.service"], check=True)
     try:
@@ -296,6 +298,7 @@ def test_dropping_beta_removes_it_while_alpha_keeps_serving(lab: Lab, setup: dic
         stop.set()
         poller.join()
     setup["times"]["drop"] = time.monotonic() - started
+    setup["times"]["polls_during_drop"] = polls[0]
     assert dropped.ok, dropped.explain()
     assert not failures and polls[0] > 3, (failures, polls)
     gone = (
