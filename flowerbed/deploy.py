@@ -190,6 +190,7 @@ def deploy_edge() -> None:
       flower_tls_dns_hook: the certificate
     + flower_auth_mode, flower_auth_users_env: who logs in, where
     + flower_monitoring_sources: who reads /metrics and /healthcheck without a login
+    + flower_instances: each instance's locations, logins and socket in the site
 
     + Example:
 
