@@ -31,6 +31,7 @@ from .existing_site import existing_site_checked
 from .firewall import inbound_firewall, other_services_kept
 from .flower import flower_service, install_flower, remove_old_venvs
 from .healthcheck import verify_flower
+from .instances import flower_instances, instances_dropped, instances_healthy
 from .packages import package_sources
 from .preflight import Checked, checked
 from .pyinfra_internals import install
@@ -49,7 +50,8 @@ def deploy_flowerbed() -> None:
     """Flower behind nginx with TLS and logins, a firewall, and a health check: every part
     below, in order. Data keys: every key in flowerbed/defaults.py. Required:
     flower_allowed_sources, flower_admin_sources; secrets: $FLOWERBED_BROKER_URL and (basic
-    auth) $FLOWERBED_DASHBOARD_USERS.
+    auth) $FLOWERBED_DASHBOARD_USERS. flower_instances adds more Flowers beside the main one;
+    one dropped from it leaves the host (its state backed up: flower_remove_keep_state).
 
     + Example:
 
@@ -67,8 +69,11 @@ def deploy_flowerbed() -> None:
     inbound_firewall(settings.firewall)
     installed = install_flower(settings)
     flower_service(settings, checked_host.secrets, installed)
+    flower_instances(settings, checked_host.instances, installed)
     edge(settings, checked_host.edge)
+    instances_dropped(settings)
     verify_flower(settings, after_changes_only=True)
+    instances_healthy(settings)
     remove_old_venvs(settings.flower, installed)
 
 
@@ -144,6 +149,8 @@ def deploy_flower() -> None:
     + flower_unauthenticated_api, flower_restart_sec, flower_start_limit_burst,
       flower_start_limit_interval_sec, flower_stop_timeout_sec: the service
     + flower_healthcheck_min_workers, flower_healthcheck_timeout: the health check
+    + flower_instances: more Flowers beside the main one, each with its own unit, socket,
+      state, logins and path (flowerbed/instances.py)
 
     + Example:
 
@@ -157,7 +164,9 @@ def deploy_flower() -> None:
     settings = checked_host.settings
     installed = install_flower(settings)
     flower_service(settings, checked_host.secrets, installed)
+    flower_instances(settings, checked_host.instances, installed)
     verify_flower(settings, after_changes_only=True)
+    instances_healthy(settings)
     remove_old_venvs(settings.flower, installed)
 
 
@@ -181,6 +190,7 @@ def deploy_edge() -> None:
       flower_tls_dns_hook: the certificate
     + flower_auth_mode, flower_auth_users_env: who logs in, where
     + flower_monitoring_sources: who reads /metrics and /healthcheck without a login
+    + flower_instances: each instance's locations, logins and socket in the site
 
     + Example:
 

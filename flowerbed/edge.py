@@ -16,6 +16,7 @@ from .auth import HTPASSWD, Login, dashboard_logins, htpasswd
 from .ban import login_ban
 from .existing_site import nginx_in_no_site, nginx_in_site
 from .hostfiles import Absent, root_files
+from .instances import site_instances
 from .nginx import Dashboard, nginx_http, nginx_https, site_names
 from .packages import system_packages
 from .proxy_login import proxy_login
@@ -71,6 +72,7 @@ def dashboard_site(settings: Settings, host_name: str) -> Dashboard:
         url_prefix=settings.options.url_prefix,
         socket=settings.flower.socket,
         basic_auth=settings.auth.mode == "basic",
+        instances=site_instances(settings),
     )
 
 

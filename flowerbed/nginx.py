@@ -62,6 +62,7 @@ class Dashboard:
     url_prefix: str  # Flower's, '' = at the root
     socket: str
     basic_auth: bool
+    instances: tuple = ()  # flowerbed.instances.SiteInstance: more Flowers under paths of their own
 
     @property
     def fqdn(self) -> str:

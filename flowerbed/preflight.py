@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pyinfra.api import DeployError, Host, Inventory
 
 from .edge import EdgeInputs, edge_inputs
+from .instances import InstanceInputs, instance_inputs
 from .pyinfra_internals import send_without_delay
 from .resources import DEFAULTS
 from .secrets import FlowerSecrets, load_flower_secrets, load_operator_env
@@ -32,6 +33,7 @@ class Checked:
     settings: Settings
     secrets: FlowerSecrets
     edge: EdgeInputs
+    instances: tuple[InstanceInputs, ...] = ()
 
 
 _checked: dict[str, Checked] = {}
@@ -53,6 +55,8 @@ def host_problems(
         inputs["secrets"] = load_flower_secrets(dependent.flower, environ, site)
     with problems.check(incomplete=data_errors > 0):
         inputs["edge"] = edge_inputs(dependent, host.name, environ)
+    with problems.check(incomplete=data_errors > 0):
+        inputs["instances"] = instance_inputs(dependent, environ)
     refused = {_base(error.key) for error in problems.errors[:data_errors]}
     problems.errors[data_errors:] = [  # a refused key is reported once, by its own check
         error for error in problems.errors[data_errors:] if _base(error.key) not in refused

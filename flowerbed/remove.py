@@ -11,6 +11,8 @@ The order of the parts below is the order they run:
  3. nginx: the marked include line and the snippet (existing_site.flower_not_included), then
     flowerbed's conf.d files and logins, each through `nginx -t`; Debian's default site is linked
     again if it is still the file nginx-common shipped and no other site claims default_server;
+    then every instance the host's record names (flower_instances): its unit stopped, its files
+    gone, its state in /var/backups/flowerbed-flower-<name>-<UTC time>.tar.gz (0600);
  4. the certificate lineage (`certbot delete`, or `certbot revoke` first);
  5. the firewall: the rollback timer stopped, the boot unit disabled, its files and drop-in
     removed, then the table deleted in one nft transaction. Deleting a table only lets more
@@ -53,6 +55,7 @@ from .firewall import UNIT_FILE as FIREWALL_UNIT_FILE
 from .flower import Accounts, created_accounts
 from .healthcheck import HEALTHCHECK_PATH, UNHEALTHY_MARKER
 from .hostfiles import PathStates
+from .instances import RecordedInstances, remove_instances
 from .listeners import TABLE, LoadedTable
 from .nginx import DEFAULT_SITE, HTTP_SITE, HTTPS_SITE, STOCK_DEFAULT, checked_or_restored
 from .packages import APT_PROXY_CONF, EXTRA_CA_DIR, INSTALLED_RECORD, INSTALLED_RECORD_DIR
@@ -533,6 +536,8 @@ def remove_flowerbed(flower: Flower, remove: Remove, now: datetime | None = None
     flower_stopped(flower)
     state_kept(flower, remove, backup)
     nginx_removed(own_site=HTTP_SITE in found)
+    # after nginx stopped serving them: every instance the host's record names (flower_instances)
+    remove_instances(flower, host.get_fact(RecordedInstances), remove.keep_state, now)
     certificate_removed(remove)
     firewall_removed()
     accounts_removed(flower)

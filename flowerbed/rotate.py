@@ -83,6 +83,7 @@ class Rotation:
     resumed: bool  # a rotation an earlier run left unfinished
     targets: tuple[str, ...]  # the hosts that must confirm before the old value is dropped
     outside: tuple[str, ...] = ()  # targets this run does not reach (outside --limit)
+    instance: str = ""  # the instance (flower_instances) whose logins rotate ('' = the main ones)
 
     @property
     def previous(self) -> str:
@@ -100,7 +101,14 @@ def rotation_kind(data: Mapping) -> str:
 
 def variable_used(kind: str, data: Mapping) -> str:
     """The variable a host's data has it use for `kind` ('' = none): read from the raw data
-    (group_data/all.py holds every default), so a host outside --limit counts too."""
+    (group_data/all.py holds every default), so a host outside --limit counts too. With
+    `rotate_instance`, that instance's logins variable."""
+    if kind == "logins" and data.get("rotate_instance"):
+        entries = data.get("flower_instances") or []
+        named = [
+            e for e in entries if isinstance(e, dict) and e.get("name") == data["rotate_instance"]
+        ]
+        return str(named[0].get("logins_env", "")) if named else ""
     if kind == "logins":
         basic = data.get("flower_auth_mode", "basic") == "basic"
         return data.get("flower_auth_users_env", "") if basic else ""
@@ -140,6 +148,9 @@ def plan_rotation(
         "broker": settings.flower.broker_url_env,
         "cookie": settings.flower.cookie_secret_env,
     }[kind]
+    instance = rotated_instance(settings, data, kind)
+    if instance:
+        variable = instance.logins_env
     if kind == "logins" and settings.auth.mode != "basic":
         raise SettingsError(
             "flower_auth_mode",
@@ -158,6 +169,7 @@ def plan_rotation(
     values = dotenv_values(path)
     current, previous = values[variable], values.get(variable + PREVIOUS)
     common = dict(kind=kind, env_file=path, variable=variable, targets=targets, outside=outside)
+    common["instance"] = instance.name if instance else ""
     if previous:  # an earlier run wrote the new value and has not seen every host confirm it
         users = changed_users(previous, current) if kind == "logins" else ()
         return Rotation(old=previous, new=current, users=users, resumed=True, **common)
@@ -171,6 +183,24 @@ def plan_rotation(
         current, data.get("rotate_users") or [], environ.get(NEW_LOGINS_VARIABLE, ""), variable
     )
     return Rotation(old=current, new=new, users=users, resumed=False, **common)
+
+
+def rotated_instance(settings: Settings, data: Mapping, kind: str):
+    """The instance `--data rotate_instance=NAME` names (its logins only), or None."""
+    name = data.get("rotate_instance")
+    if not name:
+        return None
+    if kind != "logins":
+        raise SettingsError(
+            "rotate_instance", "rotates an instance's logins only", "drop --data rotate=..."
+        )
+    found = [i for i in settings.instances.instances if i.name == name]
+    if not found:
+        names = [i.name for i in settings.instances.instances]
+        raise SettingsError(
+            "rotate_instance", f"{name!r} is not in flower_instances", f"choose from {names}"
+        )
+    return found[0]
 
 
 def new_broker_url(settings: Settings, environ: Mapping[str, str]) -> str:

@@ -17,6 +17,7 @@ from pyinfra import host, inventory
 from .auth import HTPASSWD, htpasswd_file
 from .deploy import deploy_flowerbed
 from .healthcheck import healthcheck_argv
+from .instances import htpasswd_path, instance_logins_lines
 from .monitoring import deploy_monitoring, is_monitoring_host, runs_dashboard
 from .monitoring_verify import monitoring_checked
 from .preflight import InvalidDeploy, checked, explicit_keys
@@ -54,7 +55,11 @@ def verify() -> None:
     if is_monitoring_host(host, inventory):  # Prometheus' targets and rules, Alertmanager's
         monitoring_checked(name="Monitoring: every target up, rules loaded, deliveries")
     verify_host(
-        this_host.settings, this_host.edge, checks, dashboard=runs_dashboard(host.data.dict())
+        this_host.settings,
+        this_host.edge,
+        checks,
+        dashboard=runs_dashboard(host.data.dict()),
+        instances=this_host.instances,
     )
 
 
@@ -70,12 +75,13 @@ def rotate() -> None:
         name="Record the new value in the env file (the old one kept)", rotation=rotation
     )
     if rotation.kind == "logins":
-        htpasswd_file(name="Dashboard logins (bcrypt)", path=HTPASSWD, logins=this_host.edge.logins)
+        path, logins, base = rotated_logins(this_host, rotation.instance)
+        htpasswd_file(name="Dashboard logins (bcrypt)", path=path, logins=logins)
         logins_confirmed(
             name="Over HTTPS: the new passwords get in, the old ones are refused",
             rotation=rotation,
             fqdn=this_host.edge.site.fqdn,
-            base=this_host.edge.site.base,
+            base=base,
             ca_bundle=operator_checks(host.data.dict()).ca_bundle,
         )
     else:
@@ -89,6 +95,14 @@ def rotate() -> None:
             _serial=True,
         )
     rotation_finished(name="Rotation report", rotation=rotation)
+
+
+def rotated_logins(this_host, instance: str) -> tuple[str, tuple, str]:
+    """(htpasswd, logins, base) of the main dashboard, or of the instance named."""
+    if not instance:
+        return HTPASSWD, this_host.edge.logins, this_host.edge.site.base
+    one = next(i for i in this_host.instances if i.instance.name == instance)
+    return htpasswd_path(instance), instance_logins_lines(one), one.instance.base
 
 
 def remove() -> None:

@@ -23,6 +23,7 @@ from .ban import LoginBans, banning
 from .existing_site import ExistingSite, include_verdict, site_file
 from .firewall import LoadedRulesetDigest, ruleset
 from .healthcheck import FlowerHealth, healthcheck_argv
+from .instances import instance_settings
 from .nginx import Dashboard
 from .probe import OperatorChecks, https_get
 from .settings import Flower, FlowerOptions, Settings
@@ -323,10 +324,29 @@ def dashboard_verdicts(
     return verdicts
 
 
+# Flower marks a worker offline after missed heartbeats, which a loaded machine delays: one
+# that looks offline is asked about again, for up to this long, before it counts as offline.
+WORKER_GRACE_S = 12.0
+WORKER_ASK_EVERY_S = 1.0
+
+
+def workers_answer(get, max_offline: int, grace: float = WORKER_GRACE_S):
+    """Flower's api/workers?status=true, asked again while more than `max_offline` workers look
+    offline, until `grace` seconds have passed."""
+    deadline = time.monotonic() + grace
+    while True:
+        answer = get("api/workers?status=true")
+        if answer.status != 200 or time.monotonic() >= deadline:
+            return answer
+        if sum(1 for up in answer.json().values() if not up) <= max_offline:
+            return answer
+        time.sleep(WORKER_ASK_EVERY_S)  # the next ask of the poll
+
+
 def api_verdicts(get, checks: OperatorChecks, now: float) -> dict[str, Verdict]:
     unreachable = {}
     answers = {
-        "workers": get("api/workers?status=true"),
+        "workers": workers_answer(get, checks.max_workers_offline),
         "failed": get(
             f"api/tasks?state=FAILURE&sort_by=-received&limit={checks.max_failed_tasks + 1}"
         ),  # fmt: skip
@@ -473,7 +493,7 @@ COLUMNS = (
     ("state", "state"), ("workers on/off", "workers"),
     ("failed 1h", "failed_tasks"), ("stuck", "stuck_tasks"), ("max queue", "queues"),
     ("registered", "registered"), ("in site", "site_include"), ("targets", "targets"),
-    ("rules", "rules"), ("delivery", "delivery"), ("verdict", None),
+    ("rules", "rules"), ("delivery", "delivery"), ("instances", "instances"), ("verdict", None),
 )  # fmt: skip
 
 
@@ -549,9 +569,72 @@ def _report_if_never_reached() -> None:
 _checks: list[OperatorChecks] = []
 
 
+# --- more Flowers on the host (flower_instances) ------------------------------------------------
+
+
+def instance_verdict(
+    flower: Flower, unit: dict, health: dict, workers, min_workers: int, checks: OperatorChecks
+) -> Verdict:
+    """One instance: its unit, its socket, and its API through nginx with its own login."""
+    if unit.get("active") != "active" or unit.get("enabled") != "enabled":
+        state_ = f"{unit.get('active', 'unknown')}, {unit.get('enabled', 'unknown')}"
+        return Verdict(False, "unit", f"{flower.unit_name} is {state_}")
+    if not health.get("ok"):
+        problem = health.get("problem", "no report (deployed?)")
+        return Verdict(False, "socket", f"Flower does not answer on its socket: {problem}")
+    if workers.status != 200:
+        return Verdict(False, "api", f"its API answered {workers.status or workers.error}")
+    alive = workers.json()
+    online = sorted(name for name, up in alive.items() if up)
+    offline = sorted(name for name, up in alive.items() if not up)
+    problems = []
+    if len(online) < min_workers:
+        problems.append(f"{len(online)} worker(s) online, expected at least {min_workers}")
+    if len(offline) > checks.max_workers_offline:
+        problems.append(f"offline: {', '.join(offline)}")
+    return Verdict(not problems, f"{len(online)}/{len(offline)}", "; ".join(problems))
+
+
+@operation(is_idempotent=True)
+def instances_checked(settings: Settings, instances: tuple, fqdn: str, checks: OperatorChecks):
+    """Each instance (flower_instances): a layer `instance:<name>`, and the `instances` column."""
+    if not state.is_executing:
+        host.noop("each instance is checked when the run executes")
+        return
+    healthy = 0
+    for one in instances:
+        mine = instance_settings(settings, one.instance)
+        unit = _fact(UnitState, unit=mine.flower.unit_name) or {}
+        argv = [a for a in healthcheck_argv(mine)
+                if not a.startswith(("--timeout=", "--min-workers=", "--unhealthy"))]  # fmt: skip
+        health = _fact(InstalledFlowerHealth, argv=(*argv, "--timeout=1", "--min-workers=0")) or {}
+        login = (one.logins[0].user, one.logins[0].password)
+
+        def get(path: str, base: str = one.instance.base, login: tuple = login):
+            return https_get(fqdn, base + path, ca_bundle=checks.ca_bundle, login=login)
+
+        workers = workers_answer(get, checks.max_workers_offline)
+        minimum = one.instance.healthcheck_min_workers
+        verdict = instance_verdict(mine.flower, unit, health, workers, minimum, checks)
+        layer(f"instance:{one.instance.name}", verdict.ok, verdict.value, verdict.problem)
+        healthy += verdict.ok
+    layer(
+        "instances",
+        healthy == len(instances),
+        f"{healthy}/{len(instances)}",
+        f"{len(instances) - healthy} of {len(instances)} instance(s) unhealthy",
+    )
+    host.noop("the instances were checked")
+    yield from ()
+
+
 @deploy("Verify host")
 def verify_host(
-    settings: Settings, inputs: EdgeInputs, checks: OperatorChecks, dashboard: bool = True
+    settings: Settings,
+    inputs: EdgeInputs,
+    checks: OperatorChecks,
+    dashboard: bool = True,
+    instances: tuple = (),
 ) -> None:
     """Every layer's health on this host; a verify run changes nothing. `dashboard` False: a
     monitoring host that runs no Flower (its own layers come before this)."""
@@ -574,4 +657,12 @@ def verify_host(
         login=login,
         checks=checks,
     )
+    if instances:
+        instances_checked(
+            name="Each instance: unit, socket, its API with its own login",
+            settings=settings,
+            instances=instances,
+            fqdn=inputs.site.fqdn,
+            checks=checks,
+        )
     fleet_verdict(name="Verdict", checks=checks)

@@ -190,3 +190,6 @@ flower_monitoring_webhook_url = ""  # also POST alerts to this webhook ('' = non
 flower_monitoring_group_wait = "30s"  # wait this long for more alerts of a group before its first mail
 flower_monitoring_group_interval = "5m"  # wait this long before mailing a group's new alerts
 flower_monitoring_repeat_interval = "4h"  # mail a still-firing alert again after this long
+
+# --- More Flowers on the host -----------------------------------------------------------------
+flower_instances = []  # more Flowers beside the main one: [{"name", "broker_env", "path", "logins_env", optional "app", "max_tasks", "healthcheck_min_workers"}] (docs/configuration.md)

@@ -21,6 +21,7 @@ in its own module, with the checks and rules only it uses:
   remove     Remove: what the removal run (remove.py) keeps
   rollout    Rollout: the batches and canary of a rollout (python -m flowerbed.rollout)
   monitoring Monitoring: the host that scrapes the dashboards and mails alerts
+  instances  Instances: more Flowers on the host (flower_instances)
 
 and this module puts them together: SECTIONS, the rules between keys (RULES), and loading.
 """
@@ -49,6 +50,7 @@ from .edge import (
 from .egress import Egress, check_egress
 from .firewall import Firewall, PortOpening, check_firewall
 from .flower import BROKER_SCHEMES, MANAGED_KEYS, Flower, FlowerOptions, check_flower, local_app_dir
+from .instances import Instance, Instances, check_instances
 from .monitoring import Monitoring, check_monitoring
 from .oauth import GITHUB, GITLAB, OKTA, OAuthProvider, check_oauth_provider
 from .remove import Remove
@@ -57,8 +59,9 @@ from .verify import Verify, operator_checks
 
 __all__ = [  # what the operation modules, the operator's runs and the tests import from here
     "BROKER_SCHEMES", "GITHUB", "GITLAB", "LETS_ENCRYPT", "OKTA", "OWNED_PREFIXES", "RENAMED",
-    "Auth", "Egress", "Firewall", "Flower", "FlowerOptions", "Nginx", "OAuthProvider",
-    "PortOpening", "Remove", "Rollout", "Settings", "SettingsError", "Site", "Tls", "Verify",
+    "Auth", "Egress", "Firewall", "Flower", "FlowerOptions", "Instance", "Instances", "Nginx",
+    "OAuthProvider", "PortOpening", "Remove", "Rollout", "Settings", "SettingsError", "Site", "Tls",
+    "Verify",
     "dns_name", "duplicate_names", "known_keys",
     "load_settings", "local_app_dir", "operator_checks", "rollout_knobs", "validate",
     "with_defaults",
@@ -107,6 +110,7 @@ class Settings:
     remove: Remove
     rollout: Rollout
     monitoring: Monitoring
+    instances: Instances
 
 
 # attribute -> section, in the order Settings lists them
@@ -115,7 +119,7 @@ RULES = (
     check_egress, check_flower, check_firewall, check_edge, check_nginx_snippets,
     check_oauth_provider,
 )  # fmt: skip
-RULES += (check_monitoring,)
+RULES += (check_monitoring, check_instances)
 
 
 def known_keys() -> dict[str, Check]:

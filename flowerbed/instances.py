@@ -1,0 +1,368 @@
+"""Several Flowers per host (flower_instances): one more Flower per Celery app or broker.
+
+Each instance runs the main Flower's venv as the same user, under names of its own:
+
+- the unit `flower-<name>.service` (its own SyslogIdentifier, so its own journal), its socket in
+  /run/flower-<name>/ and its state in /var/lib/flower-<name>;
+- its options, broker URL (root-only) and proxy login in <flower_config_dir>/instances/<name>/;
+- its logins in /etc/nginx/flowerbed-instance-<name>.htpasswd (root:www-data 0640);
+- the locations /<path>/ (with its metrics and health check) in flowerbed's site, where its
+  worker pages, refreshes and task applies count in the expensive-request budget;
+- its own health check after a change.
+
+The host's record RECORD (root 0600) names every instance flowerbed put there, written before
+one is made: an instance dropped from the data is removed on the next run (its location first,
+through `nginx -t` and a reload, then its unit; its state in a dated backup unless
+flower_remove_keep_state = False), and remove.py removes every recorded one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+
+from pyinfra import host
+from pyinfra.api import FactBase, StringCommand, deploy, operation
+from pyinfra.api.operation import OperationMeta
+
+from . import facts
+from .auth import Login, htpasswd, parse_login
+from .flower import (
+    Installed,
+    app_check,
+    config_text,
+    env_text,
+    restart_on_change,
+    unit_text,
+)
+from .healthcheck import verify_flower
+from .hostfiles import Absent, PathStates, RootDirectory, RootFile, root_files
+from .proxy_login import proxy_login
+from .secrets import FlowerSecrets, Secret, check_password, checked_secret_file, read_secret
+from .settings import BROKER_SCHEMES, Flower, Instance, Settings, SettingsError
+from .shell import command
+from .units import UnitStates, unit_state
+from .validation import Problems, broker_url_problem
+
+RECORD = "/var/lib/flowerbed/flower-instances"
+HTPASSWD_PATTERN = "/etc/nginx/flowerbed-instance-{name}.htpasswd"
+BACKUP_DIR = "/var/backups"
+
+
+# --- what each instance is ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class InstanceInputs:
+    """One instance's checked data and secrets."""
+
+    instance: Instance
+    broker_url: Secret
+    logins: tuple[Login, ...] = field(repr=False)
+
+
+@dataclass(frozen=True)
+class SiteInstance:
+    """What the site's templates need of an instance."""
+
+    name: str
+    base: str
+    socket: str
+    htpasswd: str
+    proxy_login: str
+
+
+def instances_dir(flower: Flower) -> str:
+    return f"{flower.config_dir}/instances"
+
+
+def htpasswd_path(name: str) -> str:
+    return HTPASSWD_PATTERN.format(name=name)
+
+
+def instance_flower(flower: Flower, instance: Instance) -> Flower:
+    """The main Flower's install (venv, user), with the instance's names, broker and app."""
+    return replace(
+        flower,
+        service=instance.service,
+        config_dir=f"{instances_dir(flower)}/{instance.name}",
+        app=instance.app,
+        healthcheck_min_workers=instance.healthcheck_min_workers,
+        broker_url_env=instance.broker_env,
+        broker_api_env="",
+        basic_auth=(),
+        oauth2_secret_env="",
+        cookie_secret_env="",
+    )
+
+
+def instance_settings(settings: Settings, instance: Instance) -> Settings:
+    """The settings the main Flower's functions read, for this instance."""
+    options = replace(
+        settings.options,
+        url_prefix=instance.path,
+        max_tasks=instance.max_tasks or settings.options.max_tasks,
+    )
+    return replace(settings, flower=instance_flower(settings.flower, instance), options=options)
+
+
+def site_instances(settings: Settings) -> tuple[SiteInstance, ...]:
+    result = []
+    for instance in settings.instances.instances:
+        flower = instance_flower(settings.flower, instance)
+        result.append(
+            SiteInstance(
+                name=instance.name,
+                base=instance.base,
+                socket=flower.socket,
+                htpasswd=htpasswd_path(instance.name),
+                proxy_login=flower.proxy_login_nginx,
+            )
+        )
+    return tuple(result)
+
+
+# --- the secrets ----------------------------------------------------------------------------
+
+
+def instance_inputs(settings: Settings, environ: Mapping[str, str]) -> tuple[InstanceInputs, ...]:
+    """Every instance's broker URL and logins, checked; every problem at once, no value shown."""
+    problems, result = Problems(), []
+    for instance in settings.instances.instances:
+        key = f"flower_instances[{instance.name!r}]"
+        found = {}
+        with problems.check():
+            found["broker_url"] = instance_broker(f"{key}.broker_env", instance.broker_env, environ)
+        with problems.check():
+            found["logins"] = instance_logins(f"{key}.logins_env", instance.logins_env, environ)
+        if len(found) == 2:
+            result.append(InstanceInputs(instance, **found))
+    problems.raise_any()
+    return tuple(result)
+
+
+def instance_broker(key: str, env_name: str, environ: Mapping[str, str]) -> Secret:
+    secret = read_secret(key, env_name, environ)
+    if found := broker_url_problem(secret.value, BROKER_SCHEMES):
+        problem, fix = found
+        raise SettingsError(key, f"${env_name} {problem}", fix)
+    return secret
+
+
+def instance_logins(key: str, env_name: str, environ: Mapping[str, str]) -> tuple[Login, ...]:
+    """user:password[,user:password] as the main logins (flowerbed/auth.py), under `key`."""
+    secret = read_secret(key, env_name, environ)
+    problems, logins = Problems(), []
+    for position, entry in enumerate(secret.value.split(","), start=1):
+        try:
+            login = parse_login(entry, f"entry {position} of ${env_name}")
+            check_password(key, login.password, login.user, f"${env_name}")
+            logins.append(login)
+        except SettingsError as error:
+            problems.errors.append(SettingsError(key, *_problem_and_fix(error)))
+    users = [login.user for login in logins]
+    if len(set(users)) != len(users):
+        problems.errors.append(SettingsError(key, f"${env_name} names a user twice", "drop one"))
+    problems.raise_any()
+    return tuple(logins)
+
+
+def _problem_and_fix(error: SettingsError) -> tuple[str, str]:
+    """An auth error's problem and fix, to report them under the instance's key."""
+    text = str(error).removeprefix(f"{error.key}: ")
+    problem, _, fix = text.partition(". Fix: ")
+    return problem, fix
+
+
+# --- the host's record ----------------------------------------------------------------------
+
+
+class RecordedInstances(FactBase):
+    """The instance names in RECORD, one a line ([] without the file)."""
+
+    def command(self) -> StringCommand:
+        return StringCommand("cat", RECORD, "2>/dev/null", "||", "true")
+
+    @staticmethod
+    def default() -> list[str]:
+        return []
+
+    def process(self, output: list[str]) -> list[str]:
+        return [line.strip() for line in output if line.strip()]
+
+
+def record_text(names: list[str]) -> str:
+    return "".join(f"{name}\n" for name in sorted(set(names)))
+
+
+def recorded(name: str, names: list[str]) -> OperationMeta:
+    return root_files(
+        name,
+        [RootDirectory("/var/lib/flowerbed"), RootFile(RECORD, record_text(names), mode="600")],
+    )
+
+
+# --- one instance ---------------------------------------------------------------------------
+
+
+def instance_unit_text(settings: Settings, extra: tuple[str, ...] = ()) -> str:
+    """The main Flower's unit for the instance, with its own journal name; `extra` lines go
+    into its [Service] section (the memory ceiling's, for one)."""
+    flower = settings.flower
+    text = unit_text(flower, None, settings.auth.mode)
+    lines = (f"SyslogIdentifier={flower.service}", *extra)
+    return text.replace("[Service]\n", "[Service]\n" + "".join(f"{x}\n" for x in lines), 1)
+
+
+def instance_logins_lines(inputs: InstanceInputs) -> tuple[Login, ...]:
+    """The logins its htpasswd holds (other Flowers' names with the decoy's hash can join)."""
+    return inputs.logins
+
+
+def instance_service(settings: Settings, inputs: InstanceInputs, installed: Installed) -> None:
+    """One instance: its files, its secrets, its logins, restarted on a change, healthy."""
+    mine = instance_settings(settings, inputs.instance)
+    flower = mine.flower
+    root_files(
+        f"Flower {inputs.instance.name}: options, unit and directories",
+        [
+            RootDirectory(instances_dir(settings.flower)),
+            RootDirectory(flower.config_dir),
+            RootFile(flower.config_file, config_text(mine)),
+            RootFile(flower.unit_file, instance_unit_text(mine)),
+        ],
+    )
+    env = checked_secret(flower, inputs.broker_url)
+    login = proxy_login(flower)
+    htpasswd(
+        f"Flower {inputs.instance.name}: logins (bcrypt)",
+        htpasswd_path(inputs.instance.name),
+        instance_logins_lines(inputs),
+    )
+    check = app_check(flower, "basic")
+    restart_on_change(flower, env, installed.venv, login, app_check=check)
+
+
+def checked_secret(flower: Flower, broker: Secret) -> OperationMeta:
+    secrets = FlowerSecrets(broker, None, None, None, None)
+    return checked_secret_file(
+        name=f"Flower {flower.service}: secrets (root-only environment file)",
+        path=flower.env_file,
+        content=env_text(flower, secrets),
+    )
+
+
+@deploy("Flower instances")
+def flower_instances(
+    settings: Settings, inputs: tuple[InstanceInputs, ...], installed: Installed
+) -> None:
+    """Every instance in flower_instances, recorded on the host before it is made.
+    Data keys: flower_instances (and the main Flower's flower_* keys it shares)."""
+    if not inputs and not host.get_fact(RecordedInstances):
+        return
+    names = [i.instance.name for i in inputs]
+    recorded("Flower instances recorded", [*host.get_fact(RecordedInstances), *names])
+    for one in inputs:
+        instance_service(settings, one, installed)
+
+
+@deploy("Flower instances: health")
+def instances_healthy(settings: Settings) -> None:
+    for instance in settings.instances.instances:
+        verify_flower(instance_settings(settings, instance), after_changes_only=True)
+
+
+# --- dropped instances ----------------------------------------------------------------------
+
+
+def backup_path(name: str, now: datetime) -> str:
+    return f"{BACKUP_DIR}/flowerbed-flower-{name}-{now.astimezone(UTC):%Y%m%dT%H%M%SZ}.tar.gz"
+
+
+def instance_paths(flower: Flower, name: str) -> dict[str, str]:
+    """What an instance named `name` put on the host (the instance's data may be gone)."""
+    service = f"flower-{name}"
+    return {
+        "unit": f"/etc/systemd/system/{service}.service",
+        "config": f"{instances_dir(flower)}/{name}",
+        "state": f"/var/lib/{service}",
+        "htpasswd": htpasswd_path(name),
+    }
+
+
+@operation()
+def instance_taken_off(unit: str, paths: tuple[str, ...], state_dir: str, backup: str, keep: bool):
+    """`unit` stopped and disabled, its files gone, its state in `backup` (`keep`) or gone."""
+    current = facts.ask(PathStates, paths=(*paths, state_dir), digests=False)
+    running = unit_state(unit)
+    present = [path for path in paths if path in current]
+    if not present and state_dir not in current and not (running["running"] or running["enabled"]):
+        host.noop(f"{unit} is gone")
+        return
+    if running["running"] or running["enabled"]:
+        yield command("systemctl", "disable", "--now", unit)
+    if present:
+        yield command("rm", "-rf", *present)
+        yield command("systemctl", "daemon-reload")
+    if state_dir in current:
+        if keep:
+            archive = command("tar", "--create", "--gzip", f"--file={backup}", "--directory=/",
+                              state_dir.lstrip("/"))  # fmt: skip
+            yield StringCommand("umask", "077", "&&", archive)
+            yield command("chmod", "600", backup)
+        yield command("rm", "-rf", state_dir)
+
+
+def instance_removed(flower: Flower, name: str, keep: bool, now: datetime) -> OperationMeta:
+    paths = instance_paths(flower, name)
+    files = (paths["unit"], paths["config"], paths["htpasswd"])
+    unit = f"flower-{name}.service"
+    facts.expect(UnitStates, units=(unit,))
+    facts.expect(PathStates, paths=(*files, paths["state"]), digests=False)
+    backup = backup_path(name, now)
+    where = f"state backed up to {backup}" if keep else "state deleted"
+    return instance_taken_off(
+        name=f"Flower {name} removed (dropped from flower_instances; {where})",
+        unit=unit,
+        paths=files,
+        state_dir=paths["state"],
+        backup=backup,
+        keep=keep,
+    )
+
+
+def remove_instances(
+    flower: Flower, names: list[str], keep: bool, now: datetime | None = None
+) -> None:
+    when = now or datetime.now(UTC)
+    for name in names:
+        instance_removed(flower, name, keep, when)
+
+
+@deploy("Flower instances dropped")
+def instances_dropped(settings: Settings, now: datetime | None = None) -> None:
+    """Each recorded instance no longer in flower_instances leaves the host (after the site
+    stopped serving it); the record then names the current ones. Data keys: flower_instances,
+    flower_remove_keep_state."""
+    on_host = host.get_fact(RecordedInstances)
+    current = [i.name for i in settings.instances.instances]
+    dropped = [name for name in on_host if name not in current]
+    if not on_host:
+        return
+    remove_instances(settings.flower, dropped, settings.remove.keep_state, now)
+    if current:
+        recorded("Flower instances recorded (current)", current)
+        return
+    place = instances_dir(settings.flower)
+    facts.expect(PathStates, paths=(place,), digests=False)
+    directory_gone(name=f"No Flower instances left: {place} removed", path=place)
+    root_files("No Flower instances left: no record", [Absent(RECORD)])
+
+
+@operation()
+def directory_gone(path: str):
+    if path not in facts.ask(PathStates, paths=(path,), digests=False):
+        host.noop(f"no {path}")
+        return
+    yield command("rm", "-rf", path)
