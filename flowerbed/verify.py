@@ -324,8 +324,9 @@ def dashboard_verdicts(
     return verdicts
 
 
-# Flower marks a worker offline after missed heartbeats, which a loaded machine delays: one
-# that looks offline is asked about again, for up to this long, before it counts as offline.
+# Flower marks a worker offline after two missed heartbeats (4 s), which a loaded host or
+# broker misses now and then: one that looks offline is asked about again, for up to this long,
+# before it counts (a worker that is really gone costs a verify run this long).
 WORKER_GRACE_S = 12.0
 WORKER_ASK_EVERY_S = 1.0
 
@@ -346,7 +347,7 @@ def workers_answer(get, max_offline: int, grace: float = WORKER_GRACE_S):
 def api_verdicts(get, checks: OperatorChecks, now: float) -> dict[str, Verdict]:
     unreachable = {}
     answers = {
-        "workers": workers_answer(get, checks.max_workers_offline),
+        "workers": get("api/workers?status=true"),  # asked again in workers_verdict
         "failed": get(
             f"api/tasks?state=FAILURE&sort_by=-received&limit={checks.max_failed_tasks + 1}"
         ),  # fmt: skip
@@ -406,12 +407,6 @@ def api_verdicts(get, checks: OperatorChecks, now: float) -> dict[str, Verdict]:
         )  # fmt: skip
     verdicts.setdefault("registered", Verdict(True, "n/a"))
     return verdicts
-
-
-# Flower calls a worker offline after two missed heartbeats (4 s), which a loaded host or
-# broker misses now and then: a worker is reported only when Flower still says so after this
-# (a worker that is really gone costs a verify run this long).
-WORKER_GRACE_S = 12.0
 
 
 def worker_problems(alive: dict, checks: OperatorChecks) -> list[str]:
