@@ -18,6 +18,8 @@ Modules, one concern each:
   secret files compared or read on a host without printing them, in one round trip
 - packages: apt and pip egress (proxy, CAs, mirror); venv: the locked venvs
 - flower: Flower's install, configuration and service
+- ownership: Flower's user, group, unit and directories decided from the host (created by
+  flowerbed per its record, or claimed), refused before any change otherwise
 - proxy_login: Flower's own login, which only nginx holds (logins at nginx)
 - firewall: the nftables table with its rollback; listeners: what else listens on the host,
   which a new ruleset must not close unless declared
