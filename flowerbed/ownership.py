@@ -373,7 +373,7 @@ def decide(flower: Flower, found: dict, extra_created: Collection[str] = ()) -> 
         elif claim in claims or why is None:
             entries[claim] = ADOPTED
         else:
-            refusals.append(f"{label}: {why}, not created by flowerbed")
+            refusals.append(f"{label} is not flowerbed's: {why}")
             claimable.append(claim)
             keys.append(key)
     for claim in extra_created:
