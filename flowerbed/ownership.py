@@ -226,13 +226,18 @@ def record_lines(entries: dict[str, str]) -> tuple[str, ...]:
     return tuple(sorted(f"{state} {claim}" for claim, state in entries.items()))
 
 
+def flowerbeds_unit(unit_file: dict) -> bool:
+    """A unit file with flowerbed's header and description."""
+    return unit_file["mine"] and dict(unit_file["fields"]).get("Description") == DESCRIPTION
+
+
 def named_by_units(found: dict) -> set[str]:
     """What flowerbed's own unit files name (for a host deployed before the record)."""
     names = set()
     for unit in found["unit_files"].values():
-        fields = dict(unit["fields"])
-        if not unit["mine"] or fields.get("Description") != DESCRIPTION:
+        if not flowerbeds_unit(unit):
             continue
+        fields = dict(unit["fields"])
         names |= {f"user:{fields[k]}" for k in ("User",) if k in fields}
         names |= {f"group:{fields[k]}" for k in ("Group",) if k in fields}
         for field, value in unit["fields"]:
@@ -252,8 +257,7 @@ def named_by_units(found: dict) -> set[str]:
 def unit_problem(found: dict, unit: str) -> str | None:
     """Why `unit` (its files, what systemd loads) is not flowerbed's; None if absent or its."""
     files = found["unit_files"]
-    foreign = [path for path, f in files.items() if not (f["mine"] and
-               dict(f["fields"]).get("Description") == DESCRIPTION)]  # fmt: skip
+    foreign = [path for path, unit_file in files.items() if not flowerbeds_unit(unit_file)]
     loaded = found["loaded"]
     if loaded.get("Id") and loaded["Id"] != f"{unit}.service":
         return f"systemd loads it as {loaded['Id']} (an alias of another unit)"
