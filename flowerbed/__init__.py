@@ -19,6 +19,8 @@ Modules, one concern each:
 - packages: apt and pip egress (proxy, CAs, mirror); venv: the locked venvs
 - flower: Flower's install, configuration and service; instances: more Flowers on the host
   (flower_instances), each its own unit, socket, state, logins and path, removed when dropped
+- ownership: Flower's user, group, unit and directories decided from the host (created by
+  flowerbed per its record, or claimed), refused before any change otherwise
 - proxy_login: Flower's own login, which only nginx holds (logins at nginx)
 - firewall: the nftables table with its rollback; listeners: what else listens on the host,
   which a new ruleset must not close unless declared

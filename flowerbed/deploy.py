@@ -32,6 +32,7 @@ from .firewall import inbound_firewall, other_services_kept
 from .flower import flower_service, install_flower, remove_old_venvs
 from .healthcheck import verify_flower
 from .instances import flower_instances, instances_dropped, instances_healthy
+from .ownership import names_claimed
 from .packages import package_sources
 from .preflight import Checked, checked
 from .pyinfra_internals import install
@@ -63,6 +64,7 @@ def deploy_flowerbed() -> None:
     """
     checked_host = this_host()
     settings = checked_host.settings
+    names_claimed(settings)  # first: refused names fail the host before any change
     other_services_kept(settings.firewall)
     existing_site_checked(settings.site, checked_host.edge.site.fqdn)
     package_sources(settings.egress)
@@ -137,6 +139,8 @@ def deploy_flower() -> None:
     + flower_version, flower_user, flower_group, flower_socket_clients, flower_service,
       flower_config_dir, flower_install_dir: what is installed where, run as whom
     + flower_app, flower_app_source, flower_app_workdir: the Celery app (-A), if any
+    + flower_names_claimed: names that exist on the host, not created by flowerbed, handed to
+      Flower anyway (any other is refused before a change: flowerbed/ownership.py)
     + flower_broker_url_env, flower_broker_api_env, flower_basic_auth,
       flower_oauth2_secret_env, flower_cookie_secret_env: variables holding the secrets
     + flower_url_prefix, flower_max_tasks, flower_max_workers, flower_purge_offline_workers,
@@ -162,6 +166,7 @@ def deploy_flower() -> None:
     """
     checked_host = this_host()
     settings = checked_host.settings
+    names_claimed(settings)  # first: refused names fail the host before any change
     installed = install_flower(settings)
     flower_service(settings, checked_host.secrets, installed)
     flower_instances(settings, checked_host.instances, installed)

@@ -254,15 +254,13 @@ def flower_service(settings: Settings, secrets: FlowerSecrets, installed: Instal
     """Flower runs the installed venv with the current config; restarted only on change."""
     flower = settings.flower
     environment = settings.oauth_provider.environment(settings.options.auth_provider)
-    workdir = [RootDirectory(flower.app_workdir)] if flower.app_workdir else []
     root_files(
         "Flower's options (flowerconfig.py), hardened systemd unit and directories",
         [
             RootDirectory(flower.config_dir),
             RootFile(flower.config_file, config_text(settings)),
             RootFile(flower.unit_file, unit_text(flower, environment, settings.auth.mode)),
-            *workdir,
-        ],
+        ],  # flower_app_workdir is only read: never made or chowned (flowerbed/ownership.py)
     )
     env = checked_secret_file(
         name="Flower's secrets (root-only environment file)",

@@ -17,7 +17,10 @@ The order of the parts below is the order they run:
  5. the firewall: the rollback timer stopped, the boot unit disabled, its files and drop-in
     removed, then the table deleted in one nft transaction. Deleting a table only lets more
     in, so the run's own SSH connection (and any new one) is never cut;
- 6. the accounts flowerbed created (marked in the user's GECOS comment, flower.CREATED);
+ 6. the accounts flowerbed created: those its record lists as created (ownership.RECORD; on a
+    host deployed before the record, those marked in the user's GECOS comment, flower.CREATED).
+    What the record lists as adopted (claimed, flower_names_claimed) stays: accounts, the unit's
+    file (the unit is stopped) and directories (flowerbed's own files in them go);
  7. the apt packages flowerbed installed (recorded since it did), only if asked;
  8. every remaining path of `host_paths`, systemd reloaded; then one report line per host.
 
@@ -29,6 +32,7 @@ from __future__ import annotations
 
 import posixpath
 import shlex
+from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -58,6 +62,7 @@ from .hostfiles import PathStates
 from .instances import RecordedInstances, remove_instances
 from .listeners import TABLE, LoadedTable
 from .nginx import DEFAULT_SITE, HTTP_SITE, HTTPS_SITE, STOCK_DEFAULT, checked_or_restored
+from .ownership import ClaimedNames, adopted, created
 from .packages import APT_PROXY_CONF, EXTRA_CA_DIR, INSTALLED_RECORD, INSTALLED_RECORD_DIR
 from .proxy_login import RELOAD_NGINX
 from .resources import DEFAULTS
@@ -135,10 +140,22 @@ def outermost(paths: list[str]) -> list[str]:
     return [p for p in paths if not any(q != p and inside(p, q) for q in paths)]
 
 
-def files_to_remove(flower: Flower) -> tuple[str, ...]:
-    """The paths the last step removes: all of host_paths but what earlier steps handle."""
+def files_to_remove(flower: Flower, kept: Collection[str] = frozenset()) -> tuple[str, ...]:
+    """The paths the last step removes: all of host_paths but what earlier steps handle, and
+    what the record lists as adopted (`kept`: "unit:NAME", "dir:/PATH"), of which only
+    flowerbed's own files go."""
     earlier = {flower.state_dir, SNIPPET, *NGINX_FILES}
-    return tuple(p.path for p in host_paths(flower) if p.path not in earlier)
+    own_files = {  # an adopted directory stays; flowerbed's files in it go
+        flower.config_dir: (flower.config_file, flower.env_file, flower.proxy_login_env,
+                            flower.proxy_login_nginx),
+        flower.install_dir: (flower.venv, flower.venvs_dir),
+    }  # fmt: skip
+    paths: list[str] = []
+    for path in (p.path for p in host_paths(flower) if p.path not in earlier):
+        if path == flower.unit_file and f"unit:{flower.service}" in kept:
+            continue
+        paths += own_files.get(path, ()) if f"dir:{path}" in kept else [path]
+    return tuple(paths)
 
 
 def unit_files(flower: Flower) -> tuple[str, ...]:
@@ -346,19 +363,39 @@ def table_deleted():
         yield command("nft", "delete", "table", *TABLE)
 
 
+def accounts_to_delete(
+    found: dict, user: str, group: str, record: dict[str, str] | None
+) -> tuple[list[str], list[str]]:
+    """(users, groups) flowerbed created that exist: those its record lists as created; on a
+    host deployed before the record, Flower's user and group if the GECOS mark says so."""
+    if record is None:
+        made = created_accounts(found, user, group)
+        return [u for u in (user,) if u in made], [g for g in (group,) if g in made]
+    users = [u for u in created(record, "user") if u in found["passwd"]]
+    return users, [g for g in created(record, "group") if g in found["group"]]
+
+
 @operation()
-def accounts_deleted(user: str, group: str):
-    """The user and group flowerbed created are gone (others stay)."""
-    found = facts.ask(Accounts, users=(user,), groups=(group,))
-    created = created_accounts(found, user, group)
-    if not created:
+def accounts_deleted(user: str, group: str, record: tuple[tuple[str, str], ...] | None):
+    """The users and groups flowerbed created are gone (adopted ones, others', stay)."""
+    names = dict(record) if record is not None else None
+    found = facts.ask(Accounts, **account_names(user, group, names))
+    users, groups = accounts_to_delete(found, user, group, names)
+    if not users and not groups:
         kept = f"{user} was not created by flowerbed" if user in found["passwd"] else f"no {user}"
         host.noop(f"no account to delete ({kept})")
         return
-    yield command("userdel", user)
-    if group in created:  # userdel deletes a same-named group with no members left itself
-        yield StringCommand(command("getent", "group", group), ">/dev/null", "&&",
-                            command("groupdel", group), "||", "true")  # fmt: skip
+    for name in users:
+        yield command("userdel", name)
+    for name in groups:  # userdel deletes a same-named group with no members left itself
+        yield StringCommand(command("getent", "group", name), ">/dev/null", "&&",
+                            command("groupdel", name), "||", "true")  # fmt: skip
+
+
+def account_names(user: str, group: str, record: dict[str, str] | None) -> dict:
+    """The Accounts fact's arguments: Flower's user and group, and those the record made."""
+    users = tuple(dict.fromkeys((user, *created(record, "user"))))
+    return {"users": users, "groups": tuple(dict.fromkeys((group, *created(record, "group"))))}
 
 
 @operation()
@@ -464,12 +501,13 @@ def firewall_removed() -> OperationMeta:
     return table_deleted(name="Firewall: boot unit off, table deleted (SSH stays open)")
 
 
-def accounts_removed(flower: Flower) -> OperationMeta:
-    facts.expect(Accounts, users=(flower.user,), groups=(flower.group,))
+def accounts_removed(flower: Flower, record: dict[str, str] | None) -> OperationMeta:
+    facts.expect(Accounts, **account_names(flower.user, flower.group, record))
     return accounts_deleted(
         name=f"Accounts flowerbed created ({flower.user}, {flower.group})",
         user=flower.user,
         group=flower.group,
+        record=tuple(sorted(record.items())) if record is not None else None,
     )
 
 
@@ -479,8 +517,8 @@ def packages_removed(remove: Remove) -> OperationMeta:
     return packages_purged(name=f"apt packages flowerbed installed {what}", purge=remove.packages)
 
 
-def files_removed(flower: Flower) -> OperationMeta:
-    paths = files_to_remove(flower)
+def files_removed(flower: Flower, kept: set[str]) -> OperationMeta:
+    paths = files_to_remove(flower, kept)
     facts.expect(PathStates, paths=(*paths, *EMPTIED_PARENTS), digests=False)
     return paths_removed(
         name="flowerbed's remaining files removed",
@@ -491,9 +529,11 @@ def files_removed(flower: Flower) -> OperationMeta:
 
 
 def report_line(flower: Flower, remove: Remove, backup: str, had_state: bool,
-                packages: list[str]) -> str:  # fmt: skip
+                packages: list[str], state_adopted: bool = False) -> str:  # fmt: skip
     """What the host keeps, in one line."""
-    if not had_state:
+    if state_adopted:
+        state_note = f"Flower's state kept in {flower.state_dir} (adopted: flower_names_claimed)"
+    elif not had_state:
         state_note = f"no state to keep ({flower.state_dir} absent)"
     elif remove.keep_state:
         state_note = f"Flower's state kept in {backup}"
@@ -533,18 +573,22 @@ def remove_flowerbed(flower: Flower, remove: Remove, now: datetime | None = None
             log_func=logger.warning,
         )
     packages = host.get_fact(RecordedPackages)
+    record = host.get_fact(ClaimedNames)  # ownership.RECORD: created or adopted
+    kept = adopted(record)
+    state_adopted = f"dir:{flower.state_dir}" in kept
     flower_stopped(flower)
-    state_kept(flower, remove, backup)
+    if not state_adopted:
+        state_kept(flower, remove, backup)
     nginx_removed(own_site=HTTP_SITE in found)
     # after nginx stopped serving them: every instance the host's record names (flower_instances)
     remove_instances(flower, host.get_fact(RecordedInstances), remove.keep_state, now)
     certificate_removed(remove)
     firewall_removed()
-    accounts_removed(flower)
+    accounts_removed(flower, record)
     packages_removed(remove)
-    files_removed(flower)
+    files_removed(flower, kept)
     had_state = flower.state_dir in found
     removal_report(
         name="Removal report",
-        message=report_line(flower, remove, backup, had_state, packages),
+        message=report_line(flower, remove, backup, had_state, packages, state_adopted),
     )

@@ -131,78 +131,22 @@ def has_credentials(parts: SplitResult) -> bool:
 
 # --- system names and directories -----------------------------------------------------------
 
-# Units, or names of directories under /run and /var/lib, that belong to the system or to
-# well-known services: flower_service names Flower's unit and both of those directories.
-SYSTEM_SERVICE_NAMES = words(
-    """ssh sshd nginx apache2 cron anacron atd dbus getty networking network nftables iptables
-    ufw firewalld rsyslog syslog logrotate apt dpkg unattended-upgrades certbot letsencrypt
-    polkit udev udisks2 user lock shm mount log sudo private machines cloud-init chrony ntp
-    ntpsec exim4 postfix redis redis-server postgresql mysql mariadb docker containerd
-    rabbitmq-server memcached haveged auditd apparmor emergency rescue init basic default
-    graphical multi-user shutdown reboot halt poweroff sockets timers paths swap local-fs
-    remote-fs nss-lookup time-sync sysinit console-setup keyboard-setup resolvconf python3
-    pam ucf misc initramfs"""
-)
-SYSTEM_SERVICE_PATTERN = re.compile(
-    r"(systemd|getty|serial-getty|apt|dpkg|user|dbus|initrd|kmod|ifup|cloud|e2scrub|"
-    r"flowerbed|nftables|network|polkit|ssh|nginx|postgresql|redis)-.*"
-)
-PRIVILEGED_GROUPS = words(
-    """root daemon bin sys adm tty disk lp mail news uucp man proxy kmem dialout fax voice
-    cdrom floppy tape sudo audio dip www-data backup operator list irc src gnats shadow utmp
-    video sasl plugdev staff games users nogroup crontab messagebus input kvm render sgx
-    netdev ssl-cert ssh docker lxd libvirt wheel admin redis postgres nginx"""
-)
-SYSTEM_USERS = words(
-    """root daemon bin sys sync games man lp mail news uucp proxy www-data backup list irc
-    gnats nobody messagebus sshd redis postgres mysql nginx ntp dnsmasq tss uuidd avahi
-    polkitd statd tcpdump syslog rabbitmq"""
-)
-SYSTEM_ACCOUNT_PATTERN = re.compile(r"(systemd-|_|debian-).*")
+# Grammar only: whether a user, group, unit or directory may be Flower's is decided from the host
+# itself (flowerbed/ownership.py), never from a list of names.
+FLOWER_DIR_ROOTS = ("/etc", "/opt", "/srv", "/usr/local", "/var/lib", "/var/opt")
 
 
-def system_service_problem(name: str) -> str | None:
-    if name in SYSTEM_SERVICE_NAMES or SYSTEM_SERVICE_PATTERN.fullmatch(name):
-        return (
-            f"{name!r} names a system service or directory ({name}.service, /run/{name}, "
-            f"/var/lib/{name}): flowerbed would overwrite them"
-        )
+def directory_root_problem(path: str) -> str | None:
+    """Flower's config and venv directories sit inside one of FLOWER_DIR_ROOTS (never one)."""
+    if not any(path.startswith(root + "/") for root in FLOWER_DIR_ROOTS):
+        return f"{path} is not inside {', '.join(FLOWER_DIR_ROOTS)}"
     return None
 
 
-def privileged_group_problem(name: str) -> str | None:
-    if name in PRIVILEGED_GROUPS or SYSTEM_ACCOUNT_PATTERN.fullmatch(name):
-        return (
-            f"{name!r} is a system group with privileges of its own: Flower would run in it and "
-            "the proxy's users would be added to it"
-        )
-    return None
-
-
-def system_user_problem(name: str) -> str | None:
-    if name in SYSTEM_USERS or SYSTEM_ACCOUNT_PATTERN.fullmatch(name):
-        return f"{name!r} is root or a system account other software runs as"
-    return None
-
-
-# Directories flowerbed must never own (it makes its directories root:root 0755).
-SYSTEM_DIRECTORIES = words(
-    """/ /bin /boot /dev /etc /home /lib /lib64 /media /mnt /opt /proc /root /run /sbin /srv
-    /sys /tmp /usr /var /usr/bin /usr/lib /usr/lib64 /usr/local /usr/local/bin /usr/local/lib
-    /usr/local/sbin /usr/local/share /usr/local/libexec /usr/libexec /usr/sbin /usr/share
-    /usr/src /usr/include /var/lib /var/log /var/cache /var/spool /var/mail /var/www /var/opt
-    /var/backups /var/local /var/tmp /etc/nginx /etc/systemd /etc/systemd/system /etc/ssh
-    /etc/apt /etc/ssl /etc/letsencrypt /etc/default /etc/cron.d /etc/sudoers.d /etc/pam.d
-    /etc/security /etc/network /etc/init.d /etc/profile.d /etc/pip /etc/nftables.d"""
-)
-VOLATILE_TREES = ("/tmp/", "/var/tmp/", "/dev/", "/proc/", "/sys/", "/run/")
-
-
-def system_directory_problem(path: str) -> str | None:
-    if path in SYSTEM_DIRECTORIES:
-        return f"{path} is a system directory (flowerbed makes its directories root:root 0755)"
-    if path.startswith(VOLATILE_TREES):
-        return f"{path} is in a temporary, world-writable or virtual file system"
+def unit_name_problem(name: str) -> str | None:
+    """flowerbed's own units (flowerbed-firewall...) are never Flower's."""
+    if name.startswith("flowerbed"):
+        return f"{name!r} starts with 'flowerbed', which names flowerbed's own units"
     return None
 
 

@@ -29,7 +29,8 @@ flower_install_dir = "/opt/flower"  # root-owned: venvs/<lock+app hash> and the 
 flower_app = ""  # Celery app for `celery -A`, e.g. "proj.celery:app" ('' = app-less mode)
 flower_app_source = ""  # pip-installs the app: a local dir, "git+https://...@<commit>", "pkg==1.0"
 # (installed with --no-deps: the app's own dependencies belong in the lock, locks/flower-<v>.in)
-flower_app_workdir = ""  # Flower's working directory ('' = its state directory)
+flower_app_workdir = ""  # Flower's working directory ('' = its state directory); only read, never made or chowned
+flower_names_claimed = []  # names that exist on a host but flowerbed did not create, handed to Flower anyway: "user:NAME", "group:NAME", "unit:NAME", "dir:/PATH" (any other is refused, flowerbed/ownership.py)
 
 # --- Secrets: names of environment variables, never values ---------------------------------
 flower_broker_url_env = "FLOWERBED_BROKER_URL"  # holds the broker URL (with its password)

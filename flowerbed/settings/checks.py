@@ -11,14 +11,12 @@ from typing import Any
 
 from ..validation import (
     SettingsError,
+    directory_root_problem,
     has_credentials,
     looks_like_a_secret,
-    privileged_group_problem,
     shown,
     split_url,
-    system_directory_problem,
-    system_service_problem,
-    system_user_problem,
+    unit_name_problem,
 )
 
 DAY = 86400  # seconds
@@ -115,33 +113,26 @@ def env_name(optional: bool = False) -> Check:
     return check
 
 
-def account(group: bool = False) -> Check:
-    """A system user or group for flowerbed to create: never root or another service's."""
-    problem = privileged_group_problem if group else system_user_problem
-
-    def check(key: str, value: Any) -> str:
-        name()(key, value)
-        if found := problem(value):
-            raise SettingsError(
-                key, found, f"use an account of Flower's own, e.g. {key} = 'flower'"
-            )
-        return value
-
-    return check
+def account() -> Check:
+    """A user or group name: whether it may be Flower's is decided from the host
+    (flowerbed/ownership.py)."""
+    return name()
 
 
 def service_name() -> Check:
     def check(key: str, value: Any) -> str:
         text(r"[a-z][a-z0-9-]{0,30}", "a unit name like 'flower'")(key, value)
-        if found := system_service_problem(value):
+        if found := unit_name_problem(value):
             raise SettingsError(key, found, f"use a name of Flower's own, e.g. {key} = 'flower'")
         return value
 
     return check
 
 
-def absolute_path(optional: bool = False) -> Check:
-    """A directory flowerbed owns (root:root 0755): never a system or temporary directory."""
+def absolute_path(optional: bool = False, inside_roots: bool = False) -> Check:
+    """An absolute path of plain characters; `inside_roots`: a directory flowerbed makes
+    (root:root 0755), inside /etc, /opt, /srv, /usr/local, /var/lib or /var/opt. Whether it
+    may be Flower's is decided from the host (flowerbed/ownership.py)."""
 
     def check(key: str, value: Any) -> str:
         expect(key, value, str, "an absolute path")
@@ -153,7 +144,7 @@ def absolute_path(optional: bool = False) -> Check:
             raise SettingsError(
                 key, f"{shown(value)} is not an absolute path", "use a path like /opt/x"
             )
-        if found := system_directory_problem(str(path)):
+        if inside_roots and (found := directory_root_problem(str(path))):
             raise SettingsError(key, found, "use a directory of Flower's own, like /opt/flower")
         return str(path)
 

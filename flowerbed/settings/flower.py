@@ -195,6 +195,29 @@ def app_source() -> Check:
     return check
 
 
+CLAIM_KINDS = ("user", "group", "unit", "dir")
+CLAIM_HINT = '"user:NAME", "group:NAME", "unit:NAME" or "dir:/PATH"'
+
+
+def claimed_name() -> Check:
+    """One of flower_names_claimed: a kind and a name, each name in its key's own grammar."""
+    grammar = {"user": name(), "group": name(), "unit": service_name(),
+               "dir": absolute_path()}  # fmt: skip
+
+    def check(key: str, value: Any) -> str:
+        expect(key, value, str, CLAIM_HINT)
+        kind, colon, claimed = value.partition(":")
+        if not colon or kind not in CLAIM_KINDS:
+            raise SettingsError(
+                key, f"{shown(value)} is not a kind and a name", f"write it as {CLAIM_HINT}"
+            )
+        if kind == "unit":
+            claimed = claimed.removesuffix(".service")
+        return f"{kind}:{grammar[kind](key, claimed)}"
+
+    return check
+
+
 @dataclass(frozen=True)
 class FlowerOptions:
     """Flower's own options, under their real names, written to flowerconfig.py."""
@@ -228,14 +251,15 @@ class Flower:
 
     version: str = setting(text(r"\d+\.\d+\.\d+", "a Flower version like '2.2.0'"))
     user: str = setting(account())
-    group: str = setting(account(group=True))
+    group: str = setting(account())
     socket_clients: tuple[str, ...] = setting(string_list(name()))
     service: str = setting(service_name())
-    config_dir: str = setting(absolute_path())
-    install_dir: str = setting(absolute_path())
+    config_dir: str = setting(absolute_path(inside_roots=True))
+    install_dir: str = setting(absolute_path(inside_roots=True))
     app: str = setting(text(r"([\w.]+(:[\w.]+)?)?", "a Celery app like 'proj.celery:app'"))
     app_source: str = setting(app_source())
     app_workdir: str = setting(absolute_path(optional=True))
+    names_claimed: tuple[str, ...] = setting(string_list(claimed_name()))
     unauthenticated_api: bool = setting(boolean())
     restart_sec: int = setting(integer(minimum=1, maximum=3600))
     start_limit_burst: int = setting(integer(minimum=1, maximum=1000))
@@ -306,6 +330,23 @@ class Flower:
     def workdir(self) -> str:
         return self.app_workdir or self.state_dir
 
+    def names(self) -> tuple[tuple[str, str, str], ...]:
+        """Flower's names on a host, each (kind, name, the key that chooses it), as
+        flower_names_claimed spells them: the host decides whether each may be Flower's
+        (flowerbed/ownership.py). The app's working directory is only read, never made."""
+        names = [
+            ("user", self.user, "flower_user"),
+            ("group", self.group, "flower_group"),
+            ("unit", self.service, "flower_service"),
+            ("dir", self.config_dir, "flower_config_dir"),
+            ("dir", self.install_dir, "flower_install_dir"),
+            ("dir", self.state_dir, "flower_service"),
+            ("dir", self.runtime_dir, "flower_service"),
+        ]
+        if self.app_workdir:
+            names.append(("dir", self.app_workdir, "flower_app_workdir"))
+        return tuple({(kind, name): (kind, name, key) for kind, name, key in names}.values())
+
     @property
     def app_is_local(self) -> bool:
         """A path (package specs and git/https URLs never hold a bare '/')."""
@@ -359,6 +400,15 @@ def check_flower(s: Settings) -> Iterator[SettingsError]:
             "workers",
             "set flower_healthcheck_min_workers = 0 (the check then only asks /healthcheck)",
         )
+    names = {f"{kind}:{name}" for kind, name, _ in f.names()}
+    for index, claimed in enumerate(f.names_claimed):
+        if claimed not in names:
+            yield SettingsError(
+                f"flower_names_claimed[{index}]",
+                f"{claimed!r} is not one of Flower's names on a host (its user, group, unit, "
+                "config, venv, state, socket and working directories)",
+                f"claim only names Flower uses: {', '.join(sorted(names))}",
+            )
     if f.socket_clients and f.user in f.socket_clients:
         yield SettingsError(
             "flower_socket_clients", "lists Flower's own user", f"remove {f.user!r} from the list"

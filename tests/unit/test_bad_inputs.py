@@ -288,39 +288,33 @@ ROWS = {
         {"flower_broker_api_env": "FLOWERBED_BROKER_API"},
         {"FLOWERBED_BROKER_API": "ftp://u:Str0ng-api@rabbit/"},
     ),
-    # --- system names
-    "service-ssh": Bad("flower_service", "flower_service = 'flower'", {"flower_service": "ssh"}),
-    "service-systemd": Bad(
-        "flower_service", "flower_service = 'flower'", {"flower_service": "systemd-journald"}
-    ),
-    "service-nginx": Bad(
-        "flower_service", "flower_service = 'flower'", {"flower_service": "nginx"}
-    ),
-    "service-cron": Bad("flower_service", "flower_service = 'flower'", {"flower_service": "cron"}),
+    # --- names: only grammar here; whose a name is, the host decides (test_ownership_units.py)
     "service-firewall": Bad(
         "flower_service", "flower_service = 'flower'", {"flower_service": "flowerbed-firewall"}
     ),
-    "service-var-lib-dpkg": Bad(
-        "flower_service", "flower_service = 'flower'", {"flower_service": "dpkg"}
+    "service-flowerbed": Bad(
+        "flower_service", "flower_service = 'flower'", {"flower_service": "flowerbed"}
     ),
-    "group-shadow": Bad("flower_group", OWN_ACCOUNT, {"flower_group": "shadow"}),
-    "group-sudo": Bad("flower_group", OWN_ACCOUNT, {"flower_group": "sudo"}),
-    "group-www-data": Bad("flower_group", OWN_ACCOUNT, {"flower_group": "www-data"}),
-    "group-docker": Bad("flower_group", OWN_ACCOUNT, {"flower_group": "docker"}),
-    "group-root": Bad("flower_group", OWN_ACCOUNT, {"flower_group": "root"}),
-    "group-adm": Bad("flower_group", OWN_ACCOUNT, {"flower_group": "adm"}),
-    "user-root": Bad("flower_user", OWN_ACCOUNT, {"flower_user": "root"}),
-    "user-nobody": Bad("flower_user", OWN_ACCOUNT, {"flower_user": "nobody"}),
-    "user-www-data": Bad("flower_user", OWN_ACCOUNT, {"flower_user": "www-data"}),
-    "user-systemd": Bad("flower_user", OWN_ACCOUNT, {"flower_user": "systemd-network"}),
-    # --- directories flowerbed would own
+    "user-upper-case": Bad("flower_user", "like 'flower'", {"flower_user": "Admin"}),
+    "group-space": Bad("flower_group", "like 'flower'", {"flower_group": "incus admin"}),
+    # --- directories flowerbed would own: inside /etc, /opt, /srv, /usr/local, /var/lib, /var/opt
     "config-tmp": Bad("flower_config_dir", OWN_DIR, {"flower_config_dir": "/tmp"}),
     "config-var-tmp": Bad("flower_config_dir", OWN_DIR, {"flower_config_dir": "/var/tmp/flower"}),
     "config-etc": Bad("flower_config_dir", OWN_DIR, {"flower_config_dir": "/etc/"}),
+    "config-run": Bad("flower_config_dir", OWN_DIR, {"flower_config_dir": "/run/flower"}),
     "install-root": Bad("flower_install_dir", OWN_DIR, {"flower_install_dir": "/"}),
     "install-usr": Bad("flower_install_dir", OWN_DIR, {"flower_install_dir": "/usr"}),
     "install-opt": Bad("flower_install_dir", OWN_DIR, {"flower_install_dir": "/opt"}),
-    "workdir-shm": Bad("flower_app_workdir", OWN_DIR, {"flower_app_workdir": "/dev/shm"}),
+    "install-home": Bad("flower_install_dir", OWN_DIR, {"flower_install_dir": "/home/x/venv"}),
+    "claim-kind": Bad("flower_names_claimed[0]", "user:NAME", {"flower_names_claimed": ["admin"]}),
+    "claim-not-flowers": Bad(
+        "flower_names_claimed[0]",
+        "claim only names Flower uses",
+        {"flower_names_claimed": ["user:root"]},
+    ),
+    "claim-bad-path": Bad(
+        "flower_names_claimed[0]", "/opt/x", {"flower_names_claimed": ["dir:/etc/../root"]}
+    ),
     "config-dotdot": Bad(
         "flower_config_dir", "/opt/x", {"flower_config_dir": "/etc/flower/../nginx"}
     ),
@@ -579,7 +573,7 @@ def test_a_secrets_problem_points_at_the_environment_not_the_data():
 
 
 def test_bad_values_and_bad_secrets_are_reported_together_one_each():
-    host = fake_host("h1", valid_data(**SITE, **OAUTH, flower_max_tasks=0, flower_user="root"))
+    host = fake_host("h1", valid_data(**SITE, **OAUTH, flower_max_tasks=0, flower_user="Root"))
     bad_secrets = {"FLOWERBED_BROKER_URL": "redis://:CHANGE-ME@h/0", "COOKIE_SECRET": "short"}
     _, errors = host_problems(host, {**ENVIRON, **bad_secrets})
     assert [error.key for error in errors] == [

@@ -23,8 +23,8 @@ NOT_FLOWERBEDS = {
     "/etc/ssl/certs/ca-certificates.crt", "/usr/sbin/nologin", "/usr/bin/python3",
     "/etc/letsencrypt/live/flowerbed", "/etc/letsencrypt/renewal/flowerbed.conf",
 }  # fmt: skip
-MODULES = ("auth", "existing_site", "firewall", "flower", "nginx", "packages", "proxy_login",
-           "tls", "verify", "venv")  # fmt: skip
+MODULES = ("auth", "existing_site", "firewall", "flower", "nginx", "ownership", "packages",
+           "proxy_login", "tls", "verify", "venv")  # fmt: skip
 
 
 def flower(**data):
