@@ -261,3 +261,44 @@ def test_nginx_map_lets_exactly_the_logins_through(tmp_path_factory, case):
             else:
                 assert (known, authorization) == ("0", DECOY_AUTHORIZATION), (probe, logins)
     print(f"(one of {EXAMPLES} examples: {len(logins)} logins, {len(probes)} names sent)")
+
+
+# --- the packages: the module is in the Makefile's lists, and installed when missing ----------
+
+MAKEFILE = Path(__file__).resolve().parents[2] / "Makefile"
+
+
+def make_list(name: str) -> set[str]:
+    text = MAKEFILE.read_text().replace("\\\n", " ")
+    line = next(line for line in text.splitlines() if line.startswith(f"{name} :="))
+    return set(line.split(":=", 1)[1].split())
+
+
+def test_every_unit_package_is_a_machine_package_and_the_module_is_both():
+    unit, machine = make_list("UNIT_PACKAGES"), make_list("MACHINE_PACKAGES")
+    assert unit <= machine, f"in UNIT_PACKAGES, not MACHINE_PACKAGES: {sorted(unit - machine)}"
+    assert "libnginx-mod-http-headers-more-filter" in unit
+
+
+def test_install_missing_counts_a_removed_but_not_purged_package_as_missing(tmp_path):
+    """dpkg -s answers 0 for a package removed with its config files kept ("rc"): the Makefile
+    asks for "ii" (fake dpkg-query and apt-get on PATH; nothing is installed)."""
+    text = MAKEFILE.read_text()
+    define = text[text.index("define install_missing") : text.index("endef") + len("endef")]
+    (tmp_path / "Makefile").write_text(
+        f"SHELL := /bin/bash\n{define}\nall:\n\t$(call install_missing,kept removed absent)\n"
+    )
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "dpkg-query").write_text(
+        '#!/bin/sh\nfor last; do :; done\ncase "$last" in kept) printf "ii ";; '
+        'removed) printf "rc ";; *) exit 1;; esac\n'
+    )
+    (bin_dir / "apt-get").write_text('#!/bin/sh\necho "apt-get $*"\n')
+    for tool in bin_dir.iterdir():
+        tool.chmod(0o755)
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+    done = subprocess.run(["make", "-s", "-C", str(tmp_path)], env=env, capture_output=True,
+                          text=True, check=True)  # fmt: skip
+    installs = [line for line in done.stdout.splitlines() if " install " in line]
+    assert len(installs) == 1 and installs[0].endswith(" removed absent"), done.stdout
