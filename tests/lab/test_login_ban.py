@@ -1,11 +1,12 @@
 """The login ban on a real lab host (flowerbed/ban.py): a guesser in lab-allowed makes
-flower_nginx_ban_failures failed logins; fail2ban then drops it on 443, so even the right
-password from that source gets no answer, while the lab machine (another allowed source) still
-logs in; SSH stays open; the ban lifts after flower_nginx_ban_seconds; a second deploy changes
-nothing. An unknown name costs what a login's wrong password does (flowerbed/decoy.py): the
-median times agree within 0.5-2, and a new password reloads nothing while a new name does.
-The lab's bridge has no IPv6 (lab/labkit/network.py): the /64 grouping is tested in
-tests/unit/test_login_ban_units.py, against nginx itself where it is installed.
+flower_nginx_ban_failures failed logins (a login's name and unknown names alike); fail2ban
+then drops it on 443, so even the right password from that source gets no answer, while the lab
+machine (another allowed source) still logs in; SSH stays open; the ban lifts after
+flower_nginx_ban_seconds; a second deploy changes nothing. An unknown name costs what a login's
+wrong password does (flowerbed/decoy.py): the median times agree within 0.5-2, and a new
+password reloads nothing while a new name does. The lab's bridge has no IPv6
+(lab/labkit/network.py): the /64 grouping is tested in tests/unit/test_login_ban_units.py,
+against nginx itself where it is installed.
 """
 
 from __future__ import annotations
@@ -117,10 +118,10 @@ def test_a_new_password_reloads_nothing_and_a_new_name_reloads_nginx(lab: Lab, b
 def test_a_guesser_is_banned_before_bcrypt_and_the_ban_lifts(lab: Lab, banned_host):
     user, password = lab.dashboard_login
     assert reaches(lab, banned_host, (user, password), GUESSER) == 200
-    for attempt in range(FAILURES):
+    for attempt in range(FAILURES):  # a login's name and unknown ones (the decoy's) all count
+        guess = (user if attempt % 2 else f"nobody-{attempt}", f"wrong-{attempt}")
         status, _, _ = curl(
-            lab, f"https://{banned_host['fqdn']}/", auth=(user, f"wrong-{attempt}"),
-            namespace=GUESSER,
+            lab, f"https://{banned_host['fqdn']}/", auth=guess, namespace=GUESSER,
         )  # fmt: skip
         assert status in (401, 429)
     deadline = time.monotonic() + 15
