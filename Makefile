@@ -12,16 +12,20 @@ PYTEST_ARGS ?=
 # What the lab and the tests need on this machine (the lab installs its own part too).
 MACHINE_PACKAGES := make debootstrap systemd-container tinyproxy pebble redis-server openssl \
 	curl openssh-client iproute2 gpg nftables bind9-dnsutils chromium shellcheck \
-	prometheus prometheus-blackbox-exporter prometheus-alertmanager rabbitmq-server nodejs fail2ban nginx
+	prometheus prometheus-blackbox-exporter prometheus-alertmanager rabbitmq-server nodejs fail2ban nginx \
+	libnginx-mod-http-headers-more-filter git
 # What the unit tests (`-m "not lab"`) run: git (the wheel is built from git's file list),
 # nft (nft -c, as root), shellcheck, promtool (prometheus), the blackbox exporter and amtool,
-# fail2ban-regex and nginx (run on a port of its own, as the test's user, never as a service).
+# fail2ban-regex and nginx (run on a port of its own, as the test's user, never as a service)
+# with the headers-more module (the decoy's rewrite). Each is in MACHINE_PACKAGES too (a test).
 UNIT_PACKAGES := git nftables shellcheck prometheus prometheus-blackbox-exporter \
-	prometheus-alertmanager fail2ban nginx
+	prometheus-alertmanager fail2ban nginx libnginx-mod-http-headers-more-filter
 
-# Installs the Debian packages in $(1) that are missing.
+# Installs the Debian packages in $(1) that are missing: not installed ("ii"), which includes
+# removed but not purged (dpkg -s answers 0 for those: their config files are still known).
 define install_missing
-	@missing=$$(for p in $(1); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	@missing=$$(for p in $(1); do \
+	  [ "$$(dpkg-query -W -f='$${db:Status-Abbrev}' $$p 2>/dev/null)" = "ii " ] || echo $$p; done); \
 	if [ -n "$$missing" ]; then \
 	  apt-get update -q && DEBIAN_FRONTEND=noninteractive \
 	  apt-get install -y -q --no-install-recommends $$missing; \

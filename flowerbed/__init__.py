@@ -26,7 +26,8 @@ Modules, one concern each:
   which a new ruleset must not close unless declared
 - edge: nginx, TLS, logins, in order; nginx: the sites; existing_site: Flower inside the
   operator's own nginx site; tls: the certificate (certbot); auth: the dashboard's logins;
-  ban: fail2ban's jail for sources that keep failing to log in
+  decoy: an unknown login name costs one bcrypt check like a known one; ban: fail2ban's jail
+  for sources that keep failing to log in
 - healthcheck: Flower's health check in a deploy; verify: the fleet check (verify.py): each
   host's layers and the fleet's report; probe: HTTPS checks from the operator's machine;
   rotate: secret rotation (rotate.py); env_file: the operator's .env, locked and written

@@ -9,16 +9,16 @@ A user name ends at the first ':' (a password may contain ':'); entries are spli
 password cannot contain ',' and an entry without ':' is refused. Each host gets one file,
 root:www-data 0640, of `user:bcrypt-hash` lines. A hash stays as long as it matches its password,
 so a run with unchanged logins changes nothing; a changed password gets a new hash, a removed
-user its line removed. The host's file is read without printing it and compared here. Within
-one run a login gets one new hash for every host that needs one, and each (password, hash)
-pair is checked once: bcrypt is slow on purpose, so a run costs one check per distinct hash,
-not one per host.
+user its line removed; the file ends with the decoy's line (flowerbed.decoy). The host's file
+is read without printing it and compared here. Within one run a login gets one new hash for
+every host that needs one, and each (password, hash) pair is checked once: bcrypt is slow on
+purpose, so a run costs one check per distinct hash, not one per host.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 import bcrypt
@@ -91,9 +91,16 @@ def parse_login(entry: str, where: str) -> Login:
     return Login(user, password)
 
 
-def htpasswd_lines(logins: tuple[Login, ...], current: Mapping[str, str]) -> str:
-    """`user:hash` lines, keeping each current hash that still matches its password."""
-    return "".join(f"{login.user}:{_hash(login, current.get(login.user))}\n" for login in logins)
+def htpasswd_lines(
+    logins: tuple[Login, ...], current: Mapping[str, str], others: Iterable[str] = ()
+) -> str:
+    """`user:hash` lines, keeping each current hash that still matches its password; then the
+    other Flowers' login names on the host (`others`) and the decoy, all with the decoy's hash
+    (flowerbed.decoy: an unknown name costs one bcrypt check and never gets in)."""
+    from .decoy import DECOY_USER, decoy_lines  # (decoy builds on this module)
+
+    own = "".join(f"{login.user}:{_hash(login, current.get(login.user))}\n" for login in logins)
+    return own + decoy_lines((login.user for login in logins), others, current.get(DECOY_USER))
 
 
 # this run's bcrypt work, by secret: kept in memory only, never printed
@@ -134,22 +141,25 @@ def parse_htpasswd(text: str) -> dict[str, str]:
     return {user: hashed for user, colon, hashed in lines if colon}
 
 
-def htpasswd(name: str, path: str, logins: tuple[Login, ...]) -> OperationMeta:
+def htpasswd(
+    name: str, path: str, logins: tuple[Login, ...], others: tuple[str, ...] = ()
+) -> OperationMeta:
     """The op below, its file's owner and mode checked with the host's other facts."""
     facts.expect(PathStates, paths=(path,), digests=False)
     quiet.expect_read(path)
-    return htpasswd_file(name=name, path=path, logins=logins)
+    return htpasswd_file(name=name, path=path, logins=logins, others=others)
 
 
 @operation()
-def htpasswd_file(path: str, logins: tuple[Login, ...]):
+def htpasswd_file(path: str, logins: tuple[Login, ...], others: tuple[str, ...] = ()):
     """
     Ensure `path` holds a bcrypt hash for each login (root:www-data 0640), re-hashing only
-    the passwords that changed; nothing about the logins reaches pyinfra's output.
+    the passwords that changed, then the decoy's line (flowerbed.decoy; with the other Flowers'
+    login names `others`); nothing about the logins reaches pyinfra's output.
     """
     on_disk = facts.ask(PathStates, paths=(path,), digests=False).get(path)
     text = quiet.read(path) if on_disk else ""
-    content = htpasswd_lines(logins, parse_htpasswd(text))
+    content = htpasswd_lines(logins, parse_htpasswd(text), others)
     owner = on_disk and (on_disk.user, on_disk.group, on_disk.mode)
     if owner == ("root", HTPASSWD_GROUP, 0o640) and text == content:
         host.noop(f"{path} is up to date (content not shown)")

@@ -14,6 +14,7 @@ from pyinfra.api import deploy
 
 from .auth import HTPASSWD, Login, dashboard_logins, htpasswd
 from .ban import login_ban
+from .decoy import HEADERS_MORE_PACKAGE, no_users_map, users_map
 from .existing_site import nginx_in_no_site, nginx_in_site
 from .hostfiles import Absent, root_files
 from .instances import site_instances
@@ -81,19 +82,24 @@ def edge(settings: Settings, inputs: EdgeInputs) -> None:
     """nginx in front of Flower: a site of flowerbed's own with a certificate from ACME, or the
     dashboard's locations inside the operator's site (flower_existing_site)."""
     site, in_site = inputs.site, bool(settings.site.existing_site)
-    system_packages(["nginx", *([] if in_site else certbot_packages(settings.tls))])
+    decoy = [HEADERS_MORE_PACKAGE] if site.basic_auth else []  # more_set_input_headers
+    system_packages(["nginx", *decoy, *([] if in_site else certbot_packages(settings.tls))])
     if not in_site:
         nginx_in_no_site()
         nginx_http(site)
         certbot(settings.tls, inputs.dns_credentials)
         certificate = tls_certificate(CertificateRequest(site.names, settings.tls))
+    names = ()
     if site.basic_auth:
         proxy_login(settings.flower)  # what the HTTPS site includes (made by Flower's part)
-        logins = htpasswd("Dashboard logins (bcrypt)", HTPASSWD, inputs.logins)
+        htpasswd("Dashboard logins (bcrypt)", HTPASSWD, inputs.logins)  # read at each request
+        names = (users_map(login.user for login in inputs.logins),)  # a new name: a reload
     else:
-        logins = root_files("No nginx logins (Flower does OAuth)", [Absent(HTPASSWD)])
+        root_files("No nginx logins (Flower does OAuth)", [Absent(HTPASSWD)])
     if in_site:
-        nginx_in_site(site, settings, logins)  # the site's own certificate
+        nginx_in_site(site, settings, *names)  # the site's own certificate
     else:
-        nginx_https(site, settings, certificate, logins)
+        nginx_https(site, settings, certificate, *names)
+    if not site.basic_auth:
+        no_users_map()  # after the site that no longer includes it
     login_ban(settings)  # after nginx: it reads the log nginx writes

@@ -306,7 +306,7 @@ def existing_site_checked(site: Site, name: str) -> None:
 @deploy("nginx: Flower inside your site")
 def nginx_in_site(site: Dashboard, settings: Settings, *changes) -> None:
     """Flower's locations in the operator's HTTPS server; reloaded if they, the include line or
-    the logins changed."""
+    the login names changed."""
     path = settings.site.existing_site
     unit_running("nginx is enabled and running", "nginx")
     locations = root_files(
@@ -325,7 +325,7 @@ def nginx_in_site(site: Dashboard, settings: Settings, *changes) -> None:
         add_include=settings.site.existing_site_include,
     )
     reload_nginx(
-        "Test and reload nginx (Flower's locations, your site or logins changed)",
+        "Test and reload nginx (Flower's locations, your site or login names changed)",
         locations, http_level, own_site, included, *changes,
     )  # fmt: skip
 

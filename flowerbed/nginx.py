@@ -16,7 +16,8 @@ them.
 A changed file goes live only through `nginx -t`: the new file replaces the old one, nginx
 checks the whole configuration, and on failure the old file is put back and the host fails
 with nginx's error, so nginx keeps serving the configuration it has. nginx reloads only when
-a file, the certificate or the logins changed.
+a file, the certificate or the login names changed (a new password reloads nothing: nginx reads
+the htpasswd at every request).
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from pyinfra.operations.util import any_changed
 from . import facts
 from .auth import HTPASSWD
 from .ban import BAN, SOURCE_PREFIX_MAP
+from .decoy import decoy_context
 from .hostfiles import Absent, PathStates, RootFile, entry_commands
 from .render import render
 from .settings import Settings, dns_name
@@ -190,6 +192,7 @@ def dashboard_context(site: Dashboard, settings: Settings, in_site: bool = False
         "failures_listen": LOGIN_FAILURES_LISTEN,
         "source_prefix_map": SOURCE_PREFIX_MAP,
         "ban": BAN,
+        **decoy_context(),
     }
 
 
@@ -288,10 +291,13 @@ def nginx_http(site: Dashboard) -> None:
 
 @deploy("nginx: the dashboard")
 def nginx_https(site: Dashboard, settings: Settings, *changes: OperationMeta) -> None:
-    """The HTTPS site in front of Flower; reloaded if it, the certificate or logins changed."""
+    """The HTTPS site in front of Flower; reloaded if it, the certificate or the login names
+    changed."""
     https = nginx_file(
         "HTTPS site: TLS, logins, Flower's socket",
         HTTPS_SITE,
         lambda neighbours: https_site_text(site, settings, neighbours),
     )
-    reload_nginx("Test and reload nginx (site, certificate or logins changed)", https, *changes)
+    reload_nginx(
+        "Test and reload nginx (site, certificate or login names changed)", https, *changes
+    )

@@ -45,6 +45,7 @@ from pyinfra.operations.util import any_changed
 from . import facts
 from .auth import HTPASSWD
 from .ban import FILES as BAN_FILES
+from .decoy import USERS_MAP
 from .existing_site import SNIPPET, ExistingSite, flower_not_included
 from .firewall import (
     BOOT_DIR,
@@ -88,8 +89,8 @@ ROLLBACK_TIMER = "flowerbed-firewall-rollback.timer"
 # the boot unit nor nftables.service's drop-in can load it again
 FIREWALL_BOOT_FILES = (NFTABLES_DROP_IN, FIREWALL_UNIT_FILE, BOOT_RULESET)
 # flowerbed's nginx files, in the order they go (each through nginx -t): the site before the
-# logins it includes
-NGINX_FILES = (HTTPS_SITE, HTTP_SITE, HTPASSWD)
+# logins and the login names' map it includes
+NGINX_FILES = (HTTPS_SITE, HTTP_SITE, HTPASSWD, USERS_MAP)
 # directories flowerbed's files were put in with `mkdir -p`: removed when they end up empty
 # Removed when left empty. Not /usr/local/libexec, SCRIPT_DIR's parent: a directory of the FHS
 # that Debian 13 makes (no package owns it) and 12 does not, so nothing says whose it is.

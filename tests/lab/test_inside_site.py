@@ -8,7 +8,8 @@ test's own) and redirects port 80. Then, in turn:
 - with flower_existing_site_include: the line is added (one marked line, nothing else of the
   file changes), Flower answers under /flower/ with the guard, the throttles, the logins and the
   /metrics policy, the app answers the same bytes, a second run changes nothing, verify.py is
-  green; a real browser uses the dashboard and a page elsewhere cannot drive it;
+  green; an unknown name costs what a login's wrong password does (the decoy, within 0.5-2); a
+  real browser uses the dashboard and a page elsewhere cannot drive it;
 - the mode off (Flower on a name of its own): the app's file is byte for byte what it was.
 """
 
@@ -39,6 +40,7 @@ from test_browser import (  # noqa: F401 (fixtures, used by name)
     sync_api,
     wait_until_started,
 )
+from test_login_ban import wrong_password_times
 from test_verify import verify
 
 pytestmark = pytest.mark.lab
@@ -210,6 +212,22 @@ def test_flower_under_the_apps_site_and_the_app_answers_the_same_bytes(
     checked = verify([name], tmp_path, {**ADDED, "flower_verify_ca_bundle": app_host["ca"]})
     assert checked.ok, checked.result.explain()
     assert checked.summary["hosts"][name]["layers"]["site_include"]["ok"]
+
+
+def test_an_unknown_name_costs_what_a_logins_wrong_password_does_in_the_site(
+    lab: Lab, app_host: dict
+):
+    base = ["curl", "-m", "10", "--cacert", app_host["ca"], "--resolve",
+            f"{app_host['fqdn']}:443:{app_host['address']}",
+            f"https://{app_host['fqdn']}/flower/workers"]  # fmt: skip
+    times = wrong_password_times(base, lab.dashboard_login[0])
+    print(f"inside the site, wrong password, median to the first byte: known "
+          f"{times['known'] * 1000:.1f} ms, unknown {times['unknown'] * 1000:.1f} ms, "
+          f"ratio {times['ratio']:.2f}")  # fmt: skip
+    assert 0.5 <= times["ratio"] <= 2, times
+    log = lab.ssh(app_host["name"], ["cat", "/var/log/nginx/error.log"], check=True).stdout
+    assert 'user "flowerbed+decoy": password mismatch' in log
+    assert "was not found" not in log, "an unknown name was refused without a bcrypt check"
 
 
 def test_a_browser_uses_flower_in_the_site_and_a_page_elsewhere_cannot_drive_it(

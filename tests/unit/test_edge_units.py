@@ -156,13 +156,16 @@ def test_logins_never_print_their_password():
 def test_htpasswd_keeps_matching_hashes_and_rehashes_changed_passwords():
     first = htpasswd_lines(logins_from("alice:one,bob:two"), {})
     hashes = parse_htpasswd(first)
-    assert set(hashes) == {"alice", "bob"} and "one" not in first
+    assert set(hashes) == {"alice", "bob", "flowerbed+decoy"} and "one" not in first
     assert bcrypt.checkpw(b"one", hashes["alice"].encode())
     assert htpasswd_lines(logins_from("alice:one,bob:two"), hashes) == first
     rotated = parse_htpasswd(htpasswd_lines(logins_from("alice:new,bob:two"), hashes))
     assert rotated["bob"] == hashes["bob"] and rotated["alice"] != hashes["alice"]
     assert bcrypt.checkpw(b"new", rotated["alice"].encode())
-    assert set(parse_htpasswd(htpasswd_lines(logins_from("bob:two"), hashes))) == {"bob"}
+    assert set(parse_htpasswd(htpasswd_lines(logins_from("bob:two"), hashes))) == {
+        "bob",
+        "flowerbed+decoy",
+    }
 
 
 # --- the certificate ------------------------------------------------------------------------

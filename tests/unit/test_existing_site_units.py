@@ -93,9 +93,10 @@ def test_every_location_carries_the_guard_and_the_server_stays_the_operators():
     for path in ("/flower/ {", "= /flower/metrics {", "= /flower/healthcheck {"):
         block = locations.split(f"location {path}", 1)[1].split("\n    }", 1)[0]
         for guard in ("$flowerbed_outsider", "$flowerbed_cross_site", "limit_req zone",
-                      'auth_basic "Flower"'):  # fmt: skip
+                      'auth_basic "Flower"', "more_set_input_headers"):  # fmt: skip
             assert guard in block, f"{path}: {guard}"
     assert "location = / " not in locations, "the site's / is the app's"
     http_level = http_level_text(site, settings)
     assert "geo $flowerbed_outsider" in http_level and "203.0.113.0/24 0;" in http_level
-    assert "location /flower" not in http_level and "include" not in http_level
+    assert "location /flower" not in http_level and "include /etc/nginx/snip" not in http_level
+    assert "include /etc/nginx/flowerbed-users.map;" in http_level, "the decoy's login names"
