@@ -71,8 +71,8 @@ def deploy_flowerbed() -> None:
     inbound_firewall(settings.firewall)
     installed = install_flower(settings)
     flower_service(settings, checked_host.secrets, installed)
-    flower_instances(settings, checked_host.instances, installed)
-    edge(settings, checked_host.edge)
+    flower_instances(settings, checked_host.instances, installed, checked_host.edge.logins)
+    edge(settings, checked_host.edge, checked_host.instances)
     instances_dropped(settings)
     verify_flower(settings, after_changes_only=True)
     instances_healthy(settings)
@@ -169,7 +169,7 @@ def deploy_flower() -> None:
     names_claimed(settings)  # first: refused names fail the host before any change
     installed = install_flower(settings)
     flower_service(settings, checked_host.secrets, installed)
-    flower_instances(settings, checked_host.instances, installed)
+    flower_instances(settings, checked_host.instances, installed, checked_host.edge.logins)
     verify_flower(settings, after_changes_only=True)
     instances_healthy(settings)
     remove_old_venvs(settings.flower, installed)
@@ -207,7 +207,7 @@ def deploy_edge() -> None:
     """
     checked_host = this_host()
     existing_site_checked(checked_host.settings.site, checked_host.edge.site.fqdn)
-    edge(checked_host.settings, checked_host.edge)
+    edge(checked_host.settings, checked_host.edge, checked_host.instances)
 
 
 @deploy("flowerbed: health check", data_defaults=DEFAULTS)

@@ -17,7 +17,7 @@ from .ban import login_ban
 from .decoy import HEADERS_MORE_PACKAGE, no_users_map, users_map
 from .existing_site import nginx_in_no_site, nginx_in_site
 from .hostfiles import Absent, root_files
-from .instances import site_instances
+from .instances import InstanceInputs, host_login_names, others_names, site_instances
 from .nginx import Dashboard, nginx_http, nginx_https, site_names
 from .packages import system_packages
 from .proxy_login import proxy_login
@@ -78,9 +78,12 @@ def dashboard_site(settings: Settings, host_name: str) -> Dashboard:
 
 
 @deploy("Edge: nginx, TLS, logins")
-def edge(settings: Settings, inputs: EdgeInputs) -> None:
+def edge(
+    settings: Settings, inputs: EdgeInputs, instances: tuple[InstanceInputs, ...] = ()
+) -> None:
     """nginx in front of Flower: a site of flowerbed's own with a certificate from ACME, or the
-    dashboard's locations inside the operator's site (flower_existing_site)."""
+    dashboard's locations inside the operator's site (flower_existing_site). The users map
+    names every Flower's logins (the instances' too: flowerbed.decoy)."""
     site, in_site = inputs.site, bool(settings.site.existing_site)
     decoy = [HEADERS_MORE_PACKAGE] if site.basic_auth else []  # more_set_input_headers
     system_packages(["nginx", *decoy, *([] if in_site else certbot_packages(settings.tls))])
@@ -92,8 +95,11 @@ def edge(settings: Settings, inputs: EdgeInputs) -> None:
     names = ()
     if site.basic_auth:
         proxy_login(settings.flower)  # what the HTTPS site includes (made by Flower's part)
-        htpasswd("Dashboard logins (bcrypt)", HTPASSWD, inputs.logins)  # read at each request
-        names = (users_map(login.user for login in inputs.logins),)  # a new name: a reload
+        logins = host_login_names(inputs.logins, instances)
+        others = others_names(logins, HTPASSWD)
+        htpasswd("Dashboard logins (bcrypt)", HTPASSWD, inputs.logins, others)  # read per request
+        # a new name: a reload
+        names = (users_map(name for held in logins.values() for name in held),)
     else:
         root_files("No nginx logins (Flower does OAuth)", [Absent(HTPASSWD)])
     if in_site:

@@ -27,7 +27,7 @@ from pyinfra.api import FactBase, StringCommand, deploy, operation
 from pyinfra.api.operation import OperationMeta
 
 from . import facts
-from .auth import Login, htpasswd, parse_login
+from .auth import HTPASSWD, Login, htpasswd, parse_login
 from .flower import (
     Installed,
     app_check,
@@ -215,12 +215,25 @@ def instance_unit_text(settings: Settings, extra: tuple[str, ...] = ()) -> str:
     return text.replace("[Service]\n", "[Service]\n" + "".join(f"{x}\n" for x in lines), 1)
 
 
-def instance_logins_lines(inputs: InstanceInputs) -> tuple[Login, ...]:
-    """The logins its htpasswd holds (other Flowers' names with the decoy's hash can join)."""
-    return inputs.logins
+def host_login_names(
+    main: tuple[Login, ...], instances: tuple[InstanceInputs, ...]
+) -> dict[str, tuple[str, ...]]:
+    """Each htpasswd of the host's Flowers and the login names it holds."""
+    names = {HTPASSWD: tuple(login.user for login in main)}
+    for one in instances:
+        names[htpasswd_path(one.instance.name)] = tuple(login.user for login in one.logins)
+    return names
 
 
-def instance_service(settings: Settings, inputs: InstanceInputs, installed: Installed) -> None:
+def others_names(names: dict[str, tuple[str, ...]], path: str) -> tuple[str, ...]:
+    """The other Flowers' login names, which get the decoy's hash in `path` (flowerbed.decoy):
+    one Flower's login tried at another's path costs a bcrypt check there too."""
+    return tuple(name for other, held in names.items() if other != path for name in held)
+
+
+def instance_service(
+    settings: Settings, inputs: InstanceInputs, installed: Installed, others: tuple[str, ...] = ()
+) -> None:
     """One instance: its files, its secrets, its logins, restarted on a change, healthy."""
     mine = instance_settings(settings, inputs.instance)
     flower = mine.flower
@@ -238,7 +251,8 @@ def instance_service(settings: Settings, inputs: InstanceInputs, installed: Inst
     htpasswd(
         f"Flower {inputs.instance.name}: logins (bcrypt)",
         htpasswd_path(inputs.instance.name),
-        instance_logins_lines(inputs),
+        inputs.logins,
+        others,
     )
     check = app_check(flower, "basic")
     restart_on_change(flower, env, installed.venv, login, app_check=check)
@@ -255,16 +269,22 @@ def checked_secret(flower: Flower, broker: Secret) -> OperationMeta:
 
 @deploy("Flower instances")
 def flower_instances(
-    settings: Settings, inputs: tuple[InstanceInputs, ...], installed: Installed
+    settings: Settings,
+    inputs: tuple[InstanceInputs, ...],
+    installed: Installed,
+    main_logins: tuple[Login, ...] = (),
 ) -> None:
-    """Every instance in flower_instances, recorded on the host before it is made.
+    """Every instance in flower_instances, recorded on the host before it is made; each
+    htpasswd gives the other Flowers' login names (`main_logins` too) the decoy's hash.
     Data keys: flower_instances (and the main Flower's flower_* keys it shares)."""
     if not inputs and not host.get_fact(RecordedInstances):
         return
     names = [i.instance.name for i in inputs]
     recorded("Flower instances recorded", [*host.get_fact(RecordedInstances), *names])
+    logins = host_login_names(main_logins, inputs)
     for one in inputs:
-        instance_service(settings, one, installed)
+        path = htpasswd_path(one.instance.name)
+        instance_service(settings, one, installed, others_names(logins, path))
 
 
 @deploy("Flower instances: health")

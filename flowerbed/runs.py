@@ -17,7 +17,7 @@ from pyinfra import host, inventory
 from .auth import HTPASSWD, htpasswd_file
 from .deploy import deploy_flowerbed
 from .healthcheck import healthcheck_argv
-from .instances import htpasswd_path, instance_logins_lines
+from .instances import host_login_names, htpasswd_path, others_names
 from .monitoring import deploy_monitoring, is_monitoring_host, runs_dashboard
 from .monitoring_verify import monitoring_checked
 from .preflight import InvalidDeploy, checked, explicit_keys
@@ -76,7 +76,8 @@ def rotate() -> None:
     )
     if rotation.kind == "logins":
         path, logins, base = rotated_logins(this_host, rotation.instance)
-        htpasswd_file(name="Dashboard logins (bcrypt)", path=path, logins=logins)
+        others = others_names(host_login_names(this_host.edge.logins, this_host.instances), path)
+        htpasswd_file(name="Dashboard logins (bcrypt)", path=path, logins=logins, others=others)
         logins_confirmed(
             name="Over HTTPS: the new passwords get in, the old ones are refused",
             rotation=rotation,
@@ -102,7 +103,7 @@ def rotated_logins(this_host, instance: str) -> tuple[str, tuple, str]:
     if not instance:
         return HTPASSWD, this_host.edge.logins, this_host.edge.site.base
     one = next(i for i in this_host.instances if i.instance.name == instance)
-    return htpasswd_path(instance), instance_logins_lines(one), one.instance.base
+    return htpasswd_path(instance), one.logins, one.instance.base
 
 
 def remove() -> None:

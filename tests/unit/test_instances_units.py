@@ -35,6 +35,9 @@ BASE = {
 }
 
 
+HEADERS_MORE_MODULE = "/usr/lib/nginx/modules/ngx_http_headers_more_filter_module.so"
+
+
 def entry(name: str, path: str, **more) -> dict:
     upper = name.upper()
     return {"name": name, "broker_env": f"{upper}_BROKER", "path": path,
@@ -188,6 +191,7 @@ def test_the_site_with_instances_passes_a_real_nginx_t(tmp_path):
                                         .replace("listen [::]:443", "listen [::1]:18443")
                                         .replace("127.0.0.80:80", "127.0.0.80:18080"))  # fmt: skip
     (tmp_path / "nginx.conf").write_text(
+        f"load_module {HEADERS_MORE_MODULE};\n"  # the decoy's rewrite (flowerbed.decoy)
         f"pid {tmp_path}/nginx.pid;\nerror_log {tmp_path}/error.log;\nevents {{}}\n"
         f"http {{\n access_log off;\n include {tmp_path}/site.conf;\n}}\n"
     )
@@ -271,3 +275,22 @@ def test_site_instances_follow_the_data_order():
         ("beta", "/team/beta/"),
     ]
     assert datetime.now(UTC)  # (the backups are dated in UTC: flowerbed.instances.backup_path)
+
+
+def test_each_htpasswd_gives_the_other_flowers_names_the_decoys_hash():
+    from flowerbed.auth import HTPASSWD, Login
+    from flowerbed.instances import InstanceInputs, host_login_names, htpasswd_path, others_names
+
+    settings = settings_with([entry("beta", "b"), entry("gamma", "g")])
+    beta, gamma = settings.instances.instances
+
+    def inputs(instance, *users):
+        logins = tuple(Login(user, "x" * 16) for user in users)
+        return InstanceInputs(instance=instance, broker_url=None, logins=logins)
+
+    names = host_login_names(
+        (Login("admin", "y" * 16),), (inputs(beta, "beta-ops"), inputs(gamma, "g1", "g2"))
+    )
+    assert others_names(names, HTPASSWD) == ("beta-ops", "g1", "g2")
+    assert others_names(names, htpasswd_path("beta")) == ("admin", "g1", "g2")
+    assert others_names(names, htpasswd_path("gamma")) == ("admin", "beta-ops")
