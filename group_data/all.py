@@ -190,3 +190,11 @@ flower_monitoring_webhook_url = ""  # also POST alerts to this webhook ('' = non
 flower_monitoring_group_wait = "30s"  # wait this long for more alerts of a group before its first mail
 flower_monitoring_group_interval = "5m"  # wait this long before mailing a group's new alerts
 flower_monitoring_repeat_interval = "4h"  # mail a still-firing alert again after this long
+
+# --- Taking over a hand-made Flower (issue 21) -----------------------------------------------
+# Name the old Flower's unit and its --db state file: the deploy stops and disables that unit,
+# moves its unit file, drop-ins and state to /var/backups/flowerbed-takeover-<unit>-<UTC>/
+# (root-only) and copies its tasks into flowerbed's Flower. Both '' (the default): a Flower found
+# running on the host fails that host before any change, with this fix filled in.
+flower_takeover_unit = ""  # the old Flower's systemd unit, e.g. "flower-legacy.service" ('' = no takeover)
+flower_takeover_state = ""  # the old Flower's --db, e.g. "/var/lib/flower/flower.db" ('' = no takeover)
