@@ -35,6 +35,7 @@ from .packages import package_sources
 from .preflight import Checked, checked
 from .pyinfra_internals import install
 from .resources import DEFAULTS
+from .takeover import other_flower_checked, ports_closing_check, take_over
 
 
 def this_host() -> Checked:
@@ -61,11 +62,13 @@ def deploy_flowerbed() -> None:
     """
     checked_host = this_host()
     settings = checked_host.settings
-    other_services_kept(settings.firewall)
+    other_flower_checked(settings)
+    other_services_kept(settings.firewall, ports_closing_check(settings.takeover))
     existing_site_checked(settings.site, checked_host.edge.site.fqdn)
     package_sources(settings.egress)
     inbound_firewall(settings.firewall)
     installed = install_flower(settings)
+    take_over(settings)
     flower_service(settings, checked_host.secrets, installed)
     edge(settings, checked_host.edge)
     verify_flower(settings, after_changes_only=True)
@@ -144,6 +147,8 @@ def deploy_flower() -> None:
     + flower_unauthenticated_api, flower_restart_sec, flower_start_limit_burst,
       flower_start_limit_interval_sec, flower_stop_timeout_sec: the service
     + flower_healthcheck_min_workers, flower_healthcheck_timeout: the health check
+    + flower_takeover_unit, flower_takeover_state: a hand-made Flower to take over (without
+      them, another Flower running on the host fails it before any change)
 
     + Example:
 
@@ -155,7 +160,9 @@ def deploy_flower() -> None:
     """
     checked_host = this_host()
     settings = checked_host.settings
+    other_flower_checked(settings)
     installed = install_flower(settings)
+    take_over(settings)
     flower_service(settings, checked_host.secrets, installed)
     verify_flower(settings, after_changes_only=True)
     remove_old_venvs(settings.flower, installed)
