@@ -12,12 +12,14 @@ PYTEST_ARGS ?=
 # What the lab and the tests need on this machine (the lab installs its own part too).
 MACHINE_PACKAGES := make debootstrap systemd-container tinyproxy pebble redis-server openssl \
 	curl openssh-client iproute2 gpg nftables bind9-dnsutils chromium shellcheck \
-	prometheus prometheus-blackbox-exporter prometheus-alertmanager rabbitmq-server nodejs fail2ban nginx
+	prometheus prometheus-blackbox-exporter prometheus-alertmanager rabbitmq-server nodejs fail2ban nginx \
+	python3-gdbm
 # What the unit tests (`-m "not lab"`) run: git (the wheel is built from git's file list),
 # nft (nft -c, as root), shellcheck, promtool (prometheus), the blackbox exporter and amtool,
-# fail2ban-regex and nginx (run on a port of its own, as the test's user, never as a service).
+# fail2ban-regex and nginx (run on a port of its own, as the test's user, never as a service),
+# python3-gdbm (the takeover's state copy across dbm backends, on Debian's own python3).
 UNIT_PACKAGES := git nftables shellcheck prometheus prometheus-blackbox-exporter \
-	prometheus-alertmanager fail2ban nginx
+	prometheus-alertmanager fail2ban nginx python3-gdbm
 
 # Installs the Debian packages in $(1) that are missing.
 define install_missing
