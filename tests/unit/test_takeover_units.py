@@ -271,7 +271,8 @@ def test_an_existing_state_is_never_overwritten(tmp_path, debian_python):
             db[b"mine"] = b"flowerbed's"
         records, note = m.copied(backup + old, target, "root:root")
         with dbm.open(target, "r") as db:
-            print(json.dumps({"records": records, "note": note, "keys": list(map(bytes.decode, db.keys()))}))
+            keys = [key.decode() for key in db.keys()]
+        print(json.dumps({"records": records, "note": note, "keys": keys}))
     """
     result = copy_on_debian_python(tmp_path, "dbm.gnu", "dbm.gnu", steps)
     assert result["records"] == 0 and result["keys"] == ["mine"]
