@@ -290,3 +290,43 @@ def test_an_unreadable_state_is_a_note_not_a_crash(tmp_path, debian_python):
     assert broken[0] == 0 and "could not be read" in broken[1]
     assert missing == [0, "no state file was found"]
     assert "t" not in left and not [f for f in left if "takeover" in f]
+
+
+TAKE = """
+    unit_file = tmp + "/etc/systemd/system/flower-legacy.service"
+    os.makedirs(os.path.dirname(unit_file))
+    with open(unit_file, "w") as f:
+        f.write("[Service]\\nExecStart=/opt/f/bin/celery flower --basic_auth=admin:s3cret\\n")
+    argv = "/opt/f/bin/celery flower --basic_auth=admin:s3cret --db=" + old
+    m.shown = lambda units: [{"Id": units[0], "LoadState": "loaded", "FragmentPath": unit_file,
+                              "DropInPaths": "", "ExecStart": "{ argv[]=" + argv + " ; }"}]
+    ran = []
+    m.run = lambda *argv, check=False: ran.append(argv[:2]) or ""
+    m.BACKUPS, m.LOCAL_DIRS = tmp + "/backups", (tmp + "/etc/",)
+    os.makedirs(m.BACKUPS)
+    user = __import__("pwd").getpwuid(os.getuid()).pw_name
+    group = __import__("grp").getgrgid(os.getgid()).gr_name
+    target = tmp + "/var/lib/flower/flower"
+    report = m.take("flower-legacy.service", old, target, user + ":" + group, "20260101T000000Z")
+    mode = lambda p: "df"[os.path.isfile(p)] + oct(os.stat(p).st_mode & 0o777)
+    modes = {p[len(report["backup"]):] or "/": mode(p)
+             for p in [report["backup"]] + [os.path.join(d, n) for d, ds, fs in
+                                            os.walk(report["backup"]) for n in ds + fs]}
+    print(json.dumps({**report, "ran": ran, "modes": modes,
+                      "left": sorted(os.listdir(tmp + "/var/lib/flower"))}))
+"""
+
+
+def test_take_moves_the_old_files_out_before_it_copies(tmp_path, debian_python):
+    """The gdbm pitfall on a whole takeover: the old gdbm `flower.db` would pass for
+    flowerbed's Berkeley DB `flower` (`flower.db`) were it still there when the copy looks."""
+    report = copy_on_debian_python(tmp_path, "dbm.gnu", "dbm.ndbm", TAKE)
+    assert report["records"] == 50, report["note"]
+    assert report["left"] == ["flower.db"]  # flowerbed's own, Berkeley DB's name for `flower`
+    assert report["ran"][:2] == [["systemctl", "stop"], ["systemctl", "disable"]]
+    assert report["backup"].endswith("/flowerbed-takeover-flower-legacy.service-20260101T000000Z")
+    assert set(report["modes"].values()) == {"d0o700", "f0o600"}
+    assert any(
+        path.endswith("/etc/systemd/system/flower-legacy.service") for path in report["kept"]
+    )
+    assert "/README" in report["modes"]
