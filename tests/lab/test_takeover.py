@@ -22,10 +22,12 @@ import secrets
 import shlex
 import time
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 from conftest import REPO, Lab
 from deploy_helpers import DeployResult, run_deploy
+from lab_worker import demo
 from test_firewall import tcp
 from test_rabbitmq import wait_for
 
@@ -35,6 +37,7 @@ LEGACY = "flower-legacy.service"
 VENV = "/opt/flower-legacy"
 DB = "/var/lib/flower/flower.db"
 PORT = 5555
+SENT = 20  # tasks sent to the lab's worker while the old Flower watches (the producer's come too)
 SHELL_PORT = 5566
 TAKEOVER = {"flower_takeover_unit": LEGACY, "flower_takeover_state": DB}
 WATCHED = "/etc /opt /usr/local /srv /var/lib /var/backups"
@@ -82,8 +85,7 @@ def legacy(lab: Lab, module_hosts) -> dict:
     broker_url = lab.secrets["FLOWERBED_BROKER_URL"]
     lab.ssh(name, setup_script(legacy_unit(broker_url, password)), timeout=600, check=True)
     wait_for(lambda: listening(lab, name, PORT), 60, "the old Flower to listen")
-    from urllib.parse import urlsplit
-
+    demo(lab, f"from flowerbed_demo.app import add\nfor i in range({SENT}):\n    add.delay(i, i)")
     return {"name": name, "password": password, "broker": urlsplit(broker_url).password}
 
 
@@ -149,9 +151,9 @@ def test_a_unit_that_runs_no_flower_is_refused_and_left_running(lab: Lab, legacy
 def test_the_hand_made_flower_is_taken_over(lab: Lab, legacy: dict):
     name = legacy["name"]
     finished = wait_for(
-        lambda: {k for k, t in old_tasks(lab, name, legacy["password"]).items()
-                 if t["state"] in FINISHED},
-        120, "the old Flower to show finished tasks from the lab's worker",
+        lambda: (done := {k for k, t in old_tasks(lab, name, legacy["password"]).items()
+                          if t["state"] in FINISHED}) and len(done) >= SENT and done,
+        120, "the old Flower to show the sent tasks finished by the lab's worker",
     )  # fmt: skip
     started = time.monotonic()
     result = run_deploy([name], data=TAKEOVER)
