@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+import sys
 import textwrap
 from importlib.machinery import SourceFileLoader
 from pathlib import Path
@@ -25,7 +26,9 @@ NAMED = Takeover(unit=LEGACY, state=DB)
 NONE = Takeover(unit="", state="")
 
 
-def script_module():
+def script_module(monkeypatch):
+    """The host-side script as a module (no bytecode left beside it: files/ ships in the wheel)."""
+    monkeypatch.setattr(sys, "dont_write_bytecode", True)
     return SourceFileLoader("flowerbed_takeover_script", str(SCRIPT)).load_module()
 
 
@@ -171,8 +174,8 @@ def test_closing_line_says_what_was_kept_where():
 # --- the host-side script -------------------------------------------------------------------
 
 
-def test_the_look_never_sends_a_command_line():
-    module = script_module()
+def test_the_look_never_sends_a_command_line(monkeypatch):
+    module = script_module(monkeypatch)
     argv = ["/opt/f/bin/celery", "--broker=redis://:pw@x/0", "flower", "--port=5555",
             "--basic_auth=admin:s3cret", f"--db={DB}"]  # fmt: skip
     exec_start = "{ path=/opt/f/bin/celery ; argv[]=" + " ".join(argv) + " ; ignore_errors=no }"
@@ -203,7 +206,8 @@ def copy_on_debian_python(tmp_path: Path, writer: str, reader: str, steps: str) 
             dbm._defaultmod = {reader}
         owner = os.getuid()
     """) + textwrap.dedent(steps)
-    done = subprocess.run([DEBIAN_PYTHON, "-I", "-S", "-c", code], capture_output=True, text=True)
+    argv = [DEBIAN_PYTHON, "-B", "-I", "-S", "-c", code]
+    done = subprocess.run(argv, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout)
 
