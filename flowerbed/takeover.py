@@ -144,7 +144,8 @@ def takeover_plan(found: dict, takeover: Takeover) -> tuple[str, str]:
     ("refuse", message) for a named unit that is not a hand-made Flower's."""
     unit = named_unit(found, takeover)
     backups = found.get("backups", [])
-    if (unit is None or unit["load"] != "loaded") and backups:
+    # gone, or flowerbed's own by now (an old unit named like flowerbed's, flower.service)
+    if (unit is None or unit["load"] != "loaded" or unit["flowerbed"]) and backups:
         return "done", backups[-1]
     key = "flower_takeover_unit"
     if unit is None or unit["load"] != "loaded":

@@ -136,6 +136,8 @@ def test_a_flower_from_a_shell_is_named_by_process_and_never_offered_as_its_cgro
         ({"units": [unit(load="not-found")], "backups": [f"/var/backups/x-{LEGACY}-1"]}, "done"),
         ({"units": [unit(load="not-found")], "backups": []}, "refuse"),
         ({"units": [unit(flowerbed=True)], "backups": []}, "refuse"),
+        # the old unit was named like flowerbed's own (flower.service): flowerbed's by now
+        ({"units": [unit(flowerbed=True)], "backups": [f"/var/backups/x-{LEGACY}-1"]}, "done"),
         ({"units": [unit(runs=False)], "backups": []}, "refuse"),
     ],
 )
