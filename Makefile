@@ -13,13 +13,14 @@ PYTEST_ARGS ?=
 MACHINE_PACKAGES := make debootstrap systemd-container tinyproxy pebble redis-server openssl \
 	curl openssh-client iproute2 gpg nftables bind9-dnsutils chromium shellcheck \
 	prometheus prometheus-blackbox-exporter prometheus-alertmanager rabbitmq-server nodejs fail2ban nginx \
-	libnginx-mod-http-headers-more-filter git
+	libnginx-mod-http-headers-more-filter git python3-gdbm
 # What the unit tests (`-m "not lab"`) run: git (the wheel is built from git's file list),
 # nft (nft -c, as root), shellcheck, promtool (prometheus), the blackbox exporter and amtool,
 # fail2ban-regex and nginx (run on a port of its own, as the test's user, never as a service)
-# with the headers-more module (the decoy's rewrite). Each is in MACHINE_PACKAGES too (a test).
+# with the headers-more module (the decoy's rewrite), python3-gdbm (the takeover's state copy
+# across dbm backends, on Debian's own python3). Each is in MACHINE_PACKAGES too (a test).
 UNIT_PACKAGES := git nftables shellcheck prometheus prometheus-blackbox-exporter \
-	prometheus-alertmanager fail2ban nginx libnginx-mod-http-headers-more-filter
+	prometheus-alertmanager fail2ban nginx libnginx-mod-http-headers-more-filter python3-gdbm
 
 # Installs the Debian packages in $(1) that are missing: not installed ("ii"), which includes
 # removed but not purged (dpkg -s answers 0 for those: their config files are still known).

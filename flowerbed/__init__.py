@@ -11,8 +11,8 @@ Modules, one concern each:
 - deploy: the deploys a consumer calls; defaults: every data key's default (group_data/all.py)
 - resources: the package data (templates/, files/, locks/) and the base of relative paths
 - settings: the validated data model, one module per concern (checks: the shared checks;
-  egress, flower, firewall, edge, oauth, verify, remove: their sections and rules); validation: its
-  rules and error reporting
+  egress, flower, firewall, edge, oauth, verify, remove, takeover: their sections and
+  rules); validation: its rules and error reporting
 - preflight: every host's data and secrets checked before any host changes
 - secrets: the operator's secrets (environment or .env) and the no-diff secret file; quiet:
   secret files compared or read on a host without printing them, in one round trip
@@ -21,6 +21,8 @@ Modules, one concern each:
   (flower_instances), each its own unit, socket, state, logins and path, removed when dropped
 - ownership: Flower's user, group, unit and directories decided from the host (created by
   flowerbed per its record, or claimed), refused before any change otherwise
+- flower: Flower's install, configuration and service; takeover: a hand-made Flower taken
+  over (flower_takeover_*), and any other Flower refused before a change
 - proxy_login: Flower's own login, which only nginx holds (logins at nginx)
 - firewall: the nftables table with its rollback; listeners: what else listens on the host,
   which a new ruleset must not close unless declared

@@ -37,6 +37,7 @@ from .packages import package_sources
 from .preflight import Checked, checked
 from .pyinfra_internals import install
 from .resources import DEFAULTS
+from .takeover import other_flower_checked, ports_closing_check, take_over, takeover_names
 
 
 def this_host() -> Checked:
@@ -64,12 +65,14 @@ def deploy_flowerbed() -> None:
     """
     checked_host = this_host()
     settings = checked_host.settings
-    names_claimed(settings)  # first: refused names fail the host before any change
-    other_services_kept(settings.firewall)
+    names_claimed(settings, takeover_names(settings.takeover))  # refused: before any change
+    other_flower_checked(settings)
+    other_services_kept(settings.firewall, ports_closing_check(settings.takeover))
     existing_site_checked(settings.site, checked_host.edge.site.fqdn)
     package_sources(settings.egress)
     inbound_firewall(settings.firewall)
     installed = install_flower(settings)
+    take_over(settings)
     flower_service(settings, checked_host.secrets, installed)
     flower_instances(settings, checked_host.instances, installed, checked_host.edge.logins)
     edge(settings, checked_host.edge, checked_host.instances)
@@ -155,6 +158,8 @@ def deploy_flower() -> None:
     + flower_healthcheck_min_workers, flower_healthcheck_timeout: the health check
     + flower_instances: more Flowers beside the main one, each with its own unit, socket,
       state, logins and path (flowerbed/instances.py)
+    + flower_takeover_unit, flower_takeover_state: a hand-made Flower to take over (without
+      them, another Flower running on the host fails it before any change)
 
     + Example:
 
@@ -166,8 +171,10 @@ def deploy_flower() -> None:
     """
     checked_host = this_host()
     settings = checked_host.settings
-    names_claimed(settings)  # first: refused names fail the host before any change
+    names_claimed(settings, takeover_names(settings.takeover))  # refused: before any change
+    other_flower_checked(settings)
     installed = install_flower(settings)
+    take_over(settings)
     flower_service(settings, checked_host.secrets, installed)
     flower_instances(settings, checked_host.instances, installed, checked_host.edge.logins)
     verify_flower(settings, after_changes_only=True)

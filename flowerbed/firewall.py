@@ -32,6 +32,7 @@ import hashlib
 import ipaddress
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from io import StringIO
 
@@ -314,16 +315,19 @@ def kept_ports(firewall: Firewall, shared: dict[int, str] | None = None) -> set[
 
 
 @operation()
-def listeners_kept(firewall: Firewall):
+def listeners_kept(firewall: Firewall, closing: Callable[[], set[tuple[int, str]]] = set):
     """Before a changed ruleset: no service listening beyond loopback is newly closed to every
     other machine unless flower_firewall_openings opens it or flower_firewall_close_listeners
-    agrees. Refused, the host fails here, before its firewall or anything after changes."""
+    agrees, or `closing()` names it (a Flower being taken over, flowerbed/takeover.py).
+    Refused, the host fails here, before its firewall or anything after changes."""
     if facts.ask(LoadedRulesetDigest) == ruleset(firewall).digest:
         host.noop("the loaded ruleset is the wanted one: it closes nothing new")
         return
     shared = shared_ports(firewall, facts.ask(NginxNeighbours))
     cut = cut_off(
-        facts.ask(ListeningSockets), kept_ports(firewall, shared), facts.ask(LoadedOpenPorts)
+        facts.ask(ListeningSockets),
+        kept_ports(firewall, shared) | closing(),
+        facts.ask(LoadedOpenPorts),
     )
     if not cut:
         host.noop("every service listening beyond loopback stays reachable, or is agreed closed")
@@ -333,13 +337,18 @@ def listeners_kept(firewall: Firewall):
 
 
 @deploy("Firewall: the host's other services")
-def other_services_kept(firewall: Firewall) -> None:
-    """No other service of the host's is cut off unless the operator said so. Runs before
-    anything else changes the host, so a refused host is left exactly as it was."""
+def other_services_kept(
+    firewall: Firewall, closing: Callable[[], set[tuple[int, str]]] = set
+) -> None:
+    """No other service of the host's is cut off unless the operator said so (or `closing()`
+    names its port). Runs before anything else changes the host, so a refused host is left
+    exactly as it was."""
     if not firewall.firewall_manage:
         return  # no table of flowerbed's closes anything
     facts.expect(LoadedRulesetDigest)
-    listeners_kept(name="No listening service closed unless declared", firewall=firewall)
+    listeners_kept(
+        name="No listening service closed unless declared", firewall=firewall, closing=closing
+    )
 
 
 # --- the deploy -----------------------------------------------------------------------------

@@ -194,3 +194,10 @@ flower_monitoring_repeat_interval = "4h"  # mail a still-firing alert again afte
 
 # --- More Flowers on the host -----------------------------------------------------------------
 flower_instances = []  # more Flowers beside the main one: [{"name", "broker_env", "path", "logins_env", optional "app", "max_tasks", "healthcheck_min_workers"}] (docs/configuration.md)
+# --- Taking over a hand-made Flower (issue 21) -----------------------------------------------
+# Name the old Flower's unit and its --db state file: the deploy stops and disables that unit,
+# moves its unit file, drop-ins and state to /var/backups/flowerbed-takeover-<unit>-<UTC>/
+# (root-only) and copies its tasks into flowerbed's Flower. Both '' (the default): a Flower found
+# running on the host fails that host before any change, with this fix filled in.
+flower_takeover_unit = ""  # the old Flower's systemd unit, e.g. "flower-legacy.service" ('' = no takeover)
+flower_takeover_state = ""  # the old Flower's --db, e.g. "/var/lib/flower/flower.db" ('' = no takeover)

@@ -22,6 +22,7 @@ in its own module, with the checks and rules only it uses:
   rollout    Rollout: the batches and canary of a rollout (python -m flowerbed.rollout)
   monitoring Monitoring: the host that scrapes the dashboards and mails alerts
   instances  Instances: more Flowers on the host (flower_instances)
+  takeover   Takeover: a hand-made Flower flowerbed takes over (its unit and state)
 
 and this module puts them together: SECTIONS, the rules between keys (RULES), and loading.
 """
@@ -55,12 +56,15 @@ from .monitoring import Monitoring, check_monitoring
 from .oauth import GITHUB, GITLAB, OKTA, OAuthProvider, check_oauth_provider
 from .remove import Remove
 from .rollout import Rollout, rollout_knobs
+from .takeover import Takeover, check_takeover
 from .verify import Verify, operator_checks
 
 __all__ = [  # what the operation modules, the operator's runs and the tests import from here
     "BROKER_SCHEMES", "GITHUB", "GITLAB", "LETS_ENCRYPT", "OKTA", "OWNED_PREFIXES", "RENAMED",
     "Auth", "Egress", "Firewall", "Flower", "FlowerOptions", "Instance", "Instances", "Nginx",
     "OAuthProvider", "PortOpening", "Remove", "Rollout", "Settings", "SettingsError", "Site", "Tls",
+    "Auth", "Egress", "Firewall", "Flower", "FlowerOptions", "Nginx", "OAuthProvider",
+    "PortOpening", "Remove", "Rollout", "Settings", "SettingsError", "Site", "Takeover", "Tls",
     "Verify",
     "dns_name", "duplicate_names", "known_keys",
     "load_settings", "local_app_dir", "operator_checks", "rollout_knobs", "validate",
@@ -111,6 +115,7 @@ class Settings:
     rollout: Rollout
     monitoring: Monitoring
     instances: Instances
+    takeover: Takeover
 
 
 # attribute -> section, in the order Settings lists them
@@ -120,6 +125,7 @@ RULES = (
     check_oauth_provider,
 )  # fmt: skip
 RULES += (check_monitoring, check_instances)
+RULES += (check_monitoring, check_takeover)
 
 
 def known_keys() -> dict[str, Check]:
