@@ -216,6 +216,11 @@ def test_each_instance_shows_its_own_workers_and_lets_in_its_own_logins(lab: Lab
             else:
                 assert code in (401, 429), (who, where, code)
     name = setup["host"]["name"]
+    # one Flower's login at another's path costs a bcrypt check there too (flowerbed.decoy):
+    # never nginx's fast "was not found", which tells a guesser the name is real elsewhere
+    errors = lab.ssh(name, ["cat", "/var/log/nginx/error.log"], check=True).stdout
+    for user in {main[0], alpha[0], beta[0]}:
+        assert f'user "{user}" was not found' not in errors, errors
     modes = lab.ssh(
         name,
         "stat -c '%n %U:%G %a' /etc/nginx/flowerbed-instance-*.htpasswd "
