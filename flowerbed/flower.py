@@ -278,7 +278,7 @@ def flower_service(settings: Settings, secrets: FlowerSecrets, installed: Instal
     unit = unit_text(flower, environment, settings.auth.mode, memory_ceiling(settings))
     watchdog = memory.watchdog_path(flower.config_dir)
     root_files(
-        "Flower's options (flowerconfig.py), memory watchdog, hardened systemd unit and directories",
+        "Flower's options (flowerconfig.py), its memory watchdog, hardened unit and directories",
         [
             RootDirectory(flower.config_dir),
             RootFile(flower.config_file, config_text(settings)),

@@ -104,7 +104,7 @@ def record_path(state_dir: str) -> str:
     return f"{state_dir}/{RECORD_FILE}"
 
 
-WATCHDOG_START = '''
+WATCHDOG_START = """
 # flowerbed's memory watchdog, {path}: started only inside the Flower
 # that runs with this file as its --conf; a tool that reads this file starts nothing. Its name
 # is deleted below, so none reaches Flower's options.
@@ -129,7 +129,7 @@ def _flowerbed_memory_watchdog():
 
 _flowerbed_memory_watchdog()
 del _flowerbed_memory_watchdog
-'''
+"""
 
 
 def config_block(

@@ -18,6 +18,7 @@ prometheus_client Flower ships with: this file runs on the host's Python.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import json
 import os
 import signal
@@ -78,7 +79,7 @@ class Watchdog(threading.Thread):
         self.armed: bool | None = None  # decided at the first check after the socket is bound
 
     def decide(self, resident: int, bound: bool) -> str:
-        """"wait" (still starting, or kept), "keep" (over NEAR_SHARE at start: not restarted
+        """One of "wait" (still starting), "keep" (over NEAR_SHARE at start: not restarted
         in this run), "restart", or "ok"."""
         share = resident / self.max_bytes
         if not bound:
@@ -130,10 +131,8 @@ def log(line: str) -> None:
 
 def _exit_now() -> None:
     for stream in (sys.stdout, sys.stderr):
-        try:
+        with contextlib.suppress(OSError, ValueError):
             stream.flush()
-        except (OSError, ValueError):
-            pass
     os._exit(EXIT_RESTART)
 
 
@@ -153,11 +152,11 @@ def metrics(watchdog: Watchdog) -> None:
     Gauge(
         "flowerbed_flower_resident_memory_bytes", "Flower's resident memory (/proc/self/statm)"
     ).set_function(resident_bytes)
-    Gauge(
-        "flowerbed_flower_memory_max_bytes", "Flower's memory ceiling (flower_memory_max)"
-    ).set(watchdog.max_bytes)
+    Gauge("flowerbed_flower_memory_max_bytes", "Flower's memory ceiling (flower_memory_max)").set(
+        watchdog.max_bytes
+    )
     Counter(
-        "flowerbed_flower_memory_restarts", "Restarts at the memory ceiling, counted by the watchdog"
+        "flowerbed_flower_memory_restarts", "Restarts at the ceiling, counted by the watchdog"
     ).inc(int(found.get("restarts", 0)))
     Gauge(
         "flowerbed_flower_memory_last_restart_timestamp_seconds",

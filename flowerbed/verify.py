@@ -161,7 +161,7 @@ class MemoryUse(FactBase):
     def command(self, unit: str, record: str) -> StringCommand:
         main_pid = shlex.join(["systemctl", "show", "--property=MainPID", "--value", unit])
         return StringCommand(
-            f"pid=$({main_pid}); [ \"$pid\" = 0 ] || echo resident=$(ps -o rss= -p \"$pid\");"
+            f'pid=$({main_pid}); [ "$pid" = 0 ] || echo resident=$(ps -o rss= -p "$pid");'
             f" cat {shlex.quote(record)} 2>/dev/null; true"
         )
 

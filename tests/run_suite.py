@@ -38,6 +38,8 @@ SHARDS = {
         "test_leak_scan.py", "test_remove.py", "test_beside_docker.py", "test_cookie_rotation.py",
         "test_login_ban.py", "test_edge.py", "test_inside_site.py",
     ],
+    # (issue 21's: each on fresh hosts of its own)
+    "fresh-d": ["test_memory_ceiling.py"],
 }  # fmt: skip
 # Alone, after the shards: they stop the shared worker or broker, flood it, rotate the lab's own
 # logins (.lab/lab.env, which every deploy reads), or take the lab down.
