@@ -17,7 +17,9 @@ Modules, one concern each:
 - secrets: the operator's secrets (environment or .env) and the no-diff secret file; quiet:
   secret files compared or read on a host without printing them, in one round trip
 - packages: apt and pip egress (proxy, CAs, mirror); venv: the locked venvs
-- flower: Flower's install, configuration and service
+- flower: Flower's install, configuration and service; memory: its memory ceiling
+  (flower_memory_max) and the verdict of verify's memory layer; memory_watchdog: the watchdog
+  that runs inside Flower and restarts it cleanly at the ceiling
 - proxy_login: Flower's own login, which only nginx holds (logins at nginx)
 - firewall: the nftables table with its rollback; listeners: what else listens on the host,
   which a new ruleset must not close unless declared

@@ -156,8 +156,14 @@ def restart_alert_fires(fqdn: str, before: dict, after: dict, tmp_path: Path) ->
             "alert_rule_test": [{
                 "eval_time": "15m",
                 "alertname": "FlowerRestartedAtMemoryCeiling",
-                "exp_alerts": [{"exp_labels": {"severity": "warning", "job": "flower",
-                                               "instance": fqdn}}],
+                "exp_alerts": [{
+                    "exp_labels": {"severity": "warning", "job": "flower", "instance": fqdn},
+                    "exp_annotations": {
+                        "summary": f"Flower on {fqdn} was restarted at its memory ceiling",
+                        "description": "Its saved state was kept. Raise flower_memory_max or "
+                        "lower flower_max_tasks; verify.py's memory layer shows the restart.",
+                    },
+                }],
             }],
         }],
     }  # fmt: skip
