@@ -126,7 +126,7 @@ def memory_ceiling(settings: Settings) -> memory.Ceiling:
 def watchdog_block(settings: Settings) -> str:
     flower = settings.flower
     return memory.config_block(
-        memory_ceiling(settings), flower.config_dir, flower.state_dir, flower.socket,
+        memory_ceiling(settings), flower.config_file, flower.state_dir, flower.socket,
         flower.stop_timeout_sec,
     )  # fmt: skip
 

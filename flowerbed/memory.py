@@ -110,10 +110,10 @@ WATCHDOG_START = """
 # flowerbed's memory watchdog, {path}: started only inside the Flower
 # that runs with this file as its --conf; a tool that reads this file starts nothing. Its name
 # is deleted below, so none reaches Flower's options.
-def _flowerbed_memory_watchdog(conf):
+def _flowerbed_memory_watchdog():
     import sys
 
-    if not conf or "--conf=" + conf not in sys.argv or "flowerbed_memory_watchdog" in sys.modules:
+    if {argument!r} not in sys.argv or "flowerbed_memory_watchdog" in sys.modules:
         return
     import importlib.util
 
@@ -129,16 +129,19 @@ def _flowerbed_memory_watchdog(conf):
     )
 
 
-_flowerbed_memory_watchdog(globals().get("__file__"))
+_flowerbed_memory_watchdog()
 del _flowerbed_memory_watchdog
 """
 
 
 def config_block(
-    limit: Ceiling, config_dir: str, state_dir: str, socket: str, stop_timeout_sec: int
+    limit: Ceiling, config_file: str, state_dir: str, socket: str, stop_timeout_sec: int
 ) -> str:
-    """The lines flowerconfig.py ends with: the watchdog's start, for one Flower."""
+    """The lines `config_file` (one Flower's flowerconfig.py) ends with: the watchdog's start,
+    inside the process started with `--conf=<config_file>` only."""
+    config_dir = config_file.rpartition("/")[0]
     return WATCHDOG_START.format(
+        argument=f"--conf={config_file}",
         path=watchdog_path(config_dir),
         max_bytes=limit.max_bytes,
         record=record_path(state_dir),
@@ -149,9 +152,9 @@ def config_block(
 
 def watchdog_source() -> str:
     """The watchdog's file as the host gets it (this package's memory_watchdog.py)."""
-    from pathlib import Path
+    from .resources import package_path
 
-    return (Path(__file__).parent / "memory_watchdog.py").read_text()
+    return package_path(WATCHDOG_FILE).read_text()
 
 
 def mib(size: float) -> str:
