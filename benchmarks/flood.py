@@ -1,7 +1,7 @@
 """Flower under a flood of task events: its memory and its API latency through nginx.
 
     flock /tmp/fb-lab.lock .venv/bin/python benchmarks/flood.py [--tasks 200000] [--rate 1000]
-        [--max-tasks 20000]
+        [--max-tasks 20000] [--payload 1024]
 
 Boots a fresh lab host (`make lab-up` first), deploys it with `flower_max_tasks` set and the
 lab's Redis at a database of its own (so the shared hosts' Flowers never see the flood), then
@@ -10,7 +10,9 @@ task-succeeded, and the worker's heartbeats) straight to the broker's event exch
 --rate tasks a second: Celery's own event dispatcher, no worker process, so the lab's cores go
 to Flower rather than to running no-op tasks. Meanwhile it samples the RSS of the flower
 process on the host and times GET /api/tasks?limit=100 and /api/workers through nginx with a
-login, one keep-alive connection each, as a dashboard polls. Flower's /metrics
+login, one keep-alive connection each, as a dashboard polls. --payload N gives each task's
+args, kwargs and result N characters each (Flower keeps them per task: the per-task cost that
+flowerbed/memory.py's default ceiling is derived from). Flower's /metrics
 (`flower_events_total`) says how many events it has handled, so the lag shows whether the
 rate is one Flower keeps up with. Prints numbers; asserts nothing about time.
 """
@@ -54,9 +56,10 @@ def broker_at_own_database(url: str) -> str:
 class Flood:
     """The events of `tasks` tasks at `rate` tasks a second, with heartbeats every 2 s."""
 
-    def __init__(self, broker: str, tasks: int, rate: int):
+    def __init__(self, broker: str, tasks: int, rate: int, payload: int = 0):
         self.app = Celery(broker=broker)
         self.tasks, self.rate = tasks, rate
+        self.payload = payload
         self.sent = 0
         self.events = 0  # task events (what flower_events_total counts)
 
@@ -78,14 +81,23 @@ class Flood:
     def one_task(self, dispatcher) -> None:
         task_id = str(uuid.uuid4())
         now = time.time()
+        args, kwargs, result = self.payloads(task_id)
         dispatcher.send(
-            "task-received", uuid=task_id, name=TASK, args="()", kwargs="{}", retries=0,
+            "task-received", uuid=task_id, name=TASK, args=args, kwargs=kwargs, retries=0,
             eta=None, expires=None, root_id=task_id, parent_id=None,
         )  # fmt: skip
         dispatcher.send("task-started", uuid=task_id)
-        dispatcher.send("task-succeeded", uuid=task_id, result="None", runtime=time.time() - now)
+        dispatcher.send("task-succeeded", uuid=task_id, result=result, runtime=time.time() - now)
         self.sent += 1
         self.events += 3
+
+    def payloads(self, task_id: str) -> tuple[str, str, str]:
+        """args, kwargs and result as a worker reports them (reprs), `payload` characters each
+        (unique per task, so nothing is shared between tasks)."""
+        if not self.payload:
+            return "()", "{}", "None"
+        filler = (task_id * (self.payload // len(task_id) + 1))[: self.payload]
+        return f"('{filler[:-4]}',)", f"{{'x': '{filler[:-9]}'}}", f"'{filler[:-2]}'"
 
     def heartbeat(self, dispatcher) -> None:
         dispatcher.send(
@@ -147,6 +159,7 @@ def main() -> None:
     parser.add_argument("--rate", type=int, default=1000, help="tasks a second")
     parser.add_argument("--max-tasks", type=int, default=20_000)
     parser.add_argument("--distro", default="trixie")
+    parser.add_argument("--payload", type=int, default=0, help="characters of args/kwargs/result")
     args = parser.parse_args()
 
     subprocess.run(
@@ -168,11 +181,11 @@ def measure(lab: Lab, broker: str, args: argparse.Namespace) -> None:
     fqdn, ca, login = lab.host(HOST)["fqdn"], lab.state["acme"]["root"], lab.dashboard_login
     print(
         f"host {HOST} ({args.distro}), flower_max_tasks={args.max_tasks}, {args.tasks} tasks "
-        f"at {args.rate}/s (3 events each), broker database {DATABASE}"
+        f"at {args.rate}/s (3 events each, payload {args.payload}), broker database {DATABASE}"
     )
     idle = {path: [api_seconds(fqdn, ca, login, path) for _ in range(10)] for path in PATHS}
     rss_before, events_before = flower_rss_mib(HOST), handled_events(fqdn, ca)
-    flood = Flood(broker, args.tasks, args.rate)
+    flood = Flood(broker, args.tasks, args.rate, args.payload)
     origin = time.monotonic()
 
     def progress() -> tuple[int, int, float]:

@@ -18,11 +18,13 @@ Modules, one concern each:
   secret files compared or read on a host without printing them, in one round trip
 - packages: apt and pip egress (proxy, CAs, mirror); venv: the locked venvs
 - flower: Flower's install, configuration and service; instances: more Flowers on the host
-  (flower_instances), each its own unit, socket, state, logins and path, removed when dropped
+  (flower_instances), each its own unit, socket, state, logins and path, removed when dropped;
+  takeover: a hand-made Flower taken over (flower_takeover_*), and any other Flower refused
+  before a change; memory: its memory ceiling (flower_memory_max) and the verdict of verify's
+  memory layer; memory_watchdog: the watchdog that runs inside Flower and restarts it cleanly
+  at the ceiling
 - ownership: Flower's user, group, unit and directories decided from the host (created by
   flowerbed per its record, or claimed), refused before any change otherwise
-- flower: Flower's install, configuration and service; takeover: a hand-made Flower taken
-  over (flower_takeover_*), and any other Flower refused before a change
 - proxy_login: Flower's own login, which only nginx holds (logins at nginx)
 - firewall: the nftables table with its rollback; listeners: what else listens on the host,
   which a new ruleset must not close unless declared

@@ -36,6 +36,9 @@ DEFAULTS: dict[str, str] = {
     "flower_down_for": "5m",  # Flower unscrapeable, no targets, or the HTTPS probe failing
     "certificate_days": "14",  # alert when the served certificate expires sooner (certbot: 30)
     "certificate_for": "1h",
+    "memory_near_ratio": "0.8",  # resident memory over this share of the ceiling (the watchdog
+    "memory_near_for": "10m",  # restarts Flower at 0.9: flowerbed/memory.py)
+    "memory_restart_window": "1h",  # a restart at the ceiling alerts this long
 }
 
 DURATION = re.compile(r"^(\d+(ms|s|m|h|d|w|y))+$")

@@ -155,6 +155,7 @@ def deploy_flower() -> None:
       flower_gitlab_auth_allowed_groups, flower_gitlab_min_access_level: OAuth providers
     + flower_unauthenticated_api, flower_restart_sec, flower_start_limit_burst,
       flower_start_limit_interval_sec, flower_stop_timeout_sec: the service
+    + flower_memory_max: its memory ceiling (with flower_max_tasks: flowerbed/memory.py)
     + flower_healthcheck_min_workers, flower_healthcheck_timeout: the health check
     + flower_instances: more Flowers beside the main one, each with its own unit, socket,
       state, logins and path (flowerbed/instances.py)

@@ -20,7 +20,7 @@ from pyinfra.api import FactBase, StringCommand, deploy, operation
 from pyinfra.api.operation import OperationMeta
 from pyinfra.operations.util import any_changed
 
-from . import facts
+from . import facts, memory
 from .hostfiles import RootDirectory, RootFile, changed, root_files
 from .packages import pip_conf, system_packages
 from .proxy_login import env_files, no_proxy_login, proxy_login
@@ -113,8 +113,22 @@ def flower_config_values(flower: Flower, options: FlowerOptions) -> list[tuple[s
 
 
 def config_text(settings: Settings) -> str:
-    values = flower_config_values(settings.flower, settings.options)
-    return render("flowerconfig.py.j2", values=values)
+    flower = settings.flower
+    values = flower_config_values(flower, settings.options)
+    return render("flowerconfig.py.j2", values=values, watchdog=watchdog_block(settings))
+
+
+def memory_ceiling(settings: Settings) -> memory.Ceiling:
+    """The main Flower's ceiling: flower_memory_max, or derived from flower_max_tasks."""
+    return memory.ceiling(settings.flower.memory_max, settings.options.max_tasks)
+
+
+def watchdog_block(settings: Settings) -> str:
+    flower = settings.flower
+    return memory.config_block(
+        memory_ceiling(settings), flower.config_file, flower.state_dir, flower.socket,
+        flower.stop_timeout_sec,
+    )  # fmt: skip
 
 
 def exec_start(flower: Flower) -> list[str]:
@@ -124,16 +138,21 @@ def exec_start(flower: Flower) -> list[str]:
 
 
 def unit_text(
-    flower: Flower, environment: list[tuple[str, str]] | None = None, auth_mode: str = "basic"
+    flower: Flower,
+    environment: list[tuple[str, str]] | None = None,
+    auth_mode: str = "basic",
+    ceiling: memory.Ceiling | None = None,
 ) -> str:
     """The unit; `environment` = what the OAuth provider's handler reads (not secret); with
-    logins at nginx, Flower also reads its proxy login (flowerbed/proxy_login.py)."""
+    logins at nginx, Flower also reads its proxy login (flowerbed/proxy_login.py); `ceiling`:
+    its MemoryHigh/MemoryMax (flowerbed/memory.py)."""
     return render(
         "flower.service.j2",
         flower=flower,
         env_files=env_files(flower, auth_mode),
         exec_start=" ".join(exec_start(flower)),
         environment=[unit_quote(f"{name}={value}") for name, value in environment or []],
+        memory=memory.unit_lines(ceiling) if ceiling else [],
     )
 
 
@@ -251,15 +270,19 @@ def created_accounts(found: dict, user: str, group: str) -> tuple[str, ...]:
 
 @deploy("Flower service")
 def flower_service(settings: Settings, secrets: FlowerSecrets, installed: Installed):
-    """Flower runs the installed venv with the current config; restarted only on change."""
+    """Flower runs the installed venv with the current config; restarted only on change.
+    Its memory ceiling: flower_memory_max, else derived from flower_max_tasks."""
     flower = settings.flower
     environment = settings.oauth_provider.environment(settings.options.auth_provider)
+    unit = unit_text(flower, environment, settings.auth.mode, memory_ceiling(settings))
+    watchdog = memory.watchdog_path(flower.config_dir)
     root_files(
-        "Flower's options (flowerconfig.py), hardened systemd unit and directories",
+        "Flower's options (flowerconfig.py), its memory watchdog, hardened unit and directories",
         [
             RootDirectory(flower.config_dir),
             RootFile(flower.config_file, config_text(settings)),
-            RootFile(flower.unit_file, unit_text(flower, environment, settings.auth.mode)),
+            RootFile(watchdog, memory.watchdog_source()),
+            RootFile(flower.unit_file, unit),
         ],  # flower_app_workdir is only read: never made or chowned (flowerbed/ownership.py)
     )
     env = checked_secret_file(
@@ -298,7 +321,9 @@ def restart_on_change(
     stale = stale_check(flower)
     unit_changed = changed(flower.unit_file)
     inputs_changed = any_changed(*inputs)
-    config_changed = changed(flower.unit_file, flower.config_file)
+    config_changed = changed(
+        flower.unit_file, flower.config_file, memory.watchdog_path(flower.config_dir)
+    )
     facts.expect(UnitStates, units=(flower.unit_name,))
     restart = restarted(
         name="Restart Flower (unit, environment, config or venv changed)",

@@ -26,13 +26,14 @@ from pyinfra import host
 from pyinfra.api import FactBase, StringCommand, deploy, operation
 from pyinfra.api.operation import OperationMeta
 
-from . import facts
+from . import facts, memory
 from .auth import HTPASSWD, Login, htpasswd, parse_login
 from .flower import (
     Installed,
     app_check,
     config_text,
     env_text,
+    memory_ceiling,
     restart_on_change,
     unit_text,
 )
@@ -207,10 +208,10 @@ def recorded(name: str, names: list[str]) -> OperationMeta:
 
 
 def instance_unit_text(settings: Settings, extra: tuple[str, ...] = ()) -> str:
-    """The main Flower's unit for the instance, with its own journal name; `extra` lines go
-    into its [Service] section (the memory ceiling's, for one)."""
+    """The main Flower's unit for the instance, with its own journal name and its own memory
+    ceiling (from its max_tasks); `extra` lines go into its [Service] section."""
     flower = settings.flower
-    text = unit_text(flower, None, settings.auth.mode)
+    text = unit_text(flower, None, settings.auth.mode, memory_ceiling(settings))
     lines = (f"SyslogIdentifier={flower.service}", *extra)
     return text.replace("[Service]\n", "[Service]\n" + "".join(f"{x}\n" for x in lines), 1)
 
@@ -242,7 +243,8 @@ def instance_service(
         [
             RootDirectory(instances_dir(settings.flower)),
             RootDirectory(flower.config_dir),
-            RootFile(flower.config_file, config_text(mine)),
+            RootFile(flower.config_file, config_text(mine)),  # starts its memory watchdog
+            RootFile(memory.watchdog_path(flower.config_dir), memory.watchdog_source()),
             RootFile(flower.unit_file, instance_unit_text(mine)),
         ],
     )

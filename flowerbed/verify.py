@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 from pyinfra import host, logger, state
 from pyinfra.api import FactBase, FunctionCommand, StringCommand, deploy, operation
 
+from . import memory
 from .ban import LoginBans, banning
 from .existing_site import ExistingSite, include_verdict, site_file
 from .firewall import LoadedRulesetDigest, ruleset
@@ -63,7 +64,7 @@ class HostReport:
 
 LAYERS = (
     "unit", "socket", "nginx", "nginx_config", "https", "certificate", "renewal", "firewall",
-    "sandbox", "state", "workers", "failed_tasks", "stuck_tasks", "queues", "registered",
+    "sandbox", "state", "memory", "workers", "failed_tasks", "stuck_tasks", "queues", "registered",
     "site_include",  # inside the operator's site only
     "targets", "rules", "delivery",  # the monitoring host only (flowerbed/monitoring_verify.py)
 )  # fmt: skip
@@ -152,6 +153,39 @@ class StateSaved(FactBase):
         saved = values.get("saved")
         age = int(values["now"]) - int(saved) if saved else None
         return {"age": age, "used": values.get("used", "?").strip()}
+
+
+class MemoryUse(FactBase):
+    """{"resident": Flower's resident bytes (None: not running), and the watchdog's record:
+    "restarts", "last" (unix time), "at" (resident bytes then)} (flowerbed/memory.py)."""
+
+    def command(self, unit: str, record: str) -> StringCommand:
+        main_pid = shlex.join(["systemctl", "show", "--property=MainPID", "--value", unit])
+        return StringCommand(
+            f'pid=$({main_pid}); [ "$pid" = 0 ] || echo resident=$(ps -o rss= -p "$pid");'
+            f" cat {shlex.quote(record)} 2>/dev/null; true"
+        )
+
+    def process(self, output: list[str]) -> dict:
+        found: dict = {}
+        for line in output:
+            if line.startswith("resident=") and line[9:].strip().isdigit():
+                found["resident"] = int(line[9:]) * 1024
+            elif line.startswith("{"):
+                try:
+                    record = json.loads(line)
+                except ValueError:
+                    continue
+                found.update({k: record[k] for k in ("restarts", "last", "at") if k in record})
+        return found
+
+
+def memory_layer(settings: Settings) -> Verdict:
+    """Flower's resident memory against its ceiling, and a recent restart at the ceiling."""
+    flower = settings.flower
+    limit = memory.ceiling(flower.memory_max, settings.options.max_tasks)
+    found = _fact(MemoryUse, unit=flower.unit_name, record=memory.record_path(flower.state_dir))
+    return Verdict(*memory.verdict(limit, found or {}, time.time()))
 
 
 def firewall_layer(settings: Settings, loaded: str | None) -> None:
@@ -258,6 +292,7 @@ def host_layers_checked(settings: Settings, checks: OperatorChecks, server_name:
         layer("site_include", ok, "ok" if ok else "missing", problem)
     for name, verdict in (
         ("state", state_verdict(flower, settings.options)),
+        ("memory", memory_layer(settings)),
         ("renewal", renewal_verdict() if not settings.site.existing_site else Verdict(True, "n/a")),
     ):
         layer(name, verdict.ok, verdict.value, verdict.problem)
@@ -485,7 +520,7 @@ COLUMNS = (
     ("host", None), ("unit", "unit"), ("socket", "socket"), ("nginx", "nginx"),
     ("nginx -t", "nginx_config"), ("https", "https"), ("cert days", "certificate"),
     ("renewal", "renewal"), ("firewall", "firewall"), ("sandbox", "sandbox"),
-    ("state", "state"), ("workers on/off", "workers"),
+    ("state", "state"), ("memory", "memory"), ("workers on/off", "workers"),
     ("failed 1h", "failed_tasks"), ("stuck", "stuck_tasks"), ("max queue", "queues"),
     ("registered", "registered"), ("in site", "site_include"), ("targets", "targets"),
     ("rules", "rules"), ("delivery", "delivery"), ("instances", "instances"), ("verdict", None),

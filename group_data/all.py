@@ -70,6 +70,7 @@ flower_restart_sec = 5  # wait before restarting a crashed Flower
 flower_start_limit_burst = 5  # at most this many starts ...
 flower_start_limit_interval_sec = 300  # ... within this many seconds, then systemd gives up
 flower_stop_timeout_sec = 30  # time to save state on stop before SIGKILL
+flower_memory_max = ""  # Flower's memory ceiling, e.g. "2G" ('' = 128 MiB + 24 KiB per max_tasks)
 flower_healthcheck_min_workers = 1  # the deploy fails a host whose Flower sees fewer workers
 flower_healthcheck_timeout = 60  # seconds a (re)started Flower gets to become healthy
 

@@ -48,8 +48,12 @@ SHARDS = {
         "test_login_ban.py", "test_edge.py", "test_inside_site.py",
     ],
     # issue 21: several Flowers on one fresh host (a worker of its own on Redis db 11), the
-    # takeover of a hand-made Flower; issue 19: Flower's names decided from the host
-    "fresh-d": ["test_instances.py", "test_takeover.py", "test_names_from_host.py"],
+    # takeover of a hand-made Flower, the memory ceiling; issue 19: Flower's names decided from
+    # the host. Each on fresh hosts of its own.
+    "fresh-d": [
+        "test_instances.py", "test_takeover.py", "test_names_from_host.py",
+        "test_memory_ceiling.py",
+    ],
 }  # fmt: skip
 # Alone, after the shards: they stop the shared worker or broker, flood it, rotate the lab's own
 # logins (.lab/lab.env, which every deploy reads), or take the lab down.

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..memory import memory_size
 from ..resources import LOCKS, is_local_dir, local_path
 from ..validation import SettingsError, flower_auth_problem, has_credentials, shown, split_url
 from .checks import (
@@ -265,6 +266,7 @@ class Flower:
     start_limit_burst: int = setting(integer(minimum=1, maximum=1000))
     start_limit_interval_sec: int = setting(integer(minimum=1, maximum=DAY))
     stop_timeout_sec: int = setting(integer(minimum=1, maximum=3600))
+    memory_max: str = setting(memory_size())
     healthcheck_min_workers: int = setting(integer(maximum=100_000))
     healthcheck_timeout: int = setting(integer(minimum=1, maximum=3600))
     broker_url_env: str = setting(env_name())

@@ -23,7 +23,7 @@ HOSTS = ["h1", "h2"]
 WORKER = "demo@labmachine"
 LAYERS = {
     "unit", "socket", "nginx", "nginx_config", "https", "certificate", "renewal", "firewall",
-    "sandbox", "state", "workers", "failed_tasks", "stuck_tasks", "queues", "registered",
+    "sandbox", "state", "memory", "workers", "failed_tasks", "stuck_tasks", "queues", "registered",
     "login_ban",
 }  # fmt: skip
 

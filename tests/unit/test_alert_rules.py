@@ -31,6 +31,8 @@ ALERTS = [
     "FlowerTargetsMissing",
     "FlowerCertificateExpiringSoon",
     "FlowerProbeFailed",
+    "FlowerMemoryNearCeiling",
+    "FlowerRestartedAtMemoryCeiling",
 ]
 
 

@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from flowerbed import verify
+from flowerbed import memory, verify
 from flowerbed.edge import dashboard_site
 from flowerbed.flower import config_text
 from flowerbed.instances import (
@@ -144,6 +144,10 @@ def test_each_instance_has_names_of_its_own_and_the_main_venv():
     assert "[Service]\nSyslogIdentifier=flower-alpha\nMemoryMax=1G\n" in unit
     assert "--conf=/etc/flower/instances/alpha/flowerconfig.py" in unit
     assert "EnvironmentFile=/etc/flower/instances/alpha/flower-alpha-proxy-login.env" in unit
+    # its own memory ceiling, from its own max_tasks, and its own watchdog (flowerbed.memory)
+    for line in memory.unit_lines(memory.ceiling("", 500)):
+        assert f"\n{line}\n" in unit, line
+    assert memory.watchdog_path(flower.config_dir) in config
 
 
 def test_the_site_serves_each_instance_with_its_own_logins_socket_and_budget():
