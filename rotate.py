@@ -5,6 +5,7 @@
     FLOWERBED_NEW_BROKER_URL=redis://:NEW@broker:6379/0 \\
         pyinfra inventory/prod.py rotate.py -y --data rotate=broker         # the broker password
     pyinfra inventory/prod.py rotate.py -y --data rotate=cookie             # OAuth cookie secret
+    pyinfra inventory/prod.py rotate.py -y --data rotate_instance=billing   # an instance's logins
 
 The new value goes into the env file the secret came from (.env or $FLOWERBED_ENV_FILE, locked
 while it is written), with the old one kept as <VARIABLE>_PREVIOUS until every host of the

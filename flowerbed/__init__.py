@@ -11,8 +11,8 @@ Modules, one concern each:
 - deploy: the deploys a consumer calls; defaults: every data key's default (group_data/all.py)
 - resources: the package data (templates/, files/, locks/) and the base of relative paths
 - settings: the validated data model, one module per concern (checks: the shared checks;
-  egress, flower, firewall, edge, oauth, verify, remove, takeover: their sections and
-  rules); validation: its rules and error reporting
+  egress, flower, firewall, edge, oauth, verify, remove, instances, takeover: their
+  sections and rules); validation: its rules and error reporting
 - preflight: every host's data and secrets checked before any host changes
 - secrets: the operator's secrets (environment or .env) and the no-diff secret file; quiet:
   secret files compared or read on a host without printing them, in one round trip

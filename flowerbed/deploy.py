@@ -65,16 +65,17 @@ def deploy_flowerbed() -> None:
     """
     checked_host = this_host()
     settings = checked_host.settings
-    names_claimed(settings, takeover_names(settings.takeover))  # refused: before any change
+    # refused before any change, the names last: their check writes its record
     other_flower_checked(settings)
     other_services_kept(settings.firewall, ports_closing_check(settings.takeover))
     existing_site_checked(settings.site, checked_host.edge.site.fqdn)
+    names_claimed(settings, takeover_names(settings))
     package_sources(settings.egress)
     inbound_firewall(settings.firewall)
     installed = install_flower(settings)
     take_over(settings)
     flower_service(settings, checked_host.secrets, installed)
-    flower_instances(settings, checked_host.instances, installed, checked_host.edge.logins)
+    flower_instances(settings, checked_host.instances, installed)
     edge(settings, checked_host.edge, checked_host.instances)
     instances_dropped(settings)
     verify_flower(settings, after_changes_only=True)
@@ -128,9 +129,9 @@ def deploy_firewall() -> None:
 
         deploy_firewall()
     """
-    firewall = this_host().settings.firewall
-    other_services_kept(firewall)
-    inbound_firewall(firewall)
+    settings = this_host().settings
+    other_services_kept(settings.firewall, ports_closing_check(settings.takeover))
+    inbound_firewall(settings.firewall)
 
 
 @deploy("flowerbed: Flower", data_defaults=DEFAULTS)
@@ -172,12 +173,13 @@ def deploy_flower() -> None:
     """
     checked_host = this_host()
     settings = checked_host.settings
-    names_claimed(settings, takeover_names(settings.takeover))  # refused: before any change
+    # refused before any change, the names last: their check writes its record
     other_flower_checked(settings)
+    names_claimed(settings, takeover_names(settings))
     installed = install_flower(settings)
     take_over(settings)
     flower_service(settings, checked_host.secrets, installed)
-    flower_instances(settings, checked_host.instances, installed, checked_host.edge.logins)
+    flower_instances(settings, checked_host.instances, installed)
     verify_flower(settings, after_changes_only=True)
     instances_healthy(settings)
     remove_old_venvs(settings.flower, installed)
@@ -201,7 +203,10 @@ def deploy_edge() -> None:
     + flower_tls_acme_directory, flower_tls_acme_ca_bundle, flower_tls_email,
       flower_tls_challenge, flower_tls_dns_plugin, flower_tls_dns_credentials_env,
       flower_tls_dns_hook: the certificate
-    + flower_auth_mode, flower_auth_users_env: who logs in, where
+    + flower_auth_mode, flower_auth_users_env: who logs in, where; with logins at nginx every
+      htpasswd (the main one and each instance's) ends with the decoy's line, and the users
+      map (/etc/nginx/flowerbed-users.map) with Debian's headers-more module sends any other
+      name to the decoy: an unknown name costs one bcrypt check, as a known one does
     + flower_monitoring_sources: who reads /metrics and /healthcheck without a login
     + flower_instances: each instance's locations, logins and socket in the site
 

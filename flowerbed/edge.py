@@ -17,7 +17,13 @@ from .ban import login_ban
 from .decoy import HEADERS_MORE_PACKAGE, no_users_map, users_map
 from .existing_site import nginx_in_no_site, nginx_in_site
 from .hostfiles import Absent, root_files
-from .instances import InstanceInputs, host_login_names, others_names, site_instances
+from .instances import (
+    InstanceInputs,
+    host_login_names,
+    instances_htpasswds,
+    others_names,
+    site_instances,
+)
 from .nginx import Dashboard, nginx_http, nginx_https, site_names
 from .packages import system_packages
 from .proxy_login import proxy_login
@@ -98,6 +104,7 @@ def edge(
         logins = host_login_names(inputs.logins, instances)
         others = others_names(logins, HTPASSWD)
         htpasswd("Dashboard logins (bcrypt)", HTPASSWD, inputs.logins, others)  # read per request
+        instances_htpasswds(instances, logins)
         # a new name: a reload
         names = (users_map(name for held in logins.values() for name in held),)
     else:

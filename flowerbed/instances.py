@@ -232,10 +232,9 @@ def others_names(names: dict[str, tuple[str, ...]], path: str) -> tuple[str, ...
     return tuple(name for other, held in names.items() if other != path for name in held)
 
 
-def instance_service(
-    settings: Settings, inputs: InstanceInputs, installed: Installed, others: tuple[str, ...] = ()
-) -> None:
-    """One instance: its files, its secrets, its logins, restarted on a change, healthy."""
+def instance_service(settings: Settings, inputs: InstanceInputs, installed: Installed) -> None:
+    """One instance: its files and secrets, restarted on a change (its logins are the edge's:
+    instances_htpasswds)."""
     mine = instance_settings(settings, inputs.instance)
     flower = mine.flower
     root_files(
@@ -250,12 +249,6 @@ def instance_service(
     )
     env = checked_secret(flower, inputs.broker_url)
     login = proxy_login(flower)
-    htpasswd(
-        f"Flower {inputs.instance.name}: logins (bcrypt)",
-        htpasswd_path(inputs.instance.name),
-        inputs.logins,
-        others,
-    )
     check = app_check(flower, "basic")
     restart_on_change(flower, env, installed.venv, login, app_check=check)
 
@@ -271,22 +264,27 @@ def checked_secret(flower: Flower, broker: Secret) -> OperationMeta:
 
 @deploy("Flower instances")
 def flower_instances(
-    settings: Settings,
-    inputs: tuple[InstanceInputs, ...],
-    installed: Installed,
-    main_logins: tuple[Login, ...] = (),
+    settings: Settings, inputs: tuple[InstanceInputs, ...], installed: Installed
 ) -> None:
-    """Every instance in flower_instances, recorded on the host before it is made; each
-    htpasswd gives the other Flowers' login names (`main_logins` too) the decoy's hash.
+    """Every instance in flower_instances, recorded on the host before it is made.
     Data keys: flower_instances (and the main Flower's flower_* keys it shares)."""
     if not inputs and not host.get_fact(RecordedInstances):
         return
     names = [i.instance.name for i in inputs]
     recorded("Flower instances recorded", [*host.get_fact(RecordedInstances), *names])
-    logins = host_login_names(main_logins, inputs)
     for one in inputs:
+        instance_service(settings, one, installed)
+
+
+def instances_htpasswds(
+    instances: tuple[InstanceInputs, ...], names: dict[str, tuple[str, ...]]
+) -> None:
+    """Each instance's htpasswd, the other Flowers' names (`names`: host_login_names) with
+    the decoy's hash; written with the main one and the users map, by the edge."""
+    for one in instances:
         path = htpasswd_path(one.instance.name)
-        instance_service(settings, one, installed, others_names(logins, path))
+        htpasswd(f"Flower {one.instance.name}: logins (bcrypt)", path, one.logins,
+                 others_names(names, path))  # fmt: skip
 
 
 @deploy("Flower instances: health")

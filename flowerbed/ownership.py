@@ -380,8 +380,8 @@ def decide(flower: Flower, found: dict, extra_created: Collection[str] = ()) -> 
             refusals.append(f"{label} is not flowerbed's: {why}")
             claimable.append(claim)
             keys.append(key)
-    for claim in extra_created:
-        entries.setdefault(claim, CREATED_STATE)
+    for claim in extra_created:  # even over an adopted line: flowerbed's now, removed with it
+        entries[claim] = CREATED_STATE
     return Verdict(tuple(refusals), tuple(claimable), tuple(dict.fromkeys(keys)),
                    record_lines(entries))  # fmt: skip
 

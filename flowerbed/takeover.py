@@ -89,11 +89,18 @@ def names_taken_over(takeover: Takeover) -> TakenOver | None:
     return TakenOver(unit=takeover.unit, state_dir=posixpath.dirname(takeover.state))
 
 
-def takeover_names(takeover: Takeover) -> tuple[str, ...]:
-    """What the takeover hands the names check (flowerbed.ownership): the old unit and its
-    state's directory, recorded as created, so remove.py takes them off again."""
-    taken = names_taken_over(takeover)
-    return () if taken is None else (f"unit:{taken.unit}", f"dir:{taken.state_dir}")
+def takeover_names(settings: Settings) -> tuple[str, ...]:
+    """What the takeover hands the names check (flowerbed.ownership), recorded as created so
+    remove.py takes it off again: the old unit or state directory where it is flowerbed's own
+    name too (a hand-made `flower.service`, the guide's /var/lib/flower). Other names of the
+    old Flower are not flowerbed's to record: its files move to the backup."""
+    taken = names_taken_over(settings.takeover)
+    if taken is None:
+        return ()
+    flower = settings.flower
+    unit = [f"unit:{taken.unit}"] if taken.unit.removesuffix(".service") == flower.service else []
+    state = [f"dir:{taken.state_dir}"] if taken.state_dir == flower.state_dir else []
+    return (*unit, *state)
 
 
 def other_flowers(found: dict, takeover: Takeover) -> tuple[list[dict], list[dict]]:

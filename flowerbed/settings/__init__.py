@@ -62,9 +62,8 @@ from .verify import Verify, operator_checks
 __all__ = [  # what the operation modules, the operator's runs and the tests import from here
     "BROKER_SCHEMES", "GITHUB", "GITLAB", "LETS_ENCRYPT", "OKTA", "OWNED_PREFIXES", "RENAMED",
     "Auth", "Egress", "Firewall", "Flower", "FlowerOptions", "Instance", "Instances", "Nginx",
-    "OAuthProvider", "PortOpening", "Remove", "Rollout", "Settings", "SettingsError", "Site", "Tls",
-    "Auth", "Egress", "Firewall", "Flower", "FlowerOptions", "Nginx", "OAuthProvider",
-    "PortOpening", "Remove", "Rollout", "Settings", "SettingsError", "Site", "Takeover", "Tls",
+    "OAuthProvider", "PortOpening", "Remove", "Rollout", "Settings", "SettingsError", "Site",
+    "Takeover", "Tls",
     "Verify",
     "dns_name", "duplicate_names", "known_keys",
     "load_settings", "local_app_dir", "operator_checks", "rollout_knobs", "validate",
@@ -124,8 +123,7 @@ RULES = (
     check_egress, check_flower, check_firewall, check_edge, check_nginx_snippets,
     check_oauth_provider,
 )  # fmt: skip
-RULES += (check_monitoring, check_instances)
-RULES += (check_monitoring, check_takeover)
+RULES += (check_monitoring, check_instances, check_takeover)
 
 
 def known_keys() -> dict[str, Check]:

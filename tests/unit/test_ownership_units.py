@@ -257,6 +257,19 @@ def test_names_another_part_hands_over_pass_and_are_recorded_as_created():
         assert f"created {claim}" in result.record
 
 
+def test_a_name_handed_over_later_turns_an_adopted_line_into_created():
+    """Claimed first (the refusal's fix), taken over on the next run: flowerbed's state now
+    lives there, so remove.py must take it off, not keep it under a deleted uid."""
+    found = host(
+        dirs={"/var/lib/flower": Directory("d", "root", "root", 0o700)}, full={"/var/lib/flower"}
+    )
+    first = verdict(found, flower_names_claimed=["dir:/var/lib/flower"])
+    assert "adopted dir:/var/lib/flower" in first.record
+    later = verdict({**found, "record": list(first.record)}, extra=("dir:/var/lib/flower",))
+    assert "created dir:/var/lib/flower" in later.record
+    assert "adopted dir:/var/lib/flower" not in later.record
+
+
 def test_the_entry_for_other_parts_normalises_unit_names():
     assert ownership.normalised("unit:flower-legacy.service") == "unit:flower-legacy"
     assert ownership.normalised("dir:/var/lib/flower") == "dir:/var/lib/flower"
@@ -391,4 +404,6 @@ def test_remove_keeps_adopted_units_and_directories_but_not_flowerbeds_files_in_
     paths = remove.files_to_remove(f, kept)
     assert f.unit_file not in paths and f.config_dir not in paths and f.install_dir not in paths
     assert {f.config_file, f.env_file, f.proxy_login_env, f.venv, f.venvs_dir} <= set(paths)
+    # the memory watchdog and the instances' directory are flowerbed's files in it too
+    assert {f"{f.config_dir}/memory_watchdog.py", f"{f.config_dir}/instances"} <= set(paths)
     assert set(remove.files_to_remove(f)) >= {f.unit_file, f.config_dir, f.install_dir}

@@ -165,6 +165,24 @@ def test_the_names_hook_for_the_names_check():
     assert takeover.names_taken_over(NAMED) == takeover.TakenOver(LEGACY, "/var/lib/flower")
 
 
+@pytest.mark.parametrize(
+    ("unit", "state", "handed"),
+    [
+        ("flower-legacy.service", "/var/lib/flower/flower.db", ("dir:/var/lib/flower",)),
+        ("flower.service", "/var/lib/flower/flower.db",
+         ("unit:flower.service", "dir:/var/lib/flower")),
+        ("flower-legacy.service", "/opt/flower/flower.db", ()),  # never the install dir
+        ("", "", ()),
+    ],
+)  # fmt: skip
+def test_only_flowerbeds_own_names_go_to_the_names_check_as_created(unit, state, handed):
+    sources = {"flower_allowed_sources": ["10.0.0.0/8"], "flower_admin_sources": ["10.0.0.1/32"]}
+    data = {"flower_takeover_unit": unit, "flower_takeover_state": state, **sources}
+    settings, problems = validate(data, set(data))
+    assert not problems.errors, problems.errors
+    assert takeover.takeover_names(settings) == handed
+
+
 def test_closing_line_says_what_was_kept_where():
     report = {"backup": "/var/backups/b", "kept": [], "masked": False, "records": 2,
               "note": "2 records copied from dbm.gnu"}  # fmt: skip
