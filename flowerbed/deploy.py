@@ -31,7 +31,12 @@ from .existing_site import existing_site_checked
 from .firewall import inbound_firewall, other_services_kept
 from .flower import flower_service, install_flower, remove_old_venvs
 from .healthcheck import verify_flower
-from .instances import flower_instances, instances_dropped, instances_healthy
+from .instances import (
+    flower_instances,
+    instances_dropped,
+    instances_healthy,
+    instances_names_checked,
+)
 from .ownership import names_claimed
 from .packages import package_sources
 from .preflight import Checked, checked
@@ -69,6 +74,7 @@ def deploy_flowerbed() -> None:
     other_flower_checked(settings)
     other_services_kept(settings.firewall, ports_closing_check(settings.takeover))
     existing_site_checked(settings.site, checked_host.edge.site.fqdn)
+    instances_names_checked(settings)
     names_claimed(settings, takeover_names(settings))
     package_sources(settings.egress)
     inbound_firewall(settings.firewall)
@@ -175,6 +181,7 @@ def deploy_flower() -> None:
     settings = checked_host.settings
     # refused before any change, the names last: their check writes its record
     other_flower_checked(settings)
+    instances_names_checked(settings)
     names_claimed(settings, takeover_names(settings))
     installed = install_flower(settings)
     take_over(settings)

@@ -39,10 +39,11 @@ from .flower import (
 )
 from .healthcheck import verify_flower
 from .hostfiles import Absent, PathStates, RootDirectory, RootFile, root_files
+from .ownership import UNIT_DIRS
 from .proxy_login import proxy_login
 from .secrets import FlowerSecrets, Secret, check_password, checked_secret_file, read_secret
 from .settings import BROKER_SCHEMES, Flower, Instance, Settings, SettingsError
-from .shell import command
+from .shell import command, refused
 from .units import UnitStates, unit_state
 from .validation import Problems, broker_url_problem
 
@@ -259,6 +260,67 @@ def checked_secret(flower: Flower, broker: Secret) -> OperationMeta:
         name=f"Flower {flower.service}: secrets (root-only environment file)",
         path=flower.env_file,
         content=env_text(flower, secrets),
+    )
+
+
+def instance_names(flower: Flower, name: str) -> tuple[str, ...]:
+    """The paths a new instance would make its own: its unit file in every unit directory, its
+    state, runtime and options directories."""
+    paths = instance_paths(flower, name)
+    service = f"flower-{name}.service"
+    return (*(f"{d}/{service}" for d in UNIT_DIRS), paths["state"], f"/run/flower-{name}",
+            paths["config"])  # fmt: skip
+
+
+def names_taken(
+    flower: Flower, new: list[str], found: dict, units: dict[str, dict[str, bool]]
+) -> list[str]:
+    """For each new instance (not in the host's record), what of its names the host already
+    has: another service's unit or directories, which the instance must not take over."""
+    taken = []
+    for name in new:
+        unit = f"flower-{name}.service"
+        held = [path for path in instance_names(flower, name) if path in found]
+        state = units.get(unit, {})
+        if state.get("running") or state.get("enabled"):
+            held.insert(0, f"{unit} ({'running' if state.get('running') else 'enabled'})")
+        if held:
+            taken.append(f"instance {name!r}: {', '.join(held)}")
+    return taken
+
+
+@operation(is_idempotent=True)
+def instance_names_free(flower: Flower, names: tuple[str, ...]):
+    """Refused before any change: a new instance whose unit or directories the host already
+    has (a hand-made flower-<name>.service, another service's /var/lib/flower-<name>)."""
+    new = [name for name in names if name not in host.get_fact(RecordedInstances)]
+    paths = tuple(path for name in new for path in instance_names(flower, name))
+    units = tuple(f"flower-{name}.service" for name in new)
+    found = facts.ask(PathStates, paths=paths, digests=False) if paths else {}
+    states = facts.ask(UnitStates, units=units) if units else {}
+    if taken := names_taken(flower, new, found, states):
+        yield from refused(
+            "flowerbed refuses instances whose names this host already has; nothing was "
+            f"changed: {'; '.join(taken)}. Fix: rename the instance in flower_instances"
+        )
+        return
+    host.noop("each new instance's names are free on this host")
+
+
+def instances_names_checked(settings: Settings) -> None:
+    """The check above for flower_instances (a deploy's first operations)."""
+    names = tuple(instance.name for instance in settings.instances.instances)
+    if not names:
+        return
+    flower = settings.flower
+    if new := [name for name in names if name not in host.get_fact(RecordedInstances)]:
+        paths = tuple(path for name in new for path in instance_names(flower, name))
+        facts.expect(PathStates, paths=paths, digests=False)
+        facts.expect(UnitStates, units=tuple(f"flower-{name}.service" for name in new))
+    instance_names_free(
+        name="Each new Flower instance's names are free on this host",
+        flower=flower,
+        names=names,
     )
 
 

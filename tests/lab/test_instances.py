@@ -179,6 +179,25 @@ def test_bad_entries_are_refused_before_the_host_changes(lab: Lab, setup: dict):
     assert before == after
 
 
+def test_an_instance_whose_names_the_host_has_is_refused(lab: Lab, setup: dict):
+    """A hand-made flower-alpha.service and another service's /var/lib/flower-alpha: the
+    instance would overwrite the one and chown the other (StateDirectory=), then rm -rf it
+    when dropped. Refused before any change, naming both."""
+    name = setup["host"]["name"]
+    unit = "/etc/systemd/system/flower-alpha.service"
+    made = f"mkdir -p /var/lib/flower-alpha && printf '[Service]\\nExecStart=/bin/true\\n' > {unit}"
+    lab.ssh(name, made, check=True)
+    listing = "ls -la --time-style=full-iso /etc/flower /etc/nginx/conf.d /var/lib"
+    try:
+        before = lab.ssh(name, listing, check=True).stdout
+        refused = deploy(setup, [entry("alpha", "alpha")])
+        assert not refused.ok
+        assert f"instance 'alpha': {unit}, /var/lib/flower-alpha" in refused.log, refused.log
+        assert lab.ssh(name, listing, check=True).stdout == before
+    finally:
+        lab.ssh(name, f"rm -rf {unit} /var/lib/flower-alpha", check=True)
+
+
 def test_each_instance_shows_its_own_workers_and_lets_in_its_own_logins(lab: Lab, setup: dict):
     started = time.monotonic()
     deployed = deploy(setup, BOTH)

@@ -298,3 +298,31 @@ def test_each_htpasswd_gives_the_other_flowers_names_the_decoys_hash():
     assert others_names(names, HTPASSWD) == ("beta-ops", "g1", "g2")
     assert others_names(names, htpasswd_path("beta")) == ("admin", "g1", "g2")
     assert others_names(names, htpasswd_path("gamma")) == ("admin", "beta-ops")
+
+
+def test_a_new_instance_whose_names_the_host_has_is_refused():
+    from flowerbed.hostfiles import PathState
+    from flowerbed.instances import instance_names, names_taken
+
+    flower = settings_with([entry("alpha", "alpha")]).flower
+    assert instance_names(flower, "exporter") == (
+        "/etc/systemd/system/flower-exporter.service",
+        "/run/systemd/system/flower-exporter.service",
+        "/usr/local/lib/systemd/system/flower-exporter.service",
+        "/usr/lib/systemd/system/flower-exporter.service",
+        "/lib/systemd/system/flower-exporter.service",
+        "/var/lib/flower-exporter",
+        "/run/flower-exporter",
+        "/etc/flower/instances/exporter",
+    )
+    hand_made = {
+        "/etc/systemd/system/flower-exporter.service": PathState("f", 0o644, "root", "root", ""),
+        "/var/lib/flower-exporter": PathState("d", 0o700, "prometheus", "prometheus", ""),
+    }
+    running = {"flower-exporter.service": {"running": True, "enabled": True}}
+    [taken] = names_taken(flower, ["exporter", "alpha"], hand_made, running)
+    assert taken == (
+        "instance 'exporter': flower-exporter.service (running), "
+        "/etc/systemd/system/flower-exporter.service, /var/lib/flower-exporter"
+    )
+    assert names_taken(flower, ["alpha"], {}, {}) == []
