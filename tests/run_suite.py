@@ -22,6 +22,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
 import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -142,8 +143,9 @@ def main(extra: list[str]) -> int:
         print("the lab did not come up")
         return 1
     env = {**os.environ, "FLOWERBED_LAB_UP": "1"}
-    logs = REPO / ".lab" / "suite"
-    logs.mkdir(parents=True, exist_ok=True)
+    # outside .lab: the lifecycle tests of the alone phase take the lab down, .lab with it
+    logs = Path(tempfile.mkdtemp(prefix="flowerbed-suite-"))
+    print(f"the lab's logs and reports: {logs}", flush=True)
     flaky: list[str] = []
     running = {
         name: run_lab(name, [f"{LAB}/{m}" for m in modules], extra, env, logs)
