@@ -444,15 +444,14 @@ def api_verdicts(get, checks: OperatorChecks, now: float) -> dict[str, Verdict]:
     return verdicts
 
 
-def worker_problems(alive: dict, checks: OperatorChecks) -> list[str]:
+def worker_problems(alive: dict, min_online: int, max_offline: int) -> list[str]:
+    """What is wrong with Flower's {worker: online} answer: too few online, too many offline."""
     online = [name for name, up in alive.items() if up]
     offline = sorted(name for name, up in alive.items() if not up)
     problems = []
-    if len(online) < checks.min_workers_online:
-        problems.append(
-            f"{len(online)} worker(s) online, expected at least {checks.min_workers_online}"
-        )
-    if len(offline) > checks.max_workers_offline:
+    if len(online) < min_online:
+        problems.append(f"{len(online)} worker(s) online, expected at least {min_online}")
+    if len(offline) > max_offline:
         problems.append(f"offline: {', '.join(offline)}")
     return problems
 
@@ -468,7 +467,8 @@ def workers_verdict(
     """Workers online/offline against the checks, Flower asked again each second while the
     answer has a problem, until `grace` s have passed."""
     deadline = clock() + grace
-    while (problems := worker_problems(alive, checks)) and clock() + 1 <= deadline:
+    limits = (checks.min_workers_online, checks.max_workers_offline)
+    while (problems := worker_problems(alive, *limits)) and clock() + 1 <= deadline:
         pause(1.0)
         answer = get("api/workers?status=true")
         if answer.status == 200:
@@ -615,14 +615,9 @@ def instance_verdict(
     if workers.status != 200:
         return Verdict(False, "api", f"its API answered {workers.status or workers.error}")
     alive = workers.json()
-    online = sorted(name for name, up in alive.items() if up)
-    offline = sorted(name for name, up in alive.items() if not up)
-    problems = []
-    if len(online) < min_workers:
-        problems.append(f"{len(online)} worker(s) online, expected at least {min_workers}")
-    if len(offline) > checks.max_workers_offline:
-        problems.append(f"offline: {', '.join(offline)}")
-    return Verdict(not problems, f"{len(online)}/{len(offline)}", "; ".join(problems))
+    problems = worker_problems(alive, min_workers, checks.max_workers_offline)
+    online = sum(1 for up in alive.values() if up)
+    return Verdict(not problems, f"{online}/{len(alive) - online}", "; ".join(problems))
 
 
 @operation(is_idempotent=True)
