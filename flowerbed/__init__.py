@@ -22,7 +22,9 @@ Modules, one concern each:
   takeover: a hand-made Flower taken over (flower_takeover_*), and any other Flower refused
   before a change; memory: its memory ceiling (flower_memory_max) and the verdict of verify's
   memory layer; memory_watchdog: the watchdog that runs inside Flower and restarts it cleanly
-  at the ceiling
+  at the ceiling; socket_keeper: runs inside Flower too, and hands its listening socket to
+  systemd, which keeps it across restarts (a request made meanwhile waits, never fails);
+  hooks: how flowerconfig.py starts those two
 - ownership: Flower's user, group, unit and directories decided from the host (created by
   flowerbed per its record, or claimed), refused before any change otherwise
 - proxy_login: Flower's own login, which only nginx holds (logins at nginx)

@@ -21,6 +21,7 @@ from pyinfra.api.operation import OperationMeta
 from pyinfra.operations.util import any_changed
 
 from . import facts, memory
+from .hooks import HOOK_FILES, KEEPER_FILE, hook_block, hook_path, hook_paths, hook_source
 from .hostfiles import RootDirectory, RootFile, changed, root_files
 from .packages import pip_conf, system_packages
 from .proxy_login import env_files, no_proxy_login, proxy_login
@@ -115,7 +116,7 @@ def flower_config_values(flower: Flower, options: FlowerOptions) -> list[tuple[s
 def config_text(settings: Settings) -> str:
     flower = settings.flower
     values = flower_config_values(flower, settings.options)
-    return render("flowerconfig.py.j2", values=values, watchdog=watchdog_block(settings))
+    return render("flowerconfig.py.j2", values=values, hooks=hooks_block(settings))
 
 
 def memory_ceiling(settings: Settings) -> memory.Ceiling:
@@ -123,12 +124,21 @@ def memory_ceiling(settings: Settings) -> memory.Ceiling:
     return memory.ceiling(settings.flower.memory_max, settings.options.max_tasks)
 
 
-def watchdog_block(settings: Settings) -> str:
+def hooks_block(settings: Settings) -> str:
+    """What flowerconfig.py starts inside Flower (flowerbed/hooks.py): the socket keeper, then
+    the memory watchdog."""
     flower = settings.flower
-    return memory.config_block(
+    keeper = hook_block(KEEPER_FILE, flower.config_file, path=flower.socket)
+    watchdog = memory.config_block(
         memory_ceiling(settings), flower.config_file, flower.state_dir, flower.socket,
         flower.stop_timeout_sec,
     )  # fmt: skip
+    return keeper + watchdog
+
+
+def hook_files(flower: Flower) -> list[RootFile]:
+    """The modules flowerconfig.py starts, in Flower's config directory."""
+    return [RootFile(hook_path(flower.config_dir, f), hook_source(f)) for f in HOOK_FILES]
 
 
 def exec_start(flower: Flower) -> list[str]:
@@ -275,13 +285,13 @@ def flower_service(settings: Settings, secrets: FlowerSecrets, installed: Instal
     flower = settings.flower
     environment = settings.oauth_provider.environment(settings.options.auth_provider)
     unit = unit_text(flower, environment, settings.auth.mode, memory_ceiling(settings))
-    watchdog = memory.watchdog_path(flower.config_dir)
     root_files(
-        "Flower's options (flowerconfig.py), its memory watchdog, hardened unit and directories",
+        "Flower's options (flowerconfig.py), its socket keeper and memory watchdog, hardened "
+        "unit and directories",
         [
             RootDirectory(flower.config_dir),
             RootFile(flower.config_file, config_text(settings)),
-            RootFile(watchdog, memory.watchdog_source()),
+            *hook_files(flower),
             RootFile(flower.unit_file, unit),
         ],  # flower_app_workdir is only read: never made or chowned (flowerbed/ownership.py)
     )
@@ -321,9 +331,7 @@ def restart_on_change(
     stale = stale_check(flower)
     unit_changed = changed(flower.unit_file)
     inputs_changed = any_changed(*inputs)
-    config_changed = changed(
-        flower.unit_file, flower.config_file, memory.watchdog_path(flower.config_dir)
-    )
+    config_changed = changed(flower.unit_file, flower.config_file, *hook_paths(flower.config_dir))
     facts.expect(UnitStates, units=(flower.unit_name,))
     restart = restarted(
         name="Restart Flower (unit, environment, config or venv changed)",

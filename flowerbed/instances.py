@@ -26,13 +26,14 @@ from pyinfra import host
 from pyinfra.api import FactBase, StringCommand, deploy, operation
 from pyinfra.api.operation import OperationMeta
 
-from . import facts, memory
+from . import facts
 from .auth import HTPASSWD, Login, htpasswd, parse_login
 from .flower import (
     Installed,
     app_check,
     config_text,
     env_text,
+    hook_files,
     memory_ceiling,
     restart_on_change,
     unit_text,
@@ -243,8 +244,8 @@ def instance_service(settings: Settings, inputs: InstanceInputs, installed: Inst
         [
             RootDirectory(instances_dir(settings.flower)),
             RootDirectory(flower.config_dir),
-            RootFile(flower.config_file, config_text(mine)),  # starts its memory watchdog
-            RootFile(memory.watchdog_path(flower.config_dir), memory.watchdog_source()),
+            RootFile(flower.config_file, config_text(mine)),  # starts what hook_files holds
+            *hook_files(flower),
             RootFile(flower.unit_file, instance_unit_text(mine)),
         ],
     )

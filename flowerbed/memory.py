@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from .hooks import WATCHDOG_FILE, hook_block, hook_path, hook_source
 from .validation import SettingsError, shown
 
 KIB, MIB, GIB, TIB = 1024, 1024**2, 1024**3, 1024**4
@@ -30,7 +31,6 @@ HIGH_SHARE = 0.95  # MemoryHigh: the kernel reclaims harder above it
 RESTART_SHARE = 0.90  # the watchdog saves the state and restarts Flower above it
 NEAR_SHARE = 0.80  # the alert and verify warn above it; a Flower over it at start is kept
 RECENT_SECONDS = 3600  # verify reports a restart at the ceiling this recent (the alert's window)
-WATCHDOG_FILE = "memory_watchdog.py"  # in Flower's config directory
 RECORD_FILE = "memory-restarts.json"  # in Flower's state directory (the watchdog's count)
 SIZE = re.compile(r"([1-9][0-9]{0,12})([KMGT])")
 UNITS = {"K": KIB, "M": MIB, "G": GIB, "T": TIB}
@@ -99,50 +99,20 @@ def unit_lines(limit: Ceiling) -> list[str]:
 
 
 def watchdog_path(config_dir: str) -> str:
-    return f"{config_dir}/{WATCHDOG_FILE}"
+    return hook_path(config_dir, WATCHDOG_FILE)
 
 
 def record_path(state_dir: str) -> str:
     return f"{state_dir}/{RECORD_FILE}"
 
 
-WATCHDOG_START = """
-# flowerbed's memory watchdog, {path}: started only inside the Flower
-# that runs with this file as its --conf; a tool that reads this file starts nothing. Its name
-# is deleted below, so none reaches Flower's options.
-def _flowerbed_memory_watchdog():
-    import sys
-
-    if {argument!r} not in sys.argv or "flowerbed_memory_watchdog" in sys.modules:
-        return
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("flowerbed_memory_watchdog", {path!r})
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    module.start(
-        max_bytes={max_bytes!r},
-        record={record!r},
-        socket={socket!r},
-        stop_timeout_sec={stop_timeout_sec!r},
-    )
-
-
-_flowerbed_memory_watchdog()
-del _flowerbed_memory_watchdog
-"""
-
-
 def config_block(
     limit: Ceiling, config_file: str, state_dir: str, socket: str, stop_timeout_sec: int
 ) -> str:
-    """The lines `config_file` (one Flower's flowerconfig.py) ends with: the watchdog's start,
-    inside the process started with `--conf=<config_file>` only."""
-    config_dir = config_file.rpartition("/")[0]
-    return WATCHDOG_START.format(
-        argument=f"--conf={config_file}",
-        path=watchdog_path(config_dir),
+    """The lines that start the watchdog in `config_file` (one Flower's flowerconfig.py)."""
+    return hook_block(
+        WATCHDOG_FILE,
+        config_file,
         max_bytes=limit.max_bytes,
         record=record_path(state_dir),
         socket=socket,
@@ -152,9 +122,7 @@ def config_block(
 
 def watchdog_source() -> str:
     """The watchdog's file as the host gets it (this package's memory_watchdog.py)."""
-    from .resources import package_path
-
-    return package_path(WATCHDOG_FILE).read_text()
+    return hook_source(WATCHDOG_FILE)
 
 
 def mib(size: float) -> str:

@@ -59,10 +59,10 @@ from .firewall import UNIT as FIREWALL_UNIT
 from .firewall import UNIT_FILE as FIREWALL_UNIT_FILE
 from .flower import Accounts, created_accounts
 from .healthcheck import HEALTHCHECK_PATH, UNHEALTHY_MARKER
+from .hooks import hook_paths
 from .hostfiles import PathStates
 from .instances import RecordedInstances, instances_dir, remove_instances
 from .listeners import TABLE, LoadedTable
-from .memory import watchdog_path
 from .nginx import DEFAULT_SITE, HTTP_SITE, HTTPS_SITE, STOCK_DEFAULT, checked_or_restored
 from .ownership import ClaimedNames, adopted, created
 from .packages import APT_PROXY_CONF, EXTRA_CA_DIR, INSTALLED_RECORD, INSTALLED_RECORD_DIR
@@ -149,7 +149,7 @@ def files_to_remove(flower: Flower, kept: Collection[str] = frozenset()) -> tupl
     earlier = {flower.state_dir, SNIPPET, *NGINX_FILES}
     own_files = {  # an adopted directory stays; flowerbed's files in it go
         flower.config_dir: (flower.config_file, flower.env_file, flower.proxy_login_env,
-                            flower.proxy_login_nginx, watchdog_path(flower.config_dir),
+                            flower.proxy_login_nginx, *hook_paths(flower.config_dir),
                             instances_dir(flower)),
         flower.install_dir: (flower.venv, flower.venvs_dir),
     }  # fmt: skip

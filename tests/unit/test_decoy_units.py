@@ -52,7 +52,7 @@ def decoy_http(users_map: Path) -> str:
 class Nginx:
     """nginx on a port of its own, as root's test user, never as a service."""
 
-    def __init__(self, root: Path, server: str, level: str = "info"):
+    def __init__(self, root: Path, server: str, level: str = "info", extra_http: str = ""):
         assert shutil.which("nginx"), "nginx is missing: `make unit-packages`"
         assert Path(MODULE).exists(), "the headers-more module is missing: `make unit-packages`"
         self.root, self.port = root, free_port()
@@ -69,6 +69,7 @@ http {{
   log_format sent '$remote_user';
   access_log {root}/access.log sent;
 {decoy_http(root / "users.map")}
+{extra_http}
   server {{
     listen 127.0.0.1:{self.port};
 {server.replace("ROOT", str(root))}

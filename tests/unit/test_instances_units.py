@@ -156,7 +156,7 @@ def test_the_site_serves_each_instance_with_its_own_logins_socket_and_budget():
     assert [i.name for i in site.instances] == ["alpha", "beta"]
     text = https_site_text(site, settings)
     assert (
-        "upstream flowerbed_flower_beta {\n    server unix:/run/flower-beta/flower-beta.sock;"
+        "upstream flowerbed_flower_beta {\n    server unix:/run/flower-beta/flower-beta.sock "
         in text
     )
     block = text[text.index("location /team/beta/ {") :].split("\n    }\n")[0]

@@ -65,12 +65,12 @@ def config_for(tmp_path: Path, max_bytes: int, socket: str = "") -> Path:
     """flowerconfig.py as flowerbed renders it, with the watchdog at this checkout's file."""
     settings = settings_with()
     text = flower.config_text(settings)
-    assert text.endswith(flower.watchdog_block(settings))
+    assert text.endswith(flower.hooks_block(settings))
     path = tmp_path / "flowerconfig.py"
     block = memory.config_block(
         memory.Ceiling(max_bytes, False), str(path), str(tmp_path), socket, 1
     )
-    text = text.removesuffix(flower.watchdog_block(settings)) + block
+    text = text.removesuffix(flower.hooks_block(settings)) + block
     text = text.replace(memory.watchdog_path(str(tmp_path)), str(WATCHDOG))
     path.write_text(text)
     return path
