@@ -2,9 +2,10 @@
 
 The module boots six hosts once and converges them on Flower 2.1.0. Then:
 (a) the upgrade to 2.2.0 rolls out canary first, then in batches of three, while a client polls
-    every dashboard through nginx (HTTPS, the lab's login and CA): a request fails only on a
-    host of the batch being changed, while it runs, never on every host at once; each host
-    restarts inside its own batch's window; every task Flower knew before is still known after;
+    every dashboard through nginx (HTTPS, the lab's login and CA): no request fails, not even on
+    a host while its Flower restarts (systemd keeps Flower's socket: flowerbed/socket_keeper.py);
+    each host restarts inside its own batch's window; every task Flower knew before is still
+    known after;
 (b) an app Flower cannot import stops the rollout at the canary: the canary keeps serving with
     the Flower it ran, the five others are byte for byte as they were (unit, Flower's options,
     nginx's site, the venv link, Flower's PID), and the report names them as left alone;
@@ -92,7 +93,7 @@ def dashboards(lab: Lab, names: list[str]) -> dict[str, int]:
         "-",
         "-s",
         "-m",
-        "10",
+        "30",
         "--parallel",
         "--cacert",
         lab.state["acme"]["root"],
@@ -234,16 +235,18 @@ def test_an_upgrade_rolls_out_batch_by_batch_keeping_state_and_every_other_dashb
     for name in fleet:
         lost = before[name] - known_tasks(lab, name)
         assert not lost, f"{name} lost {len(lost)} of {len(before[name])} tasks"
-    # the client: a request failed only on a host of the batch being changed, while it ran
+    # the client: not one request failed, on any host, while each restarted
     assert len(done.polls) > 20, "the client polled throughout"
+    started = {name: flower_started(lab, name) for name in fleet}
+    during = [p for p in done.polls if any(p.started <= t <= p.ended for t in started.values())]
+    assert during, "no poll overlapped a Flower's restart: the test proves nothing"
     failed = [(poll, name) for poll in done.polls for name, s in poll.status.items() if s != 200]
-    for poll, name in failed:
-        start, end = done.window(name)
-        assert poll.ended >= start and poll.started <= end, (name, poll)
-    assert all(200 in poll.status.values() for poll in done.polls), "never all down at once"
-    by_host = {name: sum(1 for _, n in failed if n == name) for name in fleet}
-    print(f"{len(done.polls)} polls of {len(fleet)} dashboards; failed requests per host "
-          f"(all inside the host's own batch): {by_host}")  # fmt: skip
+    assert not failed, failed[:10]
+    slowest = max(poll.ended - poll.started for poll in done.polls)
+    print(
+        f"{len(done.polls)} polls of {len(fleet)} dashboards, {len(during)} of them across a "
+        f"Flower's restart: 0 failed; the slowest round took {slowest:.1f} s"
+    )
 
 
 def test_an_app_flower_cannot_import_stops_at_the_canary_and_leaves_the_others_alone(
