@@ -60,7 +60,8 @@ from .firewall import UNIT_FILE as FIREWALL_UNIT_FILE
 from .flower import Accounts, created_accounts
 from .healthcheck import HEALTHCHECK_PATH, UNHEALTHY_MARKER
 from .hostfiles import PathStates
-from .instances import RecordedInstances, instances_dir, remove_instances
+from .inputs.instances import instances_dir
+from .instances import RecordedInstances, remove_instances
 from .listeners import TABLE, LoadedTable
 from .memory import watchdog_path
 from .nginx import DEFAULT_SITE, HTTP_SITE, HTTPS_SITE, STOCK_DEFAULT, checked_or_restored

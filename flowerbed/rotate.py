@@ -47,12 +47,13 @@ from dotenv import dotenv_values
 from pyinfra import host, logger, state
 from pyinfra.api import FunctionCommand, operation
 
-from .auth import Login, parse_login
 from .env_file import env_file_holding, hold_env_file, update_env_file
 from .flower import env_text
 from .healthcheck import log_unhealthy
+from .inputs.logins import Login, parse_login
+from .inputs.secrets import FlowerSecrets, broker_url, read_secret
 from .probe import https_get
-from .secrets import FlowerSecrets, broker_url, read_secret, secret_file
+from .secrets import secret_file
 from .settings import Settings, SettingsError
 from .shell import command
 from .validation import weak_cookie_secret_problem
