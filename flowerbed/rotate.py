@@ -31,8 +31,8 @@ a time, each healthy and seeing the workers before the next; a failing host stop
 
 The OAuth cookie secret (`--data rotate=cookie`): a new operator's secret from
 $FLOWERBED_NEW_COOKIE_SECRET, or generated. Each host signs sessions with its own key derived
-from it (flowerbed.secrets.host_cookie_secret); the hosts restart Flower one at a time like the
-broker roll, and every session signed with the old key ends (users sign in again).
+from it (flowerbed.inputs.secrets.host_cookie_secret); the hosts restart Flower one at a time
+like the broker roll, and every session signed with the old key ends (users sign in again).
 """
 
 from __future__ import annotations
