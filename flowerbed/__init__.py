@@ -13,9 +13,13 @@ Modules, one concern each:
 - settings: the validated data model, one module per concern (checks: the shared checks;
   egress, flower, firewall, edge, oauth, verify, remove, instances, takeover: their
   sections and rules); validation: its rules and error reporting
-- preflight: every host's data and secrets checked before any host changes
-- secrets: the operator's secrets (environment or .env) and the no-diff secret file; quiet:
-  secret files compared or read on a host without printing them, in one round trip
+- inputs: what a deploy reads on the operator's machine, checked, changing no host (secrets:
+  the environment or .env; logins: the dashboard's; edge: the site's names, its logins, the DNS
+  credentials; instances: each instance's broker URL and logins)
+- preflight: every host's data and inputs checked before any host changes (it imports the input
+  layer, no deploy module)
+- secrets: the no-diff secret file; quiet: secret files compared or read on a host without
+  printing them, in one round trip
 - packages: apt and pip egress (proxy, CAs, mirror); venv: the locked venvs
 - flower: Flower's install, configuration and service; instances: more Flowers on the host
   (flower_instances), each its own unit, socket, state, logins and path, removed when dropped;
@@ -35,10 +39,11 @@ Modules, one concern each:
   decoy: an unknown login name costs one bcrypt check like a known one; ban: fail2ban's jail
   for sources that keep failing to log in
 - healthcheck: Flower's health check in a deploy; verify: the fleet check (verify.py): each
-  host's layers and the fleet's report; probe: HTTPS checks from the operator's machine;
-  rotate: secret rotation (rotate.py); env_file: the operator's .env, locked and written
-  atomically; remove: flowerbed taken off a host (remove.py); rollout: a change rolled out
-  batch by batch, canary first (python -m flowerbed.rollout)
+  host's layers; fleet_report: the verdicts it records and the fleet's table and JSON; probe:
+  HTTPS checks from the operator's machine; rotate: secret rotation (rotate.py); env_file: the
+  operator's .env, locked and written atomically; remove: flowerbed taken off a host
+  (remove.py); rollout: a change rolled out batch by batch, canary first (python -m
+  flowerbed.rollout)
 - runs: the operator's runs (deploy, verify, rotate, remove) that the repository's files call
   and a project with only the wheel runs by name (`pyinfra INVENTORY flowerbed.runs.verify`)
 - render: the templates; hostfiles: root-owned files; shell: commands as argument lists

@@ -1,12 +1,6 @@
 """Dashboard logins: basic auth at nginx, with only bcrypt hashes on the hosts.
 
-The logins come from the operator's environment or .env, in the variable that
-flower_auth_users_env names:
-
-    FLOWERBED_DASHBOARD_USERS=alice:PASSWORD[,bob:PASSWORD...]
-
-A user name ends at the first ':' (a password may contain ':'); entries are split on ',', so a
-password cannot contain ',' and an entry without ':' is refused. Each host gets one file,
+The logins are read and checked by flowerbed.inputs.logins. Each host gets one file,
 root:www-data 0640, of `user:bcrypt-hash` lines. A hash stays as long as it matches its password,
 so a run with unchanged logins changes nothing; a changed password gets a new hash, a removed
 user its line removed; the file ends with the decoy's line (flowerbed.decoy). The host's file
@@ -17,9 +11,7 @@ purpose, so a run costs one check per distinct hash, not one per host.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
 
 import bcrypt
 from pyinfra import host
@@ -28,13 +20,12 @@ from pyinfra.api.operation import OperationMeta
 
 from . import facts, quiet
 from .hostfiles import PathStates
-from .secrets import Secret, read_secret, secret_file
-from .settings import Auth, SettingsError
+from .inputs.logins import Login
+from .inputs.secrets import Secret
+from .secrets import secret_file
 
 HTPASSWD = "/etc/nginx/flowerbed.htpasswd"
 HTPASSWD_GROUP = "www-data"  # nginx's workers read it at every request
-USER_NAME = re.compile(r"[A-Za-z0-9._@-]{1,64}")
-BCRYPT_MAX_BYTES = 72  # bcrypt ignores (newer versions refuse) anything longer
 # bcrypt's cost: nginx checks the password of EVERY request (basic auth has no session), in its
 # event loop, so a UI polling every few seconds pays one check per poll, and a check blocks the
 # worker meanwhile. Measured on the lab's cores (benchmarks/login_latency.py): cost 10 = ~60 ms
@@ -42,53 +33,6 @@ BCRYPT_MAX_BYTES = 72  # bcrypt ignores (newer versions refuse) anything longer
 # online is throttled per source (nginx_login_failures_*), and a leaked file faces long random
 # passwords. A changed cost re-hashes every login at the next deploy.
 BCRYPT_ROUNDS = 10
-
-
-@dataclass(frozen=True)
-class Login:
-    user: str
-    password: str = field(repr=False)
-
-
-def dashboard_logins(auth: Auth, environ: Mapping[str, str]) -> tuple[Login, ...]:
-    """The logins flower_auth_users_env names, validated; none when Flower logs in (OAuth)."""
-    if auth.mode != "basic":
-        return ()
-    secret = read_secret("flower_auth_users_env", auth.users_env, environ)
-    logins = tuple(
-        parse_login(entry, f"entry {position} of ${auth.users_env}")
-        for position, entry in enumerate(secret.value.split(","), start=1)
-    )
-    users = [login.user for login in logins]
-    if len(set(users)) != len(users):
-        raise SettingsError(
-            "flower_auth_users_env", f"${auth.users_env} names a user twice", "drop one"
-        )
-    return logins
-
-
-def parse_login(entry: str, where: str) -> Login:
-    # Messages never quote the entry: after a ',' in a password, it is part of that password.
-    user, colon, password = entry.strip().partition(":")
-    if not colon or not password:
-        raise SettingsError(
-            "flower_auth_users_env",
-            f"{where} is not user:password",
-            "separate logins with ',' (so a password cannot contain ',')",
-        )
-    if not USER_NAME.fullmatch(user):
-        raise SettingsError(
-            "flower_auth_users_env",
-            f"{where} has an invalid user name",
-            "use letters, digits, ._@-",
-        )
-    if len(password.encode()) > BCRYPT_MAX_BYTES:
-        raise SettingsError(
-            "flower_auth_users_env",
-            f"{where} has a password longer than bcrypt's {BCRYPT_MAX_BYTES} bytes",
-            "use a shorter password",
-        )
-    return Login(user, password)
 
 
 def htpasswd_lines(

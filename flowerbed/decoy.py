@@ -32,8 +32,9 @@ from collections.abc import Iterable
 
 import bcrypt
 
-from .auth import BCRYPT_ROUNDS, HTPASSWD_GROUP, USER_NAME, bcrypt_cost
+from .auth import BCRYPT_ROUNDS, HTPASSWD_GROUP, bcrypt_cost
 from .hostfiles import Absent, RootFile, root_files
+from .inputs.logins import USER_NAME
 from .render import render
 
 DECOY_USER = "flowerbed+decoy"  # '+' is outside USER_NAME: never a login's name

@@ -7,80 +7,25 @@ whose certificate request fails stops there and keeps serving what it served bef
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass
-
 from pyinfra.api import deploy
 
-from .auth import HTPASSWD, Login, dashboard_logins, htpasswd
+from .auth import HTPASSWD, htpasswd
 from .ban import login_ban
 from .decoy import HEADERS_MORE_PACKAGE, no_users_map, users_map
 from .existing_site import nginx_in_no_site, nginx_in_site
 from .hostfiles import Absent, root_files
+from .inputs.edge import EdgeInputs
 from .instances import (
     InstanceInputs,
     host_login_names,
     instances_htpasswds,
     others_names,
-    site_instances,
 )
-from .nginx import Dashboard, nginx_http, nginx_https, site_names
+from .nginx import nginx_http, nginx_https
 from .packages import system_packages
 from .proxy_login import proxy_login
-from .secrets import Secret, check_password
-from .settings import Auth, Settings, duplicate_names
-from .tls import CertificateRequest, certbot, certbot_packages, dns_credentials, tls_certificate
-from .validation import Problems
-
-
-@dataclass(frozen=True)
-class EdgeInputs:
-    """The edge's checked inputs for one host: its site and the operator's secrets for it."""
-
-    site: Dashboard
-    logins: tuple[Login, ...]
-    dns_credentials: Secret | None
-
-
-def edge_inputs(settings: Settings, host_name: str, environ: Mapping[str, str]) -> EdgeInputs:
-    """The edge's inputs, checked; every problem at once (SettingsErrors)."""
-    problems, inputs = Problems(), {}
-    # incomplete: a setting these need may have failed its own check already
-    with problems.check(incomplete=True):
-        inputs["site"] = dashboard_site(settings, host_name)
-    with problems.check(incomplete=True):
-        inputs["logins"] = checked_logins(settings.auth, environ)
-    with problems.check(incomplete=True):
-        inputs["dns_credentials"] = dns_credentials(settings.tls, environ)
-    problems.raise_any()
-    return EdgeInputs(**inputs)
-
-
-def checked_logins(auth: Auth, environ: Mapping[str, str]) -> tuple[Login, ...]:
-    """The dashboard's logins, each with a password that is not weak."""
-    logins = dashboard_logins(auth, environ)
-    problems = Problems()
-    for login in logins:
-        with problems.check():
-            check_password(
-                "flower_auth_users_env", login.password, login.user, f"${auth.users_env}"
-            )
-    problems.raise_any()
-    return logins
-
-
-def dashboard_site(settings: Settings, host_name: str) -> Dashboard:
-    names = site_names(settings, host_name)
-    if not settings.site.fqdn:  # the host's name stands in for the fqdn: no alias may repeat it
-        for error in duplicate_names(names[0], names[1:]):
-            raise error
-    return Dashboard(
-        names=names,
-        url_prefix=settings.options.url_prefix,
-        socket=settings.flower.socket,
-        basic_auth=settings.auth.mode == "basic",
-        instances=site_instances(settings),
-    )
+from .settings import Settings
+from .tls import CertificateRequest, certbot, certbot_packages, tls_certificate
 
 
 @deploy("Edge: nginx, TLS, logins")

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from dotenv import dotenv_values, set_key, unset_key
 
-from .secrets import ENV_FILE_VARIABLE
+from .inputs.secrets import ENV_FILE_VARIABLE
 from .settings import SettingsError
 
 LOCK_WAIT = 10.0  # seconds a write waits for the env file's lock

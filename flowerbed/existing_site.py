@@ -27,10 +27,10 @@ from pyinfra.api import FactBase, StringCommand, deploy, operation
 
 from . import facts
 from .hostfiles import Absent, PathStates, RootFile, entry_commands, root_files
+from .inputs.edge import Dashboard
 from .nginx import (
     HTTP_SITE,
     HTTPS_SITE,
-    Dashboard,
     checked_or_restored,
     dashboard_context,
     listen_port,

@@ -23,11 +23,12 @@ from pyinfra.operations.util import any_changed
 from . import facts, memory
 from .hooks import HOOK_FILES, KEEPER_FILE, hook_block, hook_path, hook_paths, hook_source
 from .hostfiles import RootDirectory, RootFile, changed, root_files
+from .inputs.secrets import FlowerSecrets, Secret
 from .packages import pip_conf, system_packages
 from .proxy_login import env_files, no_proxy_login, proxy_login
 from .render import render
-from .secrets import FlowerSecrets, Secret, checked_secret_file
-from .settings import Flower, FlowerOptions, Settings, local_app_dir
+from .secrets import checked_secret_file
+from .settings import Egress, Flower, FlowerOptions, Settings, local_app_dir
 from .shell import command
 from .units import UnitStates, unit_running, unit_state
 from .venv import AppPackage, app_from_source, linked_venv, only_the_venv, venv_key
@@ -183,9 +184,8 @@ def env_text(flower: Flower, secrets: FlowerSecrets) -> Secret:
 
 
 @deploy("Install Flower")
-def install_flower(settings: Settings) -> Installed:
+def install_flower(flower: Flower, egress: Egress) -> Installed:
     """Flower's user and group, and a complete venv the service's link points at."""
-    flower = settings.flower
     system_packages(required_packages(flower))
     flower_accounts(flower)
     plan = venv_plan(flower)
@@ -195,9 +195,9 @@ def install_flower(settings: Settings) -> Installed:
         key=plan.key,
         link=flower.venv,
         lock=plan.lock,
-        pip_conf=pip_conf(settings.egress),
+        pip_conf=pip_conf(egress),
         app=plan.app,
-        proxy=settings.egress.egress_proxy,
+        proxy=egress.egress_proxy,
     )
     return Installed(key=plan.key, venv=venv)
 

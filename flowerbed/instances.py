@@ -18,8 +18,7 @@ flower_remove_keep_state = False), and remove.py removes every recorded one.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from datetime import UTC, datetime
 
 from pyinfra import host
@@ -27,7 +26,7 @@ from pyinfra.api import FactBase, StringCommand, deploy, operation
 from pyinfra.api.operation import OperationMeta
 
 from . import facts
-from .auth import HTPASSWD, Login, htpasswd, parse_login
+from .auth import HTPASSWD, htpasswd
 from .flower import (
     Installed,
     app_check,
@@ -40,64 +39,21 @@ from .flower import (
 )
 from .healthcheck import verify_flower
 from .hostfiles import Absent, PathStates, RootDirectory, RootFile, root_files
+from .inputs.instances import InstanceInputs, htpasswd_path, instance_flower, instances_dir
+from .inputs.logins import Login
+from .inputs.secrets import FlowerSecrets, Secret
 from .ownership import UNIT_DIRS
 from .proxy_login import proxy_login
-from .secrets import FlowerSecrets, Secret, check_password, checked_secret_file, read_secret
-from .settings import BROKER_SCHEMES, Flower, Instance, Settings, SettingsError
+from .secrets import checked_secret_file
+from .settings import Flower, Instance, Instances, Remove, Settings
 from .shell import command, refused
 from .units import UnitStates, unit_state
-from .validation import Problems, broker_url_problem
 
 RECORD = "/var/lib/flowerbed/flower-instances"
-HTPASSWD_PATTERN = "/etc/nginx/flowerbed-instance-{name}.htpasswd"
 BACKUP_DIR = "/var/backups"
 
 
 # --- what each instance is ------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class InstanceInputs:
-    """One instance's checked data and secrets."""
-
-    instance: Instance
-    broker_url: Secret
-    logins: tuple[Login, ...] = field(repr=False)
-
-
-@dataclass(frozen=True)
-class SiteInstance:
-    """What the site's templates need of an instance."""
-
-    name: str
-    base: str
-    socket: str
-    htpasswd: str
-    proxy_login: str
-
-
-def instances_dir(flower: Flower) -> str:
-    return f"{flower.config_dir}/instances"
-
-
-def htpasswd_path(name: str) -> str:
-    return HTPASSWD_PATTERN.format(name=name)
-
-
-def instance_flower(flower: Flower, instance: Instance) -> Flower:
-    """The main Flower's install (venv, user), with the instance's names, broker and app."""
-    return replace(
-        flower,
-        service=instance.service,
-        config_dir=f"{instances_dir(flower)}/{instance.name}",
-        app=instance.app,
-        healthcheck_min_workers=instance.healthcheck_min_workers,
-        broker_url_env=instance.broker_env,
-        broker_api_env="",
-        basic_auth=(),
-        oauth2_secret_env="",
-        cookie_secret_env="",
-    )
 
 
 def instance_settings(settings: Settings, instance: Instance) -> Settings:
@@ -108,74 +64,6 @@ def instance_settings(settings: Settings, instance: Instance) -> Settings:
         max_tasks=instance.max_tasks or settings.options.max_tasks,
     )
     return replace(settings, flower=instance_flower(settings.flower, instance), options=options)
-
-
-def site_instances(settings: Settings) -> tuple[SiteInstance, ...]:
-    result = []
-    for instance in settings.instances.instances:
-        flower = instance_flower(settings.flower, instance)
-        result.append(
-            SiteInstance(
-                name=instance.name,
-                base=instance.base,
-                socket=flower.socket,
-                htpasswd=htpasswd_path(instance.name),
-                proxy_login=flower.proxy_login_nginx,
-            )
-        )
-    return tuple(result)
-
-
-# --- the secrets ----------------------------------------------------------------------------
-
-
-def instance_inputs(settings: Settings, environ: Mapping[str, str]) -> tuple[InstanceInputs, ...]:
-    """Every instance's broker URL and logins, checked; every problem at once, no value shown."""
-    problems, result = Problems(), []
-    for instance in settings.instances.instances:
-        key = f"flower_instances[{instance.name!r}]"
-        found = {}
-        with problems.check():
-            found["broker_url"] = instance_broker(f"{key}.broker_env", instance.broker_env, environ)
-        with problems.check():
-            found["logins"] = instance_logins(f"{key}.logins_env", instance.logins_env, environ)
-        if len(found) == 2:
-            result.append(InstanceInputs(instance, **found))
-    problems.raise_any()
-    return tuple(result)
-
-
-def instance_broker(key: str, env_name: str, environ: Mapping[str, str]) -> Secret:
-    secret = read_secret(key, env_name, environ)
-    if found := broker_url_problem(secret.value, BROKER_SCHEMES):
-        problem, fix = found
-        raise SettingsError(key, f"${env_name} {problem}", fix)
-    return secret
-
-
-def instance_logins(key: str, env_name: str, environ: Mapping[str, str]) -> tuple[Login, ...]:
-    """user:password[,user:password] as the main logins (flowerbed/auth.py), under `key`."""
-    secret = read_secret(key, env_name, environ)
-    problems, logins = Problems(), []
-    for position, entry in enumerate(secret.value.split(","), start=1):
-        try:
-            login = parse_login(entry, f"entry {position} of ${env_name}")
-            check_password(key, login.password, login.user, f"${env_name}")
-            logins.append(login)
-        except SettingsError as error:
-            problems.errors.append(SettingsError(key, *_problem_and_fix(error)))
-    users = [login.user for login in logins]
-    if len(set(users)) != len(users):
-        problems.errors.append(SettingsError(key, f"${env_name} names a user twice", "drop one"))
-    problems.raise_any()
-    return tuple(logins)
-
-
-def _problem_and_fix(error: SettingsError) -> tuple[str, str]:
-    """An auth error's problem and fix, to report them under the instance's key."""
-    text = str(error).removeprefix(f"{error.key}: ")
-    problem, _, fix = text.partition(". Fix: ")
-    return problem, fix
 
 
 # --- the host's record ----------------------------------------------------------------------
@@ -308,12 +196,11 @@ def instance_names_free(flower: Flower, names: tuple[str, ...]):
     host.noop("each new instance's names are free on this host")
 
 
-def instances_names_checked(settings: Settings) -> None:
+def instances_names_checked(instances: Instances, flower: Flower) -> None:
     """The check above for flower_instances (a deploy's first operations)."""
-    names = tuple(instance.name for instance in settings.instances.instances)
+    names = tuple(instance.name for instance in instances.instances)
     if not names:
         return
-    flower = settings.flower
     if new := [name for name in names if name not in host.get_fact(RecordedInstances)]:
         paths = tuple(path for name in new for path in instance_names(flower, name))
         facts.expect(PathStates, paths=paths, digests=False)
@@ -424,20 +311,22 @@ def remove_instances(
 
 
 @deploy("Flower instances dropped")
-def instances_dropped(settings: Settings, now: datetime | None = None) -> None:
+def instances_dropped(
+    instances: Instances, flower: Flower, remove: Remove, now: datetime | None = None
+) -> None:
     """Each recorded instance no longer in flower_instances leaves the host (after the site
     stopped serving it); the record then names the current ones. Data keys: flower_instances,
     flower_remove_keep_state."""
     on_host = host.get_fact(RecordedInstances)
-    current = [i.name for i in settings.instances.instances]
+    current = [i.name for i in instances.instances]
     dropped = [name for name in on_host if name not in current]
     if not on_host:
         return
-    remove_instances(settings.flower, dropped, settings.remove.keep_state, now)
+    remove_instances(flower, dropped, remove.keep_state, now)
     if current:
         recorded("Flower instances recorded (current)", current)
         return
-    place = instances_dir(settings.flower)
+    place = instances_dir(flower)
     facts.expect(PathStates, paths=(place,), digests=False)
     directory_gone(name=f"No Flower instances left: {place} removed", path=place)
     root_files("No Flower instances left: no record", [Absent(RECORD)])

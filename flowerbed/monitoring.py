@@ -41,11 +41,12 @@ from .hostfiles import (
     mark_changed,
     root_files,
 )
+from .inputs.secrets import Secret, read_secret
 from .packages import package_sources, system_packages
 from .preflight import InvalidDeploy, checked
 from .render import render
 from .resources import DEFAULTS, local_path
-from .secrets import Secret, checked_secret_file, read_secret
+from .secrets import checked_secret_file
 from .settings import Monitoring, Settings, SettingsError
 from .settings.monitoring import MONITORING
 from .shell import command

@@ -9,9 +9,10 @@ import json
 from pyinfra import host, state
 from pyinfra.api import FactBase, StringCommand, operation
 
+from .fleet_report import layer
 from .monitoring import PROMETHEUS_PORT
 from .shell import command
-from .verify import _fact, layer
+from .verify import _fact
 
 API = f"http://127.0.0.1:{PROMETHEUS_PORT}/api/v1"
 DELIVERY_WINDOW = "15m"

@@ -38,8 +38,9 @@ from .auth import HTPASSWD
 from .ban import BAN, SOURCE_PREFIX_MAP
 from .decoy import decoy_context
 from .hostfiles import Absent, PathStates, RootFile, entry_commands
+from .inputs.edge import Dashboard
 from .render import render
-from .settings import Settings, dns_name
+from .settings import Settings
 from .shell import command
 from .tls import WEBROOT, CertificatePaths
 from .units import unit_running
@@ -54,32 +55,6 @@ LOOPBACK = ("127.0.0.1", "::1")
 # Where the dashboard's server counts failed logins: a loopback address of its own, so nginx
 # gives requests to it (and only those) to the counting server, on the port 80 listener.
 LOGIN_FAILURES_LISTEN = "127.0.0.80:80"
-
-
-@dataclass(frozen=True)
-class Dashboard:
-    """What the templates need to know about the site."""
-
-    names: tuple[str, ...]
-    url_prefix: str  # Flower's, '' = at the root
-    socket: str
-    basic_auth: bool
-    instances: tuple = ()  # flowerbed.instances.SiteInstance: more Flowers under paths of their own
-
-    @property
-    def fqdn(self) -> str:
-        return self.names[0]
-
-    @property
-    def base(self) -> str:
-        """Flower's location: '/' or '/<prefix>/' (Flower moves every route under its prefix)."""
-        return f"/{self.url_prefix}/" if self.url_prefix else "/"
-
-
-def site_names(settings: Settings, host_name: str) -> tuple[str, ...]:
-    """fqdn (or, if unset, the host's inventory name) first, then the aliases."""
-    fqdn = settings.site.fqdn or dns_name()("flower_fqdn (unset, so the host's name)", host_name)
-    return (fqdn, *settings.site.server_aliases)
 
 
 def origin_patterns(names: tuple[str, ...]) -> tuple[str, ...]:

@@ -43,7 +43,7 @@ from . import facts
 from .flower import CREATED, CREATED_WITH_GROUP
 from .packages import INSTALLED_RECORD_DIR
 from .resources import TEMPLATES
-from .settings import Flower, Settings
+from .settings import Flower
 from .shell import command, refused
 
 RECORD = f"{INSTALLED_RECORD_DIR}/claimed"
@@ -415,11 +415,10 @@ def names_recorded(flower: Flower, extra_created: tuple[str, ...] = ()):
     yield from record_commands(verdict.record)
 
 
-def names_claimed(settings: Settings | Flower, extra_created: Iterable[str] = ()) -> OperationMeta:
+def names_claimed(flower: Flower, extra_created: Iterable[str] = ()) -> OperationMeta:
     """The deploy's first operation: Flower's names checked against the host and recorded.
     `extra_created`: names another part hands over (a takeover's old unit and state
     directory, "unit:NAME" / "dir:/PATH"): they pass, and are recorded as created."""
-    flower = settings.flower if isinstance(settings, Settings) else settings
     facts.expect(HostNames, **fact_arguments(flower))
     extra = tuple(dict.fromkeys(normalised(claim) for claim in extra_created))
     return names_recorded(

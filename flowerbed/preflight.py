@@ -14,11 +14,11 @@ from dataclasses import dataclass
 
 from pyinfra.api import DeployError, Host, Inventory
 
-from .edge import EdgeInputs, edge_inputs
-from .instances import InstanceInputs, instance_inputs
+from .inputs.edge import EdgeInputs, edge_inputs
+from .inputs.instances import InstanceInputs, instance_inputs
+from .inputs.secrets import FlowerSecrets, load_flower_secrets, load_operator_env
 from .pyinfra_internals import send_without_delay
 from .resources import DEFAULTS
-from .secrets import FlowerSecrets, load_flower_secrets, load_operator_env
 from .settings import Settings, SettingsError, validate, with_defaults
 from .settings.monitoring import join_monitoring_source
 from .validation import shown

@@ -61,7 +61,8 @@ from .flower import Accounts, created_accounts
 from .healthcheck import HEALTHCHECK_PATH, UNHEALTHY_MARKER
 from .hooks import hook_paths
 from .hostfiles import PathStates
-from .instances import RecordedInstances, instances_dir, remove_instances
+from .inputs.instances import instances_dir
+from .instances import RecordedInstances, remove_instances
 from .listeners import TABLE, LoadedTable
 from .nginx import DEFAULT_SITE, HTTP_SITE, HTTPS_SITE, STOCK_DEFAULT, checked_or_restored
 from .ownership import ClaimedNames, adopted, created

@@ -31,8 +31,8 @@ a time, each healthy and seeing the workers before the next; a failing host stop
 
 The OAuth cookie secret (`--data rotate=cookie`): a new operator's secret from
 $FLOWERBED_NEW_COOKIE_SECRET, or generated. Each host signs sessions with its own key derived
-from it (flowerbed.secrets.host_cookie_secret); the hosts restart Flower one at a time like the
-broker roll, and every session signed with the old key ends (users sign in again).
+from it (flowerbed.inputs.secrets.host_cookie_secret); the hosts restart Flower one at a time
+like the broker roll, and every session signed with the old key ends (users sign in again).
 """
 
 from __future__ import annotations
@@ -47,12 +47,13 @@ from dotenv import dotenv_values
 from pyinfra import host, logger, state
 from pyinfra.api import FunctionCommand, operation
 
-from .auth import Login, parse_login
 from .env_file import env_file_holding, hold_env_file, update_env_file
 from .flower import env_text
 from .healthcheck import log_unhealthy
+from .inputs.logins import Login, parse_login
+from .inputs.secrets import FlowerSecrets, broker_url, read_secret
 from .probe import https_get
-from .secrets import FlowerSecrets, broker_url, read_secret, secret_file
+from .secrets import secret_file
 from .settings import Settings, SettingsError
 from .shell import command
 from .validation import weak_cookie_secret_problem

@@ -17,7 +17,8 @@ from pyinfra import host, inventory
 from .auth import HTPASSWD, htpasswd_file
 from .deploy import deploy_flowerbed
 from .healthcheck import healthcheck_argv
-from .instances import host_login_names, htpasswd_path, others_names
+from .inputs.instances import htpasswd_path
+from .instances import host_login_names, others_names
 from .monitoring import deploy_monitoring, is_monitoring_host, runs_dashboard
 from .monitoring_verify import monitoring_checked
 from .preflight import InvalidDeploy, checked, explicit_keys

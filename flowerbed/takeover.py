@@ -37,7 +37,7 @@ from pyinfra.api import FactBase, FunctionCommand, StringCommand, deploy, operat
 
 from . import facts
 from .resources import HOST_SCRIPTS
-from .settings import Settings, Takeover
+from .settings import Flower, FlowerOptions, Takeover
 from .shell import command, refused
 
 SCRIPT_SOURCE = HOST_SCRIPTS / "flowerbed-takeover"
@@ -89,15 +89,14 @@ def names_taken_over(takeover: Takeover) -> TakenOver | None:
     return TakenOver(unit=takeover.unit, state_dir=posixpath.dirname(takeover.state))
 
 
-def takeover_names(settings: Settings) -> tuple[str, ...]:
+def takeover_names(takeover: Takeover, flower: Flower) -> tuple[str, ...]:
     """What the takeover hands the names check (flowerbed.ownership), recorded as created so
     remove.py takes it off again: the old unit or state directory where it is flowerbed's own
     name too (a hand-made `flower.service`, the guide's /var/lib/flower). Other names of the
     old Flower are not flowerbed's to record: its files move to the backup."""
-    taken = names_taken_over(settings.takeover)
+    taken = names_taken_over(takeover)
     if taken is None:
         return ()
-    flower = settings.flower
     unit = [f"unit:{taken.unit}"] if taken.unit.removesuffix(".service") == flower.service else []
     state = [f"dir:{taken.state_dir}"] if taken.state_dir == flower.state_dir else []
     return (*unit, *state)
@@ -204,11 +203,10 @@ def ports_closing(found: dict, takeover: Takeover) -> set[tuple[int, str]]:
 
 
 @deploy("Another Flower on the host")
-def other_flower_checked(settings: Settings) -> None:
+def other_flower_checked(takeover: Takeover) -> None:
     """Reads flower_takeover_unit, flower_takeover_state: another Flower running on the host
     (not flowerbed's, not the one named) fails the host before any change; so does a named unit
     that does not run a hand-made Flower."""
-    takeover = settings.takeover
     facts.expect(FlowersOnHost, unit=takeover.unit)
     no_other_flower(name="No other Flower runs here unless named for a takeover", takeover=takeover)
 
@@ -247,19 +245,17 @@ def ports_closing_check(takeover: Takeover) -> Callable[[], set[tuple[int, str]]
 
 
 @deploy("Take over the hand-made Flower")
-def take_over(settings: Settings) -> None:
+def take_over(takeover: Takeover, flower: Flower, options: FlowerOptions) -> None:
     """Reads flower_takeover_unit, flower_takeover_state (and flower_service, flower_db,
     flower_user, flower_group for flowerbed's state file): the old Flower is stopped, disabled
     and kept in a dated backup; its tasks are copied into flowerbed's new state file."""
-    takeover = settings.takeover
     if not takeover.wanted:
         return
-    flower = settings.flower
     facts.expect(FlowersOnHost, unit=takeover.unit)
     taken_over(
         name=f"Take over {takeover.unit}: stopped, disabled, kept; its tasks carried over",
         takeover=takeover,
-        target=f"{flower.state_dir}/{settings.options.db}",
+        target=f"{flower.state_dir}/{options.db}",
         owner=f"{flower.user}:{flower.group}",
     )
 

@@ -13,12 +13,9 @@ issuance and in certbot.service (a drop-in), so renewals reach the same director
 
 from __future__ import annotations
 
-import os
 import re
-from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 
 from cryptography import x509
 from pyinfra import host
@@ -28,10 +25,11 @@ from pyinfra.operations import systemd
 
 from . import facts
 from .hostfiles import Absent, RootDirectory, RootFile, changed, root_files
+from .inputs.secrets import Secret
 from .render import render
 from .resources import HOST_SCRIPTS, local_path
-from .secrets import Secret, checked_secret_file, read_secret
-from .settings import SettingsError, Tls
+from .secrets import checked_secret_file
+from .settings import Tls
 from .shell import command
 from .units import unit_running
 
@@ -168,29 +166,6 @@ def proof_arguments(tls: Tls) -> list[str]:
         "--manual", "--preferred-challenges=dns",
         f"--manual-auth-hook={DNS_HOOK} auth", f"--manual-cleanup-hook={DNS_HOOK} cleanup",
     ]  # fmt: skip
-
-
-def dns_credentials(tls: Tls, environ: Mapping[str, str]) -> Secret | None:
-    """The DNS plugin's credentials file (its path: the variable flower_tls_dns_credentials_env)."""
-    if not tls.dns_credentials_env:
-        return None
-    path = read_secret("flower_tls_dns_credentials_env", tls.dns_credentials_env, environ).value
-    if not os.path.isfile(path):
-        raise SettingsError(
-            "flower_tls_dns_credentials_env",
-            f"${tls.dns_credentials_env} names {path}, which is not a file",
-            "point it at the DNS plugin's credentials .ini",
-        )
-    try:
-        text = Path(path).read_bytes().decode("utf-8")
-    except (OSError, UnicodeDecodeError) as error:
-        why = "is not UTF-8 text" if isinstance(error, UnicodeDecodeError) else "cannot be read"
-        raise SettingsError(
-            "flower_tls_dns_credentials_env",
-            f"${tls.dns_credentials_env} names {path}, which {why}",
-            "point it at the DNS plugin's credentials .ini (a text file of key = value lines)",
-        ) from None
-    return Secret(f"${tls.dns_credentials_env}", text)
 
 
 @operation()

@@ -1,8 +1,8 @@
 """The rules bad input is checked against, and how problems are reported: all at once, each
 naming the key, what is wrong and the fix, and never showing a secret.
 
-flowerbed/settings/ applies these rules to host data, flowerbed/secrets.py and
-flowerbed/edge.py to the secrets from the operator's environment.
+flowerbed/settings/ applies these rules to host data, flowerbed/inputs/ to the secrets from
+the operator's environment.
 """
 
 from __future__ import annotations

@@ -62,14 +62,13 @@ def wheel_files(wheel: Path) -> list[str]:
 
 def missing_from_wheel(wheel: Path) -> list[str]:
     """The package data a complete wheel holds but this one lacks: every template, host
-    script, lock and the defaults (and the modules that find them)."""
+    script, lock and module (a subpackage too: pyproject.toml lists each)."""
+    modules = (REPO / "flowerbed").rglob("*.py")
     wanted = {
         *(f"flowerbed/templates/{p.name}" for p in (REPO / "templates").glob("*.j2")),
         *(f"flowerbed/files/{p.name}" for p in (REPO / "files").iterdir()),
         *(f"flowerbed/locks/{p.name}" for p in (REPO / "locks").glob("flower-*")),
-        "flowerbed/defaults.py",
-        "flowerbed/deploy.py",
-        "flowerbed/resources.py",
+        *(p.relative_to(REPO).as_posix() for p in modules if "__pycache__" not in p.parts),
     }
     return sorted(wanted - set(wheel_files(wheel)))
 

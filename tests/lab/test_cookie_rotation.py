@@ -2,8 +2,8 @@
 
 Two fresh hosts in OAuth mode against the lab's OpenID Connect provider (test_oauth.py's
 fixtures). A session cookie is minted here the way Flower (tornado) signs one, with each host's
-own key (flowerbed.secrets.host_cookie_secret of the lab's cookie secret): it gets into its own
-host and is refused by the other, as a cookie minted by root on one host would be. Rotations
+own key (flowerbed.inputs.secrets.host_cookie_secret of the lab's cookie secret): it gets into
+its own host and is refused by the other, as a cookie minted by root on one host would be. Rotations
 write to a copy of .lab/lab.env; the hosts go back to the lab's secrets afterwards.
 """
 
@@ -27,7 +27,7 @@ from test_edge import curl
 from test_oauth import oauth_data, oidc
 
 sys.path.insert(0, str(REPO))
-from flowerbed.secrets import Secret, host_cookie_secret  # noqa: E402
+from flowerbed.inputs.secrets import Secret, host_cookie_secret  # noqa: E402
 
 pytestmark = pytest.mark.lab
 

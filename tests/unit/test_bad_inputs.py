@@ -16,8 +16,8 @@ import pytest
 from pyinfra.api import Inventory
 from settings_helpers import OAUTH, REPO, valid_data
 
+from flowerbed.inputs.secrets import read_secret
 from flowerbed.preflight import InvalidDeploy, check_hosts, host_problems
-from flowerbed.secrets import read_secret
 from flowerbed.settings import SettingsError
 
 ENVIRON = {

@@ -9,11 +9,11 @@ from types import SimpleNamespace
 
 from settings_helpers import OAUTH, settings_with, valid_data
 
-from flowerbed.edge import dashboard_site
 from flowerbed.flower import env_text
+from flowerbed.inputs.edge import dashboard_site
+from flowerbed.inputs.secrets import COOKIE_DERIVATION, Secret, host_cookie_secret
 from flowerbed.nginx import https_site_text
 from flowerbed.preflight import host_problems
-from flowerbed.secrets import COOKIE_DERIVATION, Secret, host_cookie_secret
 
 OPERATOR = Secret("$COOKIE_SECRET", "k9Xv2PqL7sWm4TzR8yNc3BfH6dJg1QaE")
 ENVIRON = {

@@ -12,8 +12,9 @@ import bcrypt
 import pytest
 from settings_helpers import OAUTH, settings_with
 
-from flowerbed.auth import BCRYPT_ROUNDS, Login, bcrypt_cost, htpasswd_lines, parse_htpasswd
-from flowerbed.edge import dashboard_site
+from flowerbed.auth import BCRYPT_ROUNDS, bcrypt_cost, htpasswd_lines, parse_htpasswd
+from flowerbed.inputs.edge import dashboard_site
+from flowerbed.inputs.logins import Login
 from flowerbed.nginx import https_site_text, origin_patterns
 
 SITE = {"flower_fqdn": "flower.example.com"}

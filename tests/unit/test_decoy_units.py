@@ -21,7 +21,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from flowerbed.auth import USER_NAME, Login, htpasswd_lines, parse_htpasswd
+from flowerbed.auth import htpasswd_lines, parse_htpasswd
 from flowerbed.decoy import (
     DECOY_AUTHORIZATION,
     DECOY_PASSWORD,
@@ -31,6 +31,7 @@ from flowerbed.decoy import (
     name_pattern,
     users_map_text,
 )
+from flowerbed.inputs.logins import USER_NAME, Login
 from flowerbed.render import render
 
 MODULE = "/usr/lib/nginx/modules/ngx_http_headers_more_filter_module.so"

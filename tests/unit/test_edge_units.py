@@ -10,7 +10,8 @@ import settings_helpers
 from settings_helpers import REPO
 
 from flowerbed.auth import htpasswd_lines, parse_htpasswd
-from flowerbed.edge import dashboard_logins, dashboard_site, edge_inputs
+from flowerbed.inputs.edge import dashboard_site, edge_inputs
+from flowerbed.inputs.logins import dashboard_logins
 from flowerbed.nginx import (
     Neighbours,
     NginxNeighbours,

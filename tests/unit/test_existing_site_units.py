@@ -6,7 +6,6 @@ from __future__ import annotations
 import pytest
 import settings_helpers
 
-from flowerbed.edge import dashboard_site
 from flowerbed.existing_site import (
     INCLUDE,
     SiteFile,
@@ -15,6 +14,7 @@ from flowerbed.existing_site import (
     server_blocks,
     site_problem,
 )
+from flowerbed.inputs.edge import dashboard_site
 
 IN_SITE = {
     "flower_fqdn": "app.example.com",

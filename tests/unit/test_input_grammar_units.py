@@ -126,7 +126,7 @@ def test_a_pasted_network_with_a_space_and_host_bits_is_a_clean_error():
 
 
 def test_a_dns_credentials_file_that_is_not_text_is_an_error_naming_the_key(tmp_path):
-    from flowerbed.tls import dns_credentials
+    from flowerbed.inputs.edge import dns_credentials
 
     binary = tmp_path / "creds.ini"
     binary.write_bytes(b"\xff\xfe\x00dns_cloudflare_api_token = \x81\x82")
@@ -205,7 +205,7 @@ def test_a_value_never_set_is_not_blamed_on_group_data():
 def test_a_redis_socket_url_passes_and_kombu_reads_the_same_socket(url):
     from kombu.utils.url import url_to_parts
 
-    from flowerbed.secrets import broker_url
+    from flowerbed.inputs.secrets import broker_url
 
     flower = settings_with().flower
     assert broker_url(flower, {"FLOWERBED_BROKER_URL": url}).value == url
@@ -227,7 +227,7 @@ def test_a_redis_socket_url_passes_and_kombu_reads_the_same_socket(url):
     ],
 )
 def test_a_bad_redis_socket_url_is_refused_without_showing_it(url):
-    from flowerbed.secrets import broker_url
+    from flowerbed.inputs.secrets import broker_url
 
     with pytest.raises(SettingsError) as caught:
         broker_url(settings_with().flower, {"FLOWERBED_BROKER_URL": url})

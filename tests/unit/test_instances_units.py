@@ -14,15 +14,10 @@ from datetime import UTC, datetime
 import pytest
 
 from flowerbed import memory, verify
-from flowerbed.edge import dashboard_site
 from flowerbed.flower import config_text
-from flowerbed.instances import (
-    instance_inputs,
-    instance_settings,
-    instance_unit_text,
-    record_text,
-    site_instances,
-)
+from flowerbed.inputs.edge import dashboard_site
+from flowerbed.inputs.instances import instance_inputs, site_instances
+from flowerbed.instances import instance_settings, instance_unit_text, record_text
 from flowerbed.nginx import https_site_text
 from flowerbed.probe import OperatorChecks
 from flowerbed.rotate import rotated_instance, variable_used
@@ -282,8 +277,10 @@ def test_site_instances_follow_the_data_order():
 
 
 def test_each_htpasswd_gives_the_other_flowers_names_the_decoys_hash():
-    from flowerbed.auth import HTPASSWD, Login
-    from flowerbed.instances import InstanceInputs, host_login_names, htpasswd_path, others_names
+    from flowerbed.auth import HTPASSWD
+    from flowerbed.inputs.instances import InstanceInputs, htpasswd_path
+    from flowerbed.inputs.logins import Login
+    from flowerbed.instances import host_login_names, others_names
 
     settings = settings_with([entry("beta", "b"), entry("gamma", "g")])
     beta, gamma = settings.instances.instances

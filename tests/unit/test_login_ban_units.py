@@ -19,7 +19,7 @@ import pytest
 import settings_helpers
 
 from flowerbed.ban import BAN, SOURCE_PREFIX_MAP, jail_text, login_bans
-from flowerbed.edge import dashboard_site
+from flowerbed.inputs.edge import dashboard_site
 from flowerbed.nginx import dashboard_context, https_site_text
 from flowerbed.render import render
 from flowerbed.settings import SettingsError

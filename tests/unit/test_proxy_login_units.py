@@ -10,8 +10,8 @@ import sys
 
 from settings_helpers import OAUTH, settings_with
 
-from flowerbed.edge import dashboard_site
 from flowerbed.flower import unit_text
+from flowerbed.inputs.edge import dashboard_site
 from flowerbed.nginx import https_site_text
 from flowerbed.proxy_login import CHECK, MAKE, USER, env_files
 

@@ -13,10 +13,10 @@ import pytest
 from settings_helpers import OAUTH, defaults, error_for, settings_with, valid_data
 
 from flowerbed.flower import config_text, env_text, exec_start, required_packages, unit_text
+from flowerbed.inputs.secrets import Secret, load_flower_secrets
 from flowerbed.packages import pip_conf
 from flowerbed.preflight import InvalidDeploy, check_host
 from flowerbed.render import systemd_quote
-from flowerbed.secrets import Secret, load_flower_secrets
 from flowerbed.settings import OWNED_PREFIXES, SettingsError, known_keys, load_settings
 from flowerbed.settings.verify import VERIFY, Verify
 from flowerbed.venv import AppPackage, source_archive, venv_key

@@ -22,7 +22,7 @@ from settings_helpers import settings_with
 from test_decoy_units import Nginx
 
 from flowerbed import socket_keeper
-from flowerbed.edge import dashboard_site
+from flowerbed.inputs.edge import dashboard_site
 from flowerbed.flower import config_text
 from flowerbed.nginx import https_site_text
 

@@ -180,7 +180,7 @@ def test_only_flowerbeds_own_names_go_to_the_names_check_as_created(unit, state,
     data = {"flower_takeover_unit": unit, "flower_takeover_state": state, **sources}
     settings, problems = validate(data, set(data))
     assert not problems.errors, problems.errors
-    assert takeover.takeover_names(settings) == handed
+    assert takeover.takeover_names(settings.takeover, settings.flower) == handed
 
 
 def test_closing_line_says_what_was_kept_where():
