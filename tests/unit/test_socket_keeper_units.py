@@ -22,8 +22,8 @@ from settings_helpers import settings_with
 from test_decoy_units import Nginx
 
 from flowerbed import socket_keeper
-from flowerbed.inputs.edge import dashboard_site
 from flowerbed.flower import config_text
+from flowerbed.inputs.edge import dashboard_site
 from flowerbed.nginx import https_site_text
 
 KEEPER_DIR = str(Path(socket_keeper.__file__).parent)
