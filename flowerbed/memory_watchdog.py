@@ -61,9 +61,13 @@ def count_restart(record: str, resident: int, now: float) -> dict:
 
 
 def bound_since(socket: str, started: float) -> bool:
-    """Flower has bound its socket since this process started (always, without a socket)."""
+    """Flower has bound its socket since this process started (always, without a socket): as
+    the socket keeper in this process saw it, else from the socket file's time."""
     if not socket:
         return True
+    keeper = sys.modules.get("flowerbed_socket_keeper")
+    if keeper is not None:
+        return bool(keeper.bound)
     try:
         return os.stat(socket).st_mtime >= started - 1
     except OSError:

@@ -231,6 +231,10 @@ def test_an_upgrade_rolls_out_batch_by_batch_keeping_state_and_every_other_dashb
         start, end = done.window(name)
         assert start - 1 <= flower_started(lab, name) <= end + 1, name
         assert flower_version(lab, name) == NEW
+    # each host's new Flower took the socket systemd kept (flowerbed/socket_keeper.py)
+    kept = "journalctl -u flower --no-pager -o cat | grep -c 'serving on the socket systemd kept'"
+    for name in fleet:
+        assert int(sh(lab, name, kept)) >= 1, f"{name}: its new Flower bound a new socket"
     # Flower's state: every task known before is known after
     for name in fleet:
         lost = before[name] - known_tasks(lab, name)

@@ -143,6 +143,10 @@ def test_each_instance_has_names_of_its_own_and_the_main_venv():
     for line in memory.unit_lines(memory.ceiling("", 500)):
         assert f"\n{line}\n" in unit, line
     assert memory.watchdog_path(flower.config_dir) in config
+    # its own socket kept across restarts (flowerbed.socket_keeper)
+    assert f"'{flower.config_dir}/socket_keeper.py'" in config
+    assert "path='/run/flower-alpha/flower-alpha.sock'" in config
+    assert "FileDescriptorStoreMax=1\n" in unit
 
 
 def test_the_site_serves_each_instance_with_its_own_logins_socket_and_budget():

@@ -404,6 +404,8 @@ def test_remove_keeps_adopted_units_and_directories_but_not_flowerbeds_files_in_
     paths = remove.files_to_remove(f, kept)
     assert f.unit_file not in paths and f.config_dir not in paths and f.install_dir not in paths
     assert {f.config_file, f.env_file, f.proxy_login_env, f.venv, f.venvs_dir} <= set(paths)
-    # the memory watchdog and the instances' directory are flowerbed's files in it too
-    assert {f"{f.config_dir}/memory_watchdog.py", f"{f.config_dir}/instances"} <= set(paths)
+    # the modules Flower runs (watchdog, socket keeper) and the instances' directory are
+    # flowerbed's files in it too
+    ours = {"memory_watchdog.py", "socket_keeper.py", "instances"}
+    assert {f"{f.config_dir}/{name}" for name in ours} <= set(paths)
     assert set(remove.files_to_remove(f)) >= {f.unit_file, f.config_dir, f.install_dir}

@@ -10,18 +10,21 @@ LISTEN_FDS. tests/lab/test_rollout.py shows the same with systemd and Flower on 
 from __future__ import annotations
 
 import array
+import http.client
 import os
 import re
 import socket
 import subprocess
 import sys
+import time
+import types
 from pathlib import Path
 
 import pytest
 from settings_helpers import settings_with
 from test_decoy_units import Nginx
 
-from flowerbed import socket_keeper
+from flowerbed import memory_watchdog, socket_keeper
 from flowerbed.flower import config_text
 from flowerbed.inputs.edge import dashboard_site
 from flowerbed.nginx import https_site_text
@@ -45,7 +48,7 @@ def bind_unix_socket(file, mode=0o600, backlog=128):  # tornado's, as Flower cal
     os.chmod(file, mode)
     s.listen(backlog)
     s.setblocking(False)
-    return s
+    return s  # (socket.socket makes descriptors non-inheritable, as tornado's do)
 sys.modules["tornado"] = types.ModuleType("tornado")
 sys.modules["tornado.netutil"] = netutil = sys.modules["tornado"].netutil = types.ModuleType("n")
 netutil.bind_unix_socket = bind_unix_socket
@@ -54,6 +57,8 @@ import socket_keeper
 socket_keeper.start(path)
 from tornado.netutil import bind_unix_socket  # Flower looks it up when it binds
 listening = bind_unix_socket(path, mode=0o777)
+assert not listening.getblocking() and not os.get_inheritable(listening.fileno())
+assert socket_keeper.bound, "the watchdog would never see Flower ready"
 print("bound" if bound else "adopted", flush=True)
 listening.setblocking(True)
 connection, _ = listening.accept()
@@ -90,10 +95,12 @@ class Systemd:
         return False
 
 
-def flower(path: Path, systemd: Systemd, passed: int | None = None) -> subprocess.Popen:
+def flower(
+    path: Path, systemd: Systemd, passed: int | None = None, notify_socket: str = ""
+) -> subprocess.Popen:
     argv = [sys.executable, "-c", FAKE_FLOWER, str(path)]
     argv += [str(passed)] if passed is not None else []
-    env = {**os.environ, "NOTIFY_SOCKET": systemd.address}
+    env = {**os.environ, "NOTIFY_SOCKET": notify_socket or systemd.address}
     return subprocess.Popen(
         argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         pass_fds=(passed,) if passed is not None else (),
@@ -127,35 +134,47 @@ def test_a_request_made_while_flower_restarts_is_answered_by_the_new_process(roo
     systemd, path = Systemd(root), root / "flower.sock"
     first = flower(path, systemd)
     assert started(first) == "bound"
-    message, fds = systemd.received()
-    assert message == "FDSTORE=1\nFDNAME=flower" and len(fds) == 1, message
+    fds = stored(systemd)
     first.kill()  # a restart: the old process is gone, systemd still holds the socket
     first.wait(10)
     waiting = asked(path)  # no process listens: the request waits in the socket's queue
-    before = os.stat(path).st_mtime_ns
     second = flower(path, systemd, passed=fds[0])
     assert started(second) == "adopted", second.stderr.read()
     assert waiting.recv(100).decode() == str(second.pid)
     second.wait(10)
     assert systemd.nothing_more(), "the kept socket was handed over again"
-    assert os.stat(path).st_mtime_ns > before  # the memory watchdog's "state loaded"
+
+
+def stored(systemd: Systemd) -> list[int]:
+    """What a fresh bind tells systemd: drop any socket kept under the name, keep this one."""
+    assert systemd.received() == ("FDSTOREREMOVE=1\nFDNAME=flower", [])
+    message, fds = systemd.received()
+    assert message == "FDSTORE=1\nFDNAME=flower" and len(fds) == 1, message
+    return fds
 
 
 def test_a_kept_socket_whose_file_is_gone_is_dropped_and_a_new_one_bound(root: Path):
     systemd, path = Systemd(root), root / "flower.sock"
     first = flower(path, systemd)
     assert started(first) == "bound"
-    _, fds = systemd.received()
+    fds = stored(systemd)
     first.kill()
     first.wait(10)
     path.unlink()  # removed by hand: a client could never reach the kept one
     second = flower(path, systemd, passed=fds[0])
     assert started(second) == "bound"
-    assert systemd.received() == ("FDSTOREREMOVE=1\nFDNAME=flower", [])
-    message, new = systemd.received()
-    assert message == "FDSTORE=1\nFDNAME=flower" and len(new) == 1
+    stored(systemd)
     assert asked(path).recv(100).decode() == str(second.pid)
     second.wait(10)
+
+
+def test_a_notify_socket_that_refuses_leaves_flower_serving(root: Path):
+    systemd, path = Systemd(root), root / "flower.sock"
+    alone = flower(path, systemd, notify_socket=str(root / "gone"))
+    assert started(alone) == "bound"
+    assert asked(path).recv(100).decode() == str(alone.pid)
+    alone.wait(10)
+    assert "the socket is not kept across restarts" in alone.stderr.read()
 
 
 @pytest.mark.parametrize(
@@ -198,9 +217,11 @@ for n in range(2):
 """
 
 
-def test_nginx_sends_a_request_flower_dropped_to_the_socket_again(root: Path):
+@pytest.mark.parametrize(("method", "answer"), [("GET", (200, "new")), ("POST", (502, None))])
+def test_nginx_sends_a_get_flower_dropped_to_the_socket_again(root: Path, method, answer):
     """The site's upstream (a backup at the same socket) and its proxy_next_upstream, as
-    rendered: a request the stopping Flower dropped is answered by the new one."""
+    rendered: a GET the stopping Flower dropped is answered by the new one; a POST (a control,
+    a task's apply) is never sent twice: 502, the documented limit."""
     settings = settings_with()
     site_text = https_site_text(dashboard_site(settings, "flower.example.com"), settings)
     upstream = re.search(r"upstream flowerbed_flower \{.*?\n\}", site_text, re.S).group(0)
@@ -217,7 +238,32 @@ def test_nginx_sends_a_request_flower_dropped_to_the_socket_again(root: Path):
             f"location / {{ proxy_http_version 1.1; {retry} proxy_pass http://flowerbed_flower; }}"
         )
         with Nginx(root, server, extra_http=upstream) as nginx:
-            assert nginx.get(None) == (200, "new"), nginx.error_log()
+            status, body = sent(nginx.port, method)
+            assert (status, body if status == 200 else None) == answer, nginx.error_log()
             assert "prematurely closed" in nginx.error_log()  # the first try was dropped
     finally:
         dropper.kill()
+
+
+def sent(port: int, method: str) -> tuple[int, str]:
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        connection.request(method, "/", body=b"" if method == "POST" else None)
+        answer = connection.getresponse()
+        return answer.status, answer.read().decode()
+    finally:
+        connection.close()
+
+
+def test_the_memory_watchdog_asks_the_keeper_whether_flower_is_ready(root: Path, monkeypatch):
+    """The socket file outlives a restart: only the keeper in the same process knows whether
+    this Flower has bound (adopted) it, so has loaded its state."""
+    path = root / "flower.sock"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as earlier:
+        earlier.bind(str(path))  # as the previous process left it, just now
+    keeper = types.ModuleType("flowerbed_socket_keeper")
+    keeper.bound = []
+    monkeypatch.setitem(sys.modules, "flowerbed_socket_keeper", keeper)
+    assert not memory_watchdog.bound_since(str(path), time.time())
+    keeper.bound.append(time.time())
+    assert memory_watchdog.bound_since(str(path), time.time())
