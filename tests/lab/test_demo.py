@@ -16,7 +16,7 @@ import subprocess
 
 import pytest
 from conftest import REPO, Lab, lab_up
-from deploy_helpers import run_deploy
+from deploy_helpers import grand_total, https_status, run_deploy
 from doc_commands import documented
 
 pytestmark = pytest.mark.lab
@@ -25,7 +25,6 @@ DEMO = "make demo"
 URL = re.compile(r"^\s+(https://\S+/)\s+(.*)$", re.MULTILINE)
 LOGIN = re.compile(r"^\s+login:\s+(\S+) / (\S+)\s", re.MULTILINE)
 CA = re.compile(r"^\s+CA:\s+(\S+)\s", re.MULTILINE)
-GRAND_TOTAL = re.compile(r"^\s*Grand total\s+(\S+)\s+(\S+)\s+(\S+)\s+(\S+)\s*$", re.MULTILINE)
 
 
 def make_demo() -> subprocess.CompletedProcess:
@@ -43,23 +42,6 @@ def shown(done: subprocess.CompletedProcess, secret: str) -> str:
     """The run's output for an assertion's message, without the lab's password."""
     text = f"exit {done.returncode}\n{done.stdout[-5000:]}\n{done.stderr[-5000:]}"
     return text.replace(secret, "<password>") if secret else text
-
-
-def curl_status(url: str, ca: str, login: str | None) -> str:
-    """The HTTP status curl gets for `url`, trusting only `ca`; the login on curl's stdin,
-    never on its command line."""
-    config = f'user = "{login}"\n' if login else ""
-    done = subprocess.run(
-        ["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "-K", "-", "--cacert", ca, url],
-        input=config, capture_output=True, text=True, timeout=30,
-    )  # fmt: skip
-    return done.stdout
-
-
-def deploy_totals(done: subprocess.CompletedProcess) -> dict[str, str]:
-    """pyinfra's "Grand total" row of the demo's deploy ("-" for 0)."""
-    (row,) = GRAND_TOTAL.findall(done.stdout + done.stderr)
-    return dict(zip(("hosts", "success", "error", "no_change"), row, strict=True))
 
 
 @pytest.fixture
@@ -94,14 +76,14 @@ def test_make_demo_prints_a_url_and_login_that_answer_and_a_second_run_changes_n
     assert ca == lab.state["acme"]["root"]
     for url, said in urls:
         assert said.startswith("OK, workers: "), shown(first, password)
-        with_login, without = curl_status(url, ca, ":".join(login)), curl_status(url, ca, None)
+        with_login, without = https_status(url, ca, ":".join(login)), https_status(url, ca, None)
         assert (with_login, without) == ("200", "401"), url
-        api = curl_status(url + "api/workers", ca, ":".join(login))
+        api = https_status(url + "api/workers", ca, ":".join(login))
         assert api == "200", url
 
     second = make_demo()
     assert second.returncode == 0, shown(second, password)
-    totals = deploy_totals(second)
+    totals = grand_total(second.stdout + second.stderr)
     assert totals["success"] == "-" and totals["error"] == "-", totals
     assert totals["hosts"] != "-", "the second run deployed the hosts again"
     again = [url for url, _ in URL.findall(second.stdout)]

@@ -36,6 +36,7 @@ from pathlib import Path
 
 import pytest
 from conftest import REPO, Lab, run
+from deploy_helpers import grand_total, https_status
 from doc_commands import documented
 from package_helpers import checkout_sources
 from test_sudo import make_deploy_user, ssh_as
@@ -55,7 +56,6 @@ DEPLOY = "pyinfra inventory/mine.py deploy.py --data flower_tls_acme_directory=l
 VERIFY = "pyinfra inventory/mine.py verify.py -y"
 FOR_REAL = "pyinfra inventory/mine.py deploy.py"
 STEPS = (ENV_FILE, INVENTORY, EDIT, PREVIEW, DEPLOY, VERIFY, FOR_REAL)
-GRAND_TOTAL = re.compile(r"^\s*Grand total\s+(\S+)\s+(\S+)\s+(\S+)\s+(\S+)\s*$", re.MULTILINE)
 ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 
 EDITOR = """\
@@ -134,23 +134,11 @@ class Steps:
         return done
 
 
-def totals(done: subprocess.CompletedProcess) -> dict[str, str]:
-    """pyinfra's "Grand total" row: hosts, success (changed), error, no change ("-" for 0)."""
-    (row,) = GRAND_TOTAL.findall(done.stdout + done.stderr)
-    return dict(zip(("hosts", "success", "error", "no_change"), row, strict=True))
-
-
 def status(lab: Lab, host: dict, login: str | None) -> str:
-    """What curl gets from https://<fqdn>/ at the host, trusting only the lab's root; the
-    login goes to curl on stdin, never on its command line."""
-    config = f'user = "{login}"\n' if login else ""
-    done = subprocess.run(
-        ["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "-K", "-", "--cacert",
-         lab.state["acme"]["root"], "--resolve", f"{host['fqdn']}:443:{host['address']}",
-         f"https://{host['fqdn']}/"],
-        input=config, capture_output=True, text=True, timeout=30,
-    )  # fmt: skip
-    return done.stdout
+    """What curl gets from https://<fqdn>/ at the host, trusting only the lab's root."""
+    fqdn = host["fqdn"]
+    resolve = f"{fqdn}:443:{host['address']}"
+    return https_status(f"https://{fqdn}/", lab.state["acme"]["root"], login, resolve)
 
 
 def test_the_readme_steps_deploy_a_fresh_host_as_my_server(lab: Lab, fresh_host, tmp_path):
@@ -180,7 +168,7 @@ def test_the_readme_steps_deploy_a_fresh_host_as_my_server(lab: Lab, fresh_host,
 
     deployed = steps.run(DEPLOY, answer="\n")  # Enter at "Press enter to execute..."
     assert deployed.returncode == 0, deployed.stderr[-6000:]
-    first = totals(deployed)
+    first = grand_total(deployed.stdout + deployed.stderr)
     assert first["success"] != "-" and first["error"] == "-", first
     print(f"the README's deploy: {first}")
 
@@ -196,7 +184,7 @@ def test_the_readme_steps_deploy_a_fresh_host_as_my_server(lab: Lab, fresh_host,
 
     again = steps.run(FOR_REAL, answer="\n")
     assert again.returncode == 0, again.stderr[-6000:]
-    second = totals(again)
+    second = grand_total(again.stdout + again.stderr)
     assert second["success"] == "-" and second["error"] == "-", f"changed: {second}"
     after = status(lab, host, login)
     assert after == "200", "the login, after the last deploy"
