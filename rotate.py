@@ -1,7 +1,8 @@
 """Rotate a secret on every host of the inventory that uses it, with no downtime.
 
     pyinfra inventory/prod.py rotate.py -y                                  # every dashboard login
-    pyinfra inventory/prod.py rotate.py -y --data rotate_users='["alice"]' --limit web1   # canary
+    pyinfra inventory/prod.py rotate.py -y --data rotate_users='["alice"]' \\
+        --limit flower-1.example.com                                        # a canary first
     FLOWERBED_NEW_BROKER_URL=redis://:NEW@broker:6379/0 \\
         pyinfra inventory/prod.py rotate.py -y --data rotate=broker         # the broker password
     pyinfra inventory/prod.py rotate.py -y --data rotate=cookie             # OAuth cookie secret

@@ -1,6 +1,6 @@
 """Flower under a flood of task events: its memory and its API latency through nginx.
 
-    flock /tmp/fb-lab.lock .venv/bin/python benchmarks/flood.py [--tasks 200000] [--rate 1000]
+    .venv/bin/python benchmarks/flood.py [--tasks 200000] [--rate 1000]
         [--max-tasks 20000] [--payload 1024]
 
 Boots a fresh lab host (`make lab-up` first), deploys it with `flower_max_tasks` set and the

@@ -1,7 +1,7 @@
 """What the lab's on-demand services cost: start time and memory (PSS) of RabbitMQ (with its
 demo worker) and of Prometheus (with the blackbox exporter), and a no-op `lab up` beside them.
 
-    sudo flock /tmp/fb-lab.lock .venv/bin/python benchmarks/lab_services.py
+    .venv/bin/python benchmarks/lab_services.py   # as root, while nothing else uses the lab
 
 Needs a running lab (`make lab-up`); stops each service first, starts it timed, measures, and
 leaves it stopped again (both are started only by the tests that need them).

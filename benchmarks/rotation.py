@@ -1,6 +1,6 @@
 """Dashboard password rotation on fresh lab hosts, while clients poll every host.
 
-    flock /tmp/fb-lab.lock .venv/bin/python benchmarks/rotation.py [--hosts 3]
+    .venv/bin/python benchmarks/rotation.py [--hosts 3]
 
 Boots N fresh hosts (rb1..rbN) in the running lab (`make lab-up` first), deploys them, rotates
 every login with rotate.py against a copy of .lab/lab.env while one client per host polls

@@ -126,3 +126,23 @@ def assert_no_secret(result: DeployResult, secrets: list[str]) -> None:
     for secret in secrets:
         assert secret not in result.stdout, "a secret is in pyinfra's stdout"
         assert secret not in result.stderr, "a secret is in pyinfra's stderr"
+
+
+GRAND_TOTAL = re.compile(r"^\s*Grand total\s+(\S+)\s+(\S+)\s+(\S+)\s+(\S+)\s*$", re.MULTILINE)
+
+
+def grand_total(log: str) -> dict[str, str]:
+    """pyinfra's "Grand total" row in a run's text output (without --json): hosts, success
+    (changed), error, no change, each "-" for 0."""
+    (row,) = GRAND_TOTAL.findall(ANSI.sub("", log))
+    return dict(zip(("hosts", "success", "error", "no_change"), row, strict=True))
+
+
+def https_status(url: str, ca: str, login: str | None, resolve: str = "") -> str:
+    """The HTTP status curl gets for `url` trusting only `ca` (`resolve`: curl's HOST:PORT:ADDR);
+    the `user:password` login goes to curl on stdin, never on its command line."""
+    args = ["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "-K", "-", "--cacert", ca]
+    args += ["--resolve", resolve] if resolve else []
+    config = f'user = "{login}"\n' if login else ""
+    done = subprocess.run([*args, url], input=config, capture_output=True, text=True, timeout=30)
+    return done.stdout

@@ -50,6 +50,23 @@ RUN_BY: dict[str, str] = {
     "echo $?": _LAB + "test_verify_against_the_lab_prints_the_table_and_its_exit_status",
     "pyinfra inventory/prod.py flowerbed.runs.verify -y":
         "tests/lab/test_consumer.py::test_a_consumer_project_deploys_flowerbed_from_its_wheel",
+    "make demo": "tests/lab/test_demo.py::"
+        "test_make_demo_prints_a_url_and_login_that_answer_and_a_second_run_changes_nothing",
+    # the README's Steps (Deploying to your own servers), in order, on a fresh lab host
+    **dict.fromkeys(
+        (
+            "cp .env.example .env && chmod 600 .env",
+            "cp inventory/prod.py inventory/mine.py",
+            "$EDITOR inventory/mine.py",
+            "pyinfra inventory/mine.py deploy.py --dry --diff "
+            "--data flower_tls_acme_directory=letsencrypt-staging",
+            "pyinfra inventory/mine.py deploy.py "
+            "--data flower_tls_acme_directory=letsencrypt-staging",
+            "pyinfra inventory/mine.py verify.py -y",
+            "pyinfra inventory/mine.py deploy.py",
+        ),
+        "tests/lab/test_readme_steps.py::test_the_readme_steps_deploy_a_fresh_host_as_my_server",
+    ),
 }  # fmt: skip
 
 
@@ -133,6 +150,15 @@ def _without_comment(line: str) -> str:
     return line
 
 
+def first_block_after(path: Path, heading: str) -> list[DocCommand]:
+    """The commands of the first fenced block after the line `heading`, in order."""
+    lines = path.read_text().splitlines()
+    start = lines.index(heading) + 1  # line numbers count from 1
+    opening = next(n for n in range(start, len(lines)) if FENCE.match(lines[n])) + 1
+    closing = next(n for n in range(opening, len(lines)) if lines[n].strip().startswith("```"))
+    return [c for c in commands_in(path) if opening < c.line <= closing]
+
+
 def documented_commands() -> list[DocCommand]:
     return [command for path in documents() for command in commands_in(path)]
 
@@ -144,13 +170,14 @@ def unaccounted(commands: list[DocCommand] | None = None) -> list[DocCommand]:
 
 
 def documented(text: str) -> DocCommand:
-    """The documented command `text`, which a test is about to run: it must be in the docs,
-    not marked as not run."""
+    """The documented command `text`, which a test is about to run: it must be in the docs, in
+    a block not marked as not run (the same command may also stand in a marked block elsewhere,
+    e.g. `pyinfra inventory/mine.py verify.py -y` in the README's Steps and in docs/)."""
     matches = [c for c in documented_commands() if c.text == text]
     assert matches, f"no longer documented: {text!r}"
-    marked = [c for c in matches if c.not_run]
-    assert not marked, f"documented as not run: {marked[0]}"
-    return matches[0]
+    unmarked = [c for c in matches if not c.not_run]
+    assert unmarked, f"documented as not run: {matches[0]}"
+    return unmarked[0]
 
 
 def main() -> None:

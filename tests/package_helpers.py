@@ -26,13 +26,14 @@ PACKAGED = (
 )  # fmt: skip
 
 
-def checkout_sources(dest: Path) -> Path:
-    """The files the wheel is built from, copied to `dest` (symlinks as symlinks)."""
+def checkout_sources(dest: Path, prefixes: tuple[str, ...] = PACKAGED) -> Path:
+    """The files the wheel is built from (or, with `prefixes=("",)`, every file git does not
+    ignore: a checkout as a clone has it), copied to `dest` (symlinks as symlinks)."""
     listed = subprocess.run(
         ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
         cwd=REPO, capture_output=True, text=True, check=True,
     ).stdout.split("\0")  # fmt: skip
-    for name in (n for n in listed if n.startswith(PACKAGED)):
+    for name in (n for n in listed if n and n.startswith(prefixes)):
         source, target = REPO / name, dest / name
         target.parent.mkdir(parents=True, exist_ok=True)
         if source.is_symlink():

@@ -53,14 +53,15 @@ SHARDS = {
     # the host. Each on fresh hosts of its own.
     "fresh-d": [
         "test_instances.py", "test_takeover.py", "test_names_from_host.py",
-        "test_memory_ceiling.py",
+        "test_memory_ceiling.py", "test_readme_steps.py",
     ],
 }  # fmt: skip
 # Alone, after the shards: they stop the shared worker or broker, flood it, rotate the lab's own
-# logins (.lab/lab.env, which every deploy reads), or take the lab down.
+# logins (.lab/lab.env, which every deploy reads), deploy every lab host (`make demo`), or take
+# the lab down.
 ALONE = [
     "test_rotate.py", "test_verify.py", "test_alerts.py", "test_alert_delivery.py",
-    "test_lab.py", "test_lab_handover.py",
+    "test_demo.py", "test_lab.py", "test_lab_handover.py",
 ]  # fmt: skip
 
 

@@ -51,7 +51,7 @@ def test_the_shipped_rules_load_as_they_are():
 
 def test_the_shipped_rules_are_the_defaults_rendering():
     assert RULES.read_text() == render_rules.render(), (
-        "monitoring/flowerbed.rules.yml is stale: run `python3 monitoring/render_rules.py "
+        "monitoring/flowerbed.rules.yml is stale: run `.venv/bin/python monitoring/render_rules.py "
         "-o monitoring/flowerbed.rules.yml`"
     )
 

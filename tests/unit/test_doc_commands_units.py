@@ -5,10 +5,18 @@
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
-from doc_commands import REPO, RUN_BY, commands_in, documented_commands, unaccounted
+from doc_commands import (
+    REPO,
+    RUN_BY,
+    commands_in,
+    documented_commands,
+    first_block_after,
+    unaccounted,
+)
 
 
 def test_every_documented_command_is_run_by_a_test_or_marked_not_run():
@@ -46,6 +54,30 @@ def test_each_test_named_runs_its_command_and_the_command_is_still_documented():
                      if isinstance(n, ast.FunctionDef)}  # fmt: skip
         assert name in functions, f"{test} does not exist"
         assert command in strings_in(module), f"{test} does not hold the command {command!r}"
+
+
+README_STEPS = (
+    "tests/lab/test_readme_steps.py::test_the_readme_steps_deploy_a_fresh_host_as_my_server"
+)
+
+
+def test_the_readme_steps_are_run_in_order_by_one_lab_test():
+    """The README's Steps block (Deploying to your own servers) is exactly what
+    tests/lab/test_readme_steps.py follows, in order: RUN_BY lists them in that order."""
+    block = [c.text for c in first_block_after(REPO / "README.md", "### Steps")]
+    assert block == [command for command, test in RUN_BY.items() if test == README_STEPS]
+    assert len(block) == 7 and all(not c.not_run for c in commands_in(REPO / "README.md")
+                                   if c.text in block)  # fmt: skip
+
+
+def test_the_readme_stays_short_and_its_links_resolve():
+    """Issue 20: a README read in five minutes; the detail is in docs/, linked."""
+    text = (REPO / "README.md").read_text()
+    assert len(text.splitlines()) <= 200
+    links = re.findall(r"\]\(([^)#:]+)(?:#[^)]*)?\)", text)
+    assert "docs/operations.md" in links and "LICENSE" in links
+    missing = [link for link in links if not (REPO / link).exists()]
+    assert not missing, missing
 
 
 MARKDOWN = """\

@@ -27,5 +27,13 @@ def test_running_enabled_and_failed_per_unit():
     }
 
 
-def test_the_command_asks_for_the_active_state():
-    assert "ActiveState" in str(UnitStates().command(("flower.service",)))
+def test_the_command_asks_systemctl_for_every_property_the_states_are_read_from():
+    """The states from `systemctl show` limited to the properties the command asks for are the
+    states from all of them: a property the command forgot would read as missing."""
+    units = ("flower.service", "nginx.service", "never.service")
+    argv = UnitStates().command(units).get_raw_value().split()
+    assert argv[:2] == ["systemctl", "show"] and tuple(argv[-3:]) == units, argv
+    (properties,) = [arg.removeprefix("--property=") for arg in argv if arg.startswith("--")]
+    asked = properties.split(",")
+    shown = [line for line in SHOW.splitlines() if not line or line.partition("=")[0] in asked]
+    assert UnitStates().process(shown) == UnitStates().process(SHOW.splitlines())
