@@ -67,6 +67,7 @@ def test_make_demo_prints_a_url_and_login_that_answer_and_a_second_run_changes_n
     password = lab.dashboard_login[1]
     first = make_demo()
     assert first.returncode == 0, shown(first, password)
+    print(f"first make demo: {grand_total(first.stdout + first.stderr)}")
     urls = URL.findall(first.stdout)
     (login,) = LOGIN.findall(first.stdout)
     (ca,) = CA.findall(first.stdout)
@@ -85,6 +86,7 @@ def test_make_demo_prints_a_url_and_login_that_answer_and_a_second_run_changes_n
     second = make_demo()
     assert second.returncode == 0, shown(second, password)
     totals = grand_total(second.stdout + second.stderr)
+    print(f"second make demo: {totals}")
     assert totals["success"] == "-" and totals["error"] == "-", totals
     assert totals["hosts"] != "-", "the second run deployed the hosts again"
     again = [url for url, _ in URL.findall(second.stdout)]
