@@ -30,10 +30,9 @@ CA = re.compile(r"^\s+CA:\s+(\S+)\s", re.MULTILINE)
 
 def make_demo() -> subprocess.CompletedProcess:
     """The README's command in bash from the repository, as typed in a shell of its own (not
-    as a sub-make of `make test`, without its DISTRO, and without any flowerbed variable of
-    the suite's: the secrets come from the lab's .lab/lab.env, as for a new user)."""
+    as a sub-make of `make test`, and without its DISTRO)."""
     outer = {"MAKEFLAGS", "MFLAGS", "MAKELEVEL", "MAKEOVERRIDES", "DISTRO", "HOSTS"}
-    env = {k: v for k, v in os.environ.items() if k not in outer and not k.startswith("FLOWERBED")}
+    env = {k: v for k, v in os.environ.items() if k not in outer}
     return subprocess.run(
         ["bash", "-c", documented(DEMO).text], cwd=REPO, env=env, capture_output=True,
         text=True, timeout=1800,
