@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from .hooks import WATCHDOG_FILE, hook_block, hook_path, hook_source
+from .hooks import WATCHDOG_FILE, hook_block, hook_path
 from .validation import SettingsError, shown
 
 KIB, MIB, GIB, TIB = 1024, 1024**2, 1024**3, 1024**4
@@ -118,11 +118,6 @@ def config_block(
         socket=socket,
         stop_timeout_sec=stop_timeout_sec,
     )
-
-
-def watchdog_source() -> str:
-    """The watchdog's file as the host gets it (this package's memory_watchdog.py)."""
-    return hook_source(WATCHDOG_FILE)
 
 
 def mib(size: float) -> str:
