@@ -4,7 +4,8 @@ VENV := .venv
 PY := $(VENV)/bin/python
 HOSTS ?= 3
 # The lab hosts' Debian: trixie (13), bookworm (12), or mixed: `make test` then runs h1 and h3
-# on trixie, h2 on bookworm and fresh hosts alternating (tests/conftest.py); lab-up boots trixie.
+# on trixie, h2 on bookworm and each test's fresh hosts alternating (tests/conftest.py); lab-up
+# boots trixie.
 DISTRO ?= mixed
 LAB_DISTRO := $(if $(filter mixed,$(DISTRO)),trixie,$(DISTRO))
 PYTEST_ARGS ?=
@@ -44,8 +45,12 @@ $(VENV)/.installed: requirements.lock
 	$(VENV)/bin/pip install -q --require-hashes --no-deps -r requirements.lock
 	touch $@
 
+# npm (the lab's OIDC provider is installed with it): Debian's package, unless the nodejs
+# installed brings its own (NodeSource's provides npm and conflicts with Debian's).
 machine-packages:
 	$(call install_missing,$(MACHINE_PACKAGES))
+	@command -v npm >/dev/null || { apt-get update -q && DEBIAN_FRONTEND=noninteractive \
+	  apt-get install -y -q --no-install-recommends npm; }
 
 unit-packages:
 	$(call install_missing,$(UNIT_PACKAGES))

@@ -1,7 +1,8 @@
 """The lab's OpenID Connect provider, started on demand (`lab.py oidc-up`) for the OAuth tests.
 
 panva's certified `oidc-provider` (npm, pinned in lab/oidc/package-lock.json, installed with
-`npm ci`) on the bridge at https://10.77.0.1:9443/oauth2 with Okta's routes, so Flower's
+`npm ci`; version 8, which runs on Debian's own Node.js, 12's 18.x and 13's 20.x) on the
+bridge at https://10.77.0.1:9443/oauth2 with Okta's routes, so Flower's
 OktaLoginHandler uses it as it would Okta (flower_oauth2_okta_base_url = that URL). Its TLS
 certificate comes from a lab CA, made like pebble's listener's; hosts trust that CA through
 the deploy's own `flower_egress_ca_certificates`.
@@ -20,6 +21,8 @@ import re
 import secrets
 import shutil
 import subprocess
+from collections.abc import Iterable
+from pathlib import Path
 
 from labkit.config import DOMAIN, GATEWAY, LAB, REPO, SECRETS
 from labkit.process import LabError, pid_alive, port_open, run, spawn, stop, wait_for
@@ -32,7 +35,8 @@ ISSUER = f"https://{GATEWAY}:{PORT}/oauth2"
 CLIENT_ID = "flowerbed-dashboards"
 CA = STATE_DIR / "flowerbed-lab-oidc-ca.pem"  # a name of its own in the hosts' trust store
 USERS = {"allowed": "alice", "refused": "mallory"}
-MIN_NODE = (20, 12)  # oidc-provider 9 uses crypto.hash
+MIN_NODE = (18, 12)  # oidc-provider 8's floor: Debian 12 ships 18.19, Debian 13 20.19
+NPM_CI = ["ci", "--omit=dev", "--no-audit", "--no-fund", "--ignore-scripts"]
 # lab/oidc_provider.py's secrets in .lab/lab.env (the deploy reads the first two)
 CLIENT_SECRET_ENV = "FLOWERBED_OAUTH2_SECRET"
 COOKIE_SECRET_ENV = "FLOWERBED_COOKIE_SECRET"
@@ -76,12 +80,12 @@ def stop_oidc() -> None:
 def check_node() -> str:
     node = shutil.which("node")
     if not node:
-        raise LabError("the OIDC provider needs Node.js >= 20.12 (`node`): install it")
+        raise LabError("the OIDC provider needs Node.js (`node`): `apt install nodejs npm`")
     version = run([node, "--version"]).stdout.strip().lstrip("v")
     if tuple(int(part) for part in version.split(".")[:2]) < MIN_NODE:
         raise LabError(
             f"the OIDC provider needs Node.js >= {'.'.join(map(str, MIN_NODE))}, found {version}: "
-            "install a newer nodejs (Debian 13's, or NodeSource's for Debian 12)"
+            "install Debian's nodejs (12 and 13 have one new enough)"
         )
     return node
 
@@ -96,10 +100,10 @@ def install_package(node: str) -> None:
     npm = shutil.which("npm")
     if not npm:
         raise LabError(
-            "the OIDC provider is installed with npm: install npm (it comes with nodejs)"
+            "the OIDC provider is installed with npm: `apt install npm` (`make machine-packages`)"
         )
     result = subprocess.run(
-        [npm, "ci", "--omit=dev", "--no-audit", "--no-fund", "--ignore-scripts"],
+        [npm, *NPM_CI],
         cwd=PACKAGE,
         capture_output=True,
         text=True,
@@ -123,17 +127,17 @@ def ensure_secrets() -> dict[str, str]:
     return {**values, **missing}
 
 
-def write_config(values: dict[str, str]) -> str:
-    STATE_DIR.mkdir(parents=True, exist_ok=True, mode=0o700)
-    if not (STATE_DIR / "cert.pem").exists():
-        make_acme_listener_cert(STATE_DIR)  # a lab CA and a certificate for the bridge address
-        shutil.copy(STATE_DIR / "ca.pem", CA)
-    config = {
-        "issuer": ISSUER,
-        "host": GATEWAY,
+def provider_config(
+    issuer: str, listen: str, tls: Path, values: dict[str, str], users: Iterable[str]
+) -> dict:
+    """provider.mjs's config: its issuer, where it listens, its TLS files in `tls` (cert.pem,
+    key.pem), the dashboards' client and the users with their passwords from `values`."""
+    return {
+        "issuer": issuer,
+        "host": listen,
         "port": PORT,
-        "cert": str(STATE_DIR / "cert.pem"),
-        "key": str(STATE_DIR / "key.pem"),
+        "cert": str(tls / "cert.pem"),
+        "key": str(tls / "key.pem"),
         "client": {
             "id": CLIENT_ID,
             "secret": values[CLIENT_SECRET_ENV],
@@ -142,9 +146,17 @@ def write_config(values: dict[str, str]) -> str:
         },
         "users": [
             {"login": login, "password": values[password_env(login)], "email": f"{login}@{DOMAIN}"}
-            for login in USERS.values()
+            for login in users
         ],
     }
+
+
+def write_config(values: dict[str, str]) -> str:
+    STATE_DIR.mkdir(parents=True, exist_ok=True, mode=0o700)
+    if not (STATE_DIR / "cert.pem").exists():
+        make_acme_listener_cert(STATE_DIR)  # a lab CA and a certificate for the bridge address
+        shutil.copy(STATE_DIR / "ca.pem", CA)
+    config = provider_config(ISSUER, GATEWAY, STATE_DIR, values, USERS.values())
     path = STATE_DIR / "config.json"
     path.touch(mode=0o600)
     path.chmod(0o600)

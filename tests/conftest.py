@@ -6,18 +6,21 @@ by every test; a test that must start clean asks `fresh_host` for a new host (~2
 Which Debian the hosts run follows $FLOWERBED_TEST_DISTRO, which `make test DISTRO=...` sets
 (not $DISTRO itself: lab.py reads that, and knows no "mixed"): trixie, bookworm or mixed.
 `trixie` or `bookworm` puts every host on it; `mixed` (make test's default) runs h1 and h3 on
-trixie and h2 on bookworm, and fresh hosts alternate, trixie first. Unset (a bare `pytest`),
+trixie and h2 on bookworm, and a fresh host's release is decided by the test asking for it
+(`fresh_distro`: the same whatever ran before or beside it). Unset (a bare `pytest`),
 the shared hosts keep the distro they run and fresh hosts are bookworm. A test that names a
 distro (`fresh_host(distro="trixie")`) gets it whatever the variable says.
 """
 
 from __future__ import annotations
 
+import collections
 import itertools
 import json
 import os
 import shlex
 import subprocess
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,7 +35,7 @@ DISTRO = os.environ.get("FLOWERBED_TEST_DISTRO", "")
 DISTROS = ("bookworm", "trixie")
 MIXED = ("trixie", "bookworm")  # h1, h2, h3, ... and fresh hosts in turn
 assert DISTRO in ("", "mixed", *DISTROS), f"{DISTRO!r}: the distro is bookworm, trixie or mixed"
-_fresh_distros = itertools.cycle(MIXED)
+_fresh_asked: collections.Counter[str] = collections.Counter()
 
 
 def shared_host_distro(number: int) -> str:
@@ -40,11 +43,17 @@ def shared_host_distro(number: int) -> str:
     return MIXED[(number - 1) % len(MIXED)] if DISTRO == "mixed" else DISTRO
 
 
-def fresh_distro() -> str:
-    """The distro of the next fresh host nobody asked a distro for."""
-    if DISTRO == "mixed":
-        return next(_fresh_distros)
-    return DISTRO or "bookworm"
+def fresh_distro(test: str | None = None) -> str:
+    """The distro of a fresh host nobody asked a distro for. Under mixed, the test asking
+    (pytest's current test, its phase left out) and how many it asked for before decide: its
+    hosts alternate from a release its name picks, whatever ran before it or beside it."""
+    if DISTRO != "mixed":
+        return DISTRO or "bookworm"
+    if test is None:
+        test = os.environ.get("PYTEST_CURRENT_TEST", "").rsplit(" (", 1)[0]
+    asked = _fresh_asked[test]
+    _fresh_asked[test] += 1
+    return MIXED[(zlib.crc32(test.encode()) + asked) % len(MIXED)]
 
 
 def run(args: list[str], timeout: float = 120, check: bool = False) -> subprocess.CompletedProcess:

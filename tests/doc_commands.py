@@ -50,6 +50,8 @@ RUN_BY: dict[str, str] = {
     "echo $?": _LAB + "test_verify_against_the_lab_prints_the_table_and_its_exit_status",
     "pyinfra inventory/prod.py flowerbed.runs.verify -y":
         "tests/lab/test_consumer.py::test_a_consumer_project_deploys_flowerbed_from_its_wheel",
+    "make test-unit":
+        "tests/lab/test_fresh_machine.py::test_make_test_unit_passes_on_a_fresh_debian_12",
     "make demo": "tests/lab/test_demo.py::"
         "test_make_demo_prints_a_url_and_login_that_answer_and_a_second_run_changes_nothing",
     # the README's Steps (Deploying to your own servers), in order, on a fresh lab host

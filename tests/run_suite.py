@@ -50,10 +50,10 @@ SHARDS = {
     ],
     # issue 21: several Flowers on one fresh host (a worker of its own on Redis db 11), the
     # takeover of a hand-made Flower, the memory ceiling; issue 19: Flower's names decided from
-    # the host. Each on fresh hosts of its own.
+    # the host; issue 20: the README's Steps, a fresh machine. Each on fresh hosts of its own.
     "fresh-d": [
         "test_instances.py", "test_takeover.py", "test_names_from_host.py",
-        "test_memory_ceiling.py", "test_readme_steps.py",
+        "test_memory_ceiling.py", "test_readme_steps.py", "test_fresh_machine.py",
     ],
 }  # fmt: skip
 # Alone, after the shards: they stop the shared worker or broker, flood it, rotate the lab's own

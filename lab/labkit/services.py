@@ -124,8 +124,9 @@ def ensure_acme() -> dict:
     }
 
 
-def make_acme_listener_cert(acme: Path) -> None:
-    """A CA and a server certificate for pebble's own HTTPS listener on the bridge."""
+def make_acme_listener_cert(acme: Path, address: str = GATEWAY) -> None:
+    """A CA and a server certificate for pebble's own HTTPS listener on the bridge (or for
+    another lab listener at `address`)."""
     openssl = ["openssl", "req", "-nodes", "-newkey", "rsa:2048"]
     run(
         [
@@ -149,7 +150,7 @@ def make_acme_listener_cert(acme: Path) -> None:
         [
             *openssl,
             "-subj",
-            f"/CN={GATEWAY}",
+            f"/CN={address}",
             "-keyout",
             str(acme / "key.pem"),
             "-out",
@@ -157,7 +158,7 @@ def make_acme_listener_cert(acme: Path) -> None:
         ]
     )
     (acme / "ext.cnf").write_text(
-        f"subjectAltName=IP:{GATEWAY},DNS:localhost\n"
+        f"subjectAltName=IP:{address},DNS:localhost\n"
         "keyUsage=critical,digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n"
     )
     run(

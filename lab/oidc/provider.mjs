@@ -49,6 +49,9 @@ const provider = new Provider(config.issuer, {
   claims: { openid: ['sub'], email: ['email', 'email_verified'] },
   scopes: ['openid', 'email'],
   features: { devInteractions: { enabled: false } },
+  // Flower's Okta login sends no code_challenge: like Okta for a confidential web client (the
+  // dashboards authenticate with their secret), PKCE is allowed but not required
+  pkce: { methods: ['S256'], required: () => false },
   jwks: { keys: [generateKeyPairSync('rsa', { modulusLength: 2048 }).privateKey.export({ format: 'jwk' })] },
   cookies: { keys: [randomBytes(32).toString('hex')] },
   interactions: { url: (ctx, interaction) => `${base}/interaction/${interaction.uid}` },
