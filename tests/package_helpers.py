@@ -67,7 +67,7 @@ def missing_from_wheel(wheel: Path) -> list[str]:
     modules = (REPO / "flowerbed").rglob("*.py")
     wanted = {
         *(f"flowerbed/templates/{p.name}" for p in (REPO / "templates").glob("*.j2")),
-        *(f"flowerbed/files/{p.name}" for p in (REPO / "files").iterdir()),
+        *(f"flowerbed/files/{p.name}" for p in (REPO / "files").iterdir() if p.is_file()),
         *(f"flowerbed/locks/{p.name}" for p in (REPO / "locks").glob("flower-*")),
         *(p.relative_to(REPO).as_posix() for p in modules if "__pycache__" not in p.parts),
     }

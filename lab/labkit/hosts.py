@@ -147,6 +147,9 @@ def prepare_host_root(host: dict) -> Path:
     shutil.copy(f"{SSH_KEY}.pub", ssh_dir / "authorized_keys")
     (root / "etc/resolv.conf").unlink(missing_ok=True)
     (root / "etc/resolv.conf").write_text(f"nameserver {GATEWAY}\n")
+    # dpkg without an fsync per file: a lab host is thrown away, never recovered after a crash,
+    # and Debian 12's npm (363 packages) took 233 s to install with them, 90 s without
+    (root / "etc/dpkg/dpkg.cfg.d/lab-unsafe-io").write_text("force-unsafe-io\n")
     (root / "etc/apt/apt.conf.d/01proxy").write_text(
         f'Acquire::http::Proxy "http://{GATEWAY}:{PROXY_PORT}";\n'
         f'Acquire::https::Proxy "http://{GATEWAY}:{PROXY_PORT}";\n'

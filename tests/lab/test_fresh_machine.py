@@ -54,8 +54,6 @@ CLONE = "/root/flowerbed"
 OIDC_DIR = "/opt/lab-oidc"
 DEBIAN_NODE = {"bookworm": "18.", "trixie": "20."}  # the major each release's nodejs has
 REDIRECT = f"https://h1.{oidc_provider.DOMAIN}/login"
-# dpkg without fsync on these throwaway hosts: Debian 12's npm is 363 packages, 233 s with it
-UNSAFE_IO = "echo force-unsafe-io > /etc/dpkg/dpkg.cfg.d/lab-unsafe-io"
 APT_NODE = "--no-install-recommends nodejs npm"  # what `make machine-packages` installs
 
 
@@ -111,7 +109,7 @@ def test_make_test_unit_passes_on_a_fresh_debian_12(lab: Lab, debian_host, tmp_p
     host = debian_host("bookworm")
     name = host["name"]
     put_tree(name, {".": clean_clone(tmp_path)}, CLONE)
-    prepared = lab.ssh(name, f"{UNSAFE_IO} && apt-get update -q && apt-get install -y -q make", 600)
+    prepared = lab.ssh(name, "apt-get update -q && apt-get install -y -q make", 600)
     assert prepared.returncode == 0, prepared.stderr[-3000:]
 
     started = time.monotonic()
@@ -224,7 +222,7 @@ def test_the_oidc_provider_runs_on_debians_own_nodejs(lab: Lab, debian_host, dis
     name, address = host["name"], host["address"]
     installed = lab.ssh(
         name,
-        f"{UNSAFE_IO} && apt-get update -q && apt-get install -y -q {APT_NODE}",
+        f"apt-get update -q && apt-get install -y -q {APT_NODE}",
         900,
     )
     assert installed.returncode == 0, installed.stderr[-3000:]
