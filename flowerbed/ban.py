@@ -21,7 +21,7 @@ from . import facts
 from .hostfiles import Absent, PathStates, RootFile, changed, root_files
 from .packages import system_packages
 from .render import render
-from .settings import Settings
+from .settings import Auth, Firewall, Nginx
 from .shell import command
 from .units import unit_running
 
@@ -67,14 +67,14 @@ class Ban:
 BAN = Ban()
 
 
-def banning(settings: Settings) -> bool:
+def banning(auth: Auth, nginx: Nginx) -> bool:
     """A jail only where nginx checks passwords (basic auth) and flower_nginx_ban_failures > 0."""
-    return settings.auth.mode == "basic" and settings.nginx.ban_failures > 0
+    return auth.mode == "basic" and nginx.ban_failures > 0
 
 
-def jail_text(settings: Settings) -> str:
-    ignored = (*LOOPBACK_NETWORKS, *settings.firewall.admin_sources)
-    return render("fail2ban-jail-flowerbed.conf.j2", ban=BAN, nginx=settings.nginx, ignored=ignored)
+def jail_text(nginx: Nginx, firewall: Firewall) -> str:
+    ignored = (*LOOPBACK_NETWORKS, *firewall.admin_sources)
+    return render("fail2ban-jail-flowerbed.conf.j2", ban=BAN, nginx=nginx, ignored=ignored)
 
 
 def filter_text() -> str:
@@ -86,9 +86,9 @@ def action_text() -> str:
 
 
 @deploy("Login ban: fail2ban")
-def login_ban(settings: Settings) -> None:
+def login_ban(auth: Auth, nginx: Nginx, firewall: Firewall) -> None:
     """fail2ban runs flowerbed's jail (or, with no ban, none of flowerbed's files stay)."""
-    if not banning(settings):
+    if not banning(auth, nginx):
         root_files("No login ban of flowerbed's", [Absent(path) for path in FILES])
         server.shell(
             name="Reload fail2ban (flowerbed's jail went)",
@@ -102,7 +102,7 @@ def login_ban(settings: Settings) -> None:
         [
             RootFile(FILTER_FILE, filter_text()),
             RootFile(ACTION_FILE, action_text()),
-            RootFile(JAIL_FILE, jail_text(settings)),
+            RootFile(JAIL_FILE, jail_text(nginx, firewall)),
         ],
     )
     facts.expect(PathStates, paths=(LOG,), digests=False)

@@ -52,6 +52,19 @@ def this_host() -> Checked:
     return checked(host, inventory)
 
 
+def host_edge(checked_host: Checked) -> None:
+    """The edge with this host's sections and inputs (the whole deploy's, and deploy_edge)."""
+    settings = checked_host.settings
+    edge(
+        settings.dashboard_proxy,
+        settings.site,
+        settings.tls,
+        settings.auth,
+        checked_host.edge,
+        checked_host.instances,
+    )
+
+
 @deploy("flowerbed", data_defaults=DEFAULTS)
 def deploy_flowerbed() -> None:
     """Flower behind nginx with TLS and logins, a firewall, and a health check: every part
@@ -80,12 +93,13 @@ def deploy_flowerbed() -> None:
     inbound_firewall(settings.firewall)
     installed = install_flower(settings.flower, settings.egress)
     take_over(settings.takeover, settings.flower, settings.options)
-    flower_service(settings, checked_host.secrets, installed)
-    flower_instances(settings, checked_host.instances, installed)
-    edge(settings, checked_host.edge, checked_host.instances)
+    run = settings.flower_run
+    flower_service(run, settings.oauth_provider, checked_host.secrets, installed)
+    flower_instances(run, checked_host.instances, installed)
+    host_edge(checked_host)
     instances_dropped(settings.instances, settings.flower, settings.remove)
-    verify_flower(settings, after_changes_only=True)
-    instances_healthy(settings)
+    verify_flower(run, after_changes_only=True)
+    instances_healthy(settings.instances, run)
     remove_old_venvs(settings.flower, installed)
 
 
@@ -185,10 +199,11 @@ def deploy_flower() -> None:
     names_claimed(settings.flower, takeover_names(settings.takeover, settings.flower))
     installed = install_flower(settings.flower, settings.egress)
     take_over(settings.takeover, settings.flower, settings.options)
-    flower_service(settings, checked_host.secrets, installed)
-    flower_instances(settings, checked_host.instances, installed)
-    verify_flower(settings, after_changes_only=True)
-    instances_healthy(settings)
+    run = settings.flower_run
+    flower_service(run, settings.oauth_provider, checked_host.secrets, installed)
+    flower_instances(run, checked_host.instances, installed)
+    verify_flower(run, after_changes_only=True)
+    instances_healthy(settings.instances, run)
     remove_old_venvs(settings.flower, installed)
 
 
@@ -227,7 +242,7 @@ def deploy_edge() -> None:
     """
     checked_host = this_host()
     existing_site_checked(checked_host.settings.site, checked_host.edge.site.fqdn)
-    edge(checked_host.settings, checked_host.edge, checked_host.instances)
+    host_edge(checked_host)
 
 
 @deploy("flowerbed: health check", data_defaults=DEFAULTS)
@@ -245,7 +260,7 @@ def deploy_health_check() -> None:
 
         deploy_health_check()
     """
-    verify_flower(this_host().settings)
+    verify_flower(this_host().settings.flower_run)
 
 
 PARTS = (

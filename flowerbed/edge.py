@@ -24,28 +24,33 @@ from .instances import (
 from .nginx import nginx_http, nginx_https
 from .packages import system_packages
 from .proxy_login import proxy_login
-from .settings import Settings
+from .settings import Auth, DashboardProxy, Site, Tls
 from .tls import CertificateRequest, certbot, certbot_packages, tls_certificate
 
 
 @deploy("Edge: nginx, TLS, logins")
 def edge(
-    settings: Settings, inputs: EdgeInputs, instances: tuple[InstanceInputs, ...] = ()
+    proxy: DashboardProxy,
+    existing: Site,
+    tls: Tls,
+    auth: Auth,
+    inputs: EdgeInputs,
+    instances: tuple[InstanceInputs, ...] = (),
 ) -> None:
     """nginx in front of Flower: a site of flowerbed's own with a certificate from ACME, or the
-    dashboard's locations inside the operator's site (flower_existing_site). The users map
-    names every Flower's logins (the instances' too: flowerbed.decoy)."""
-    site, in_site = inputs.site, bool(settings.site.existing_site)
+    dashboard's locations inside the operator's site (`existing`: flower_existing_site). The
+    users map names every Flower's logins (the instances' too: flowerbed.decoy)."""
+    site, in_site = inputs.site, bool(existing.existing_site)
     decoy = [HEADERS_MORE_PACKAGE] if site.basic_auth else []  # more_set_input_headers
-    system_packages(["nginx", *decoy, *([] if in_site else certbot_packages(settings.tls))])
+    system_packages(["nginx", *decoy, *([] if in_site else certbot_packages(tls))])
     if not in_site:
         nginx_in_no_site()
         nginx_http(site)
-        certbot(settings.tls, inputs.dns_credentials)
-        certificate = tls_certificate(CertificateRequest(site.names, settings.tls))
+        certbot(tls, inputs.dns_credentials)
+        certificate = tls_certificate(CertificateRequest(site.names, tls))
     names = ()
     if site.basic_auth:
-        proxy_login(settings.flower)  # what the HTTPS site includes (made by Flower's part)
+        proxy_login(proxy.flower)  # what the HTTPS site includes (made by Flower's part)
         logins = host_login_names(inputs.logins, instances)
         others = others_names(logins, HTPASSWD)
         htpasswd("Dashboard logins (bcrypt)", HTPASSWD, inputs.logins, others)  # read per request
@@ -55,9 +60,9 @@ def edge(
     else:
         root_files("No nginx logins (Flower does OAuth)", [Absent(HTPASSWD)])
     if in_site:
-        nginx_in_site(site, settings, *names)  # the site's own certificate
+        nginx_in_site(site, proxy, existing, *names)  # the site's own certificate
     else:
-        nginx_https(site, settings, certificate, *names)
+        nginx_https(site, proxy, certificate, *names)
     if not site.basic_auth:
         no_users_map()  # after the site that no longer includes it
-    login_ban(settings)  # after nginx: it reads the log nginx writes
+    login_ban(auth, proxy.nginx, proxy.firewall)  # after nginx: it reads the log nginx writes

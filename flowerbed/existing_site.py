@@ -38,7 +38,7 @@ from .nginx import (
     reload_nginx,
 )
 from .render import render
-from .settings import Settings, Site
+from .settings import DashboardProxy, Site
 from .shell import command, refused
 from .units import unit_running
 
@@ -268,21 +268,21 @@ def flower_not_included():
 # --- the files ------------------------------------------------------------------------------
 
 
-def in_site_context(site: Dashboard, settings: Settings) -> dict:
+def in_site_context(site: Dashboard, proxy: DashboardProxy, existing: Site) -> dict:
     return {
-        **dashboard_context(site, settings, in_site=True),
-        "existing_site": settings.site.existing_site,
+        **dashboard_context(site, proxy, in_site=True),
+        "existing_site": existing.existing_site,
         "snippet": SNIPPET,
         "http_level": HTTPS_SITE,
     }
 
 
-def http_level_text(site: Dashboard, settings: Settings) -> str:
-    return render("nginx-existing-site-http.conf.j2", **in_site_context(site, settings))
+def http_level_text(site: Dashboard, proxy: DashboardProxy, existing: Site) -> str:
+    return render("nginx-existing-site-http.conf.j2", **in_site_context(site, proxy, existing))
 
 
-def locations_text(site: Dashboard, settings: Settings) -> str:
-    return render("nginx-existing-site.conf.j2", **in_site_context(site, settings))
+def locations_text(site: Dashboard, proxy: DashboardProxy, existing: Site) -> str:
+    return render("nginx-existing-site.conf.j2", **in_site_context(site, proxy, existing))
 
 
 # --- deploys --------------------------------------------------------------------------------
@@ -304,17 +304,20 @@ def existing_site_checked(site: Site, name: str) -> None:
 
 
 @deploy("nginx: Flower inside your site")
-def nginx_in_site(site: Dashboard, settings: Settings, *changes) -> None:
-    """Flower's locations in the operator's HTTPS server; reloaded if they, the include line or
-    the login names changed."""
-    path = settings.site.existing_site
+def nginx_in_site(site: Dashboard, proxy: DashboardProxy, existing: Site, *changes) -> None:
+    """Flower's locations in the operator's HTTPS server (`existing`: flower_existing_site,
+    flower_existing_site_include); reloaded if they, the include line or the login names
+    changed."""
+    path = existing.existing_site
     unit_running("nginx is enabled and running", "nginx")
     locations = root_files(
         "Flower's locations for your site (snippets/)",
-        [RootFile(SNIPPET, locations_text(site, settings))],
+        [RootFile(SNIPPET, locations_text(site, proxy, existing))],
     )
     http_level = nginx_file(
-        "Flower's zones and maps (conf.d/)", HTTPS_SITE, lambda _: http_level_text(site, settings)
+        "Flower's zones and maps (conf.d/)",
+        HTTPS_SITE,
+        lambda _: http_level_text(site, proxy, existing),
     )
     own_site = root_files("No port 80 site of flowerbed's (yours has its own)", [Absent(HTTP_SITE)])
     facts.expect(ExistingSite, path=path)
@@ -322,7 +325,7 @@ def nginx_in_site(site: Dashboard, settings: Settings, *changes) -> None:
         name=f"Your site includes Flower's locations ({path})",
         path=path,
         server_name=site.fqdn,
-        add_include=settings.site.existing_site_include,
+        add_include=existing.existing_site_include,
     )
     reload_nginx(
         "Test and reload nginx (Flower's locations, your site or login names changed)",

@@ -28,7 +28,7 @@ from .packages import pip_conf, system_packages
 from .proxy_login import env_files, no_proxy_login, proxy_login
 from .render import render
 from .secrets import checked_secret_file
-from .settings import Egress, Flower, FlowerOptions, Settings, local_app_dir
+from .settings import Egress, Flower, FlowerOptions, FlowerRun, OAuthProvider, local_app_dir
 from .shell import command
 from .units import UnitStates, unit_running, unit_state
 from .venv import AppPackage, app_from_source, linked_venv, only_the_venv, venv_key
@@ -114,24 +114,22 @@ def flower_config_values(flower: Flower, options: FlowerOptions) -> list[tuple[s
     return [(name, value) for name, value in values.items() if value is not None]
 
 
-def config_text(settings: Settings) -> str:
-    flower = settings.flower
-    values = flower_config_values(flower, settings.options)
-    return render("flowerconfig.py.j2", values=values, hooks=hooks_block(settings))
+def config_text(flower: Flower, options: FlowerOptions) -> str:
+    values = flower_config_values(flower, options)
+    return render("flowerconfig.py.j2", values=values, hooks=hooks_block(flower, options))
 
 
-def memory_ceiling(settings: Settings) -> memory.Ceiling:
+def memory_ceiling(flower: Flower, options: FlowerOptions) -> memory.Ceiling:
     """The main Flower's ceiling: flower_memory_max, or derived from flower_max_tasks."""
-    return memory.ceiling(settings.flower.memory_max, settings.options.max_tasks)
+    return memory.ceiling(flower.memory_max, options.max_tasks)
 
 
-def hooks_block(settings: Settings) -> str:
+def hooks_block(flower: Flower, options: FlowerOptions) -> str:
     """What flowerconfig.py starts inside Flower (flowerbed/hooks.py): the socket keeper, then
     the memory watchdog."""
-    flower = settings.flower
     keeper = hook_block(KEEPER_FILE, flower.config_file, path=flower.socket)
     watchdog = memory.config_block(
-        memory_ceiling(settings), flower.config_file, flower.state_dir, flower.socket,
+        memory_ceiling(flower, options), flower.config_file, flower.state_dir, flower.socket,
         flower.stop_timeout_sec,
     )  # fmt: skip
     return keeper + watchdog
@@ -279,18 +277,20 @@ def created_accounts(found: dict, user: str, group: str) -> tuple[str, ...]:
 
 
 @deploy("Flower service")
-def flower_service(settings: Settings, secrets: FlowerSecrets, installed: Installed):
+def flower_service(
+    run: FlowerRun, oauth_provider: OAuthProvider, secrets: FlowerSecrets, installed: Installed
+):
     """Flower runs the installed venv with the current config; restarted only on change.
     Its memory ceiling: flower_memory_max, else derived from flower_max_tasks."""
-    flower = settings.flower
-    environment = settings.oauth_provider.environment(settings.options.auth_provider)
-    unit = unit_text(flower, environment, settings.auth.mode, memory_ceiling(settings))
+    flower, options, auth_mode = run.flower, run.options, run.auth.mode
+    environment = oauth_provider.environment(options.auth_provider)
+    unit = unit_text(flower, environment, auth_mode, memory_ceiling(flower, options))
     root_files(
         "Flower's options (flowerconfig.py), its socket keeper and memory watchdog, hardened "
         "unit and directories",
         [
             RootDirectory(flower.config_dir),
-            RootFile(flower.config_file, config_text(settings)),
+            RootFile(flower.config_file, config_text(flower, options)),
             *hook_files(flower),
             RootFile(flower.unit_file, unit),
         ],  # flower_app_workdir is only read: never made or chowned (flowerbed/ownership.py)
@@ -300,8 +300,8 @@ def flower_service(settings: Settings, secrets: FlowerSecrets, installed: Instal
         path=flower.env_file,
         content=env_text(flower, secrets),
     )
-    login = proxy_login(flower) if settings.auth.mode == "basic" else no_proxy_login(flower)
-    check = app_check(flower, settings.auth.mode)
+    login = proxy_login(flower) if auth_mode == "basic" else no_proxy_login(flower)
+    check = app_check(flower, auth_mode)
     return restart_on_change(flower, env, installed.venv, login, app_check=check)
 
 

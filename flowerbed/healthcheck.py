@@ -19,7 +19,7 @@ from . import facts
 from .hostfiles import PathStates, root_file
 from .proxy_login import env_files
 from .resources import HOST_SCRIPTS
-from .settings import Settings
+from .settings import FlowerRun
 from .shell import command
 from .units import UnitStates, full_name, unit_state
 
@@ -29,14 +29,14 @@ HEALTHCHECK_PATH = "/usr/local/libexec/flowerbed/flower-healthcheck"
 UNHEALTHY_MARKER = "/var/lib/flowerbed/flower-unhealthy"
 
 
-def healthcheck_argv(settings: Settings) -> list[str]:
-    flower, options = settings.flower, settings.options
+def healthcheck_argv(run: FlowerRun) -> list[str]:
+    flower, options = run.flower, run.options
     return [
         HEALTHCHECK_PATH,
         f"--socket={flower.socket}",
         f"--prefix={options.url_prefix}",
         f"--unit={flower.unit_name}",
-        *(f"--env-file={path}" for path in env_files(flower, settings.auth.mode)),
+        *(f"--env-file={path}" for path in env_files(flower, run.auth.mode)),
         f"--min-workers={flower.healthcheck_min_workers}",
         f"--timeout={flower.healthcheck_timeout}",
         f"--unhealthy-marker={UNHEALTHY_MARKER}",
@@ -96,16 +96,16 @@ def log_unhealthy(host, message: str, report: dict) -> None:
 
 
 @deploy("Verify Flower")
-def verify_flower(settings: Settings, after_changes_only: bool = False) -> None:
+def verify_flower(run: FlowerRun, after_changes_only: bool = False) -> None:
     """Flower's health check; `after_changes_only`: not on a run that changed nothing while
     Flower's unit runs (the whole deploy's way: its drift check stays one round trip)."""
     root_file("Flower's health check script", HEALTHCHECK_SCRIPT, HEALTHCHECK_PATH, "755")
-    facts.expect(UnitStates, units=(full_name(settings.flower.unit_name),))
+    facts.expect(UnitStates, units=(full_name(run.flower.unit_name),))
     facts.expect(PathStates, paths=(UNHEALTHY_MARKER,), digests=False)
     flower_healthy(
         name="Flower answers on its socket and sees the workers",
-        argv=tuple(healthcheck_argv(settings)),
-        unit=settings.flower.unit_name,
+        argv=tuple(healthcheck_argv(run)),
+        unit=run.flower.unit_name,
         after_changes_only=after_changes_only,
     )
 

@@ -45,7 +45,7 @@ from .inputs.secrets import FlowerSecrets, Secret
 from .ownership import UNIT_DIRS
 from .proxy_login import proxy_login
 from .secrets import checked_secret_file
-from .settings import Flower, Instance, Instances, Remove, Settings
+from .settings import Flower, FlowerRun, Instance, Instances, Remove
 from .shell import command, refused
 from .units import UnitStates, unit_state
 
@@ -56,14 +56,14 @@ BACKUP_DIR = "/var/backups"
 # --- what each instance is ------------------------------------------------------------------
 
 
-def instance_settings(settings: Settings, instance: Instance) -> Settings:
-    """The settings the main Flower's functions read, for this instance."""
+def instance_run(main: FlowerRun, instance: Instance) -> FlowerRun:
+    """The main Flower's sections, for this instance: what the main Flower's functions read."""
     options = replace(
-        settings.options,
+        main.options,
         url_prefix=instance.path,
-        max_tasks=instance.max_tasks or settings.options.max_tasks,
+        max_tasks=instance.max_tasks or main.options.max_tasks,
     )
-    return replace(settings, flower=instance_flower(settings.flower, instance), options=options)
+    return replace(main, flower=instance_flower(main.flower, instance), options=options)
 
 
 # --- the host's record ----------------------------------------------------------------------
@@ -97,11 +97,11 @@ def recorded(name: str, names: list[str]) -> OperationMeta:
 # --- one instance ---------------------------------------------------------------------------
 
 
-def instance_unit_text(settings: Settings, extra: tuple[str, ...] = ()) -> str:
+def instance_unit_text(run: FlowerRun, extra: tuple[str, ...] = ()) -> str:
     """The main Flower's unit for the instance, with its own journal name and its own memory
     ceiling (from its max_tasks); `extra` lines go into its [Service] section."""
-    flower = settings.flower
-    text = unit_text(flower, None, settings.auth.mode, memory_ceiling(settings))
+    flower = run.flower
+    text = unit_text(flower, None, run.auth.mode, memory_ceiling(flower, run.options))
     lines = (f"SyslogIdentifier={flower.service}", *extra)
     return text.replace("[Service]\n", "[Service]\n" + "".join(f"{x}\n" for x in lines), 1)
 
@@ -122,17 +122,18 @@ def others_names(names: dict[str, tuple[str, ...]], path: str) -> tuple[str, ...
     return tuple(name for other, held in names.items() if other != path for name in held)
 
 
-def instance_service(settings: Settings, inputs: InstanceInputs, installed: Installed) -> None:
+def instance_service(main: FlowerRun, inputs: InstanceInputs, installed: Installed) -> None:
     """One instance: its files and secrets, restarted on a change (its logins are the edge's:
     instances_htpasswds)."""
-    mine = instance_settings(settings, inputs.instance)
+    mine = instance_run(main, inputs.instance)
     flower = mine.flower
     root_files(
         f"Flower {inputs.instance.name}: options, unit and directories",
         [
-            RootDirectory(instances_dir(settings.flower)),
+            RootDirectory(instances_dir(main.flower)),
             RootDirectory(flower.config_dir),
-            RootFile(flower.config_file, config_text(mine)),  # starts what hook_files holds
+            # flowerconfig.py starts what hook_files holds
+            RootFile(flower.config_file, config_text(flower, mine.options)),
             *hook_files(flower),
             RootFile(flower.unit_file, instance_unit_text(mine)),
         ],
@@ -214,7 +215,7 @@ def instances_names_checked(instances: Instances, flower: Flower) -> None:
 
 @deploy("Flower instances")
 def flower_instances(
-    settings: Settings, inputs: tuple[InstanceInputs, ...], installed: Installed
+    main: FlowerRun, inputs: tuple[InstanceInputs, ...], installed: Installed
 ) -> None:
     """Every instance in flower_instances, recorded on the host before it is made.
     Data keys: flower_instances (and the main Flower's flower_* keys it shares)."""
@@ -223,7 +224,7 @@ def flower_instances(
     names = [i.instance.name for i in inputs]
     recorded("Flower instances recorded", [*host.get_fact(RecordedInstances), *names])
     for one in inputs:
-        instance_service(settings, one, installed)
+        instance_service(main, one, installed)
 
 
 def instances_htpasswds(
@@ -238,9 +239,9 @@ def instances_htpasswds(
 
 
 @deploy("Flower instances: health")
-def instances_healthy(settings: Settings) -> None:
-    for instance in settings.instances.instances:
-        verify_flower(instance_settings(settings, instance), after_changes_only=True)
+def instances_healthy(instances: Instances, main: FlowerRun) -> None:
+    for instance in instances.instances:
+        verify_flower(instance_run(main, instance), after_changes_only=True)
 
 
 # --- dropped instances ----------------------------------------------------------------------

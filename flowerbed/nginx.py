@@ -40,7 +40,7 @@ from .decoy import decoy_context
 from .hostfiles import Absent, PathStates, RootFile, entry_commands
 from .inputs.edge import Dashboard
 from .render import render
-from .settings import Settings
+from .settings import DashboardProxy
 from .shell import command
 from .tls import WEBROOT, CertificatePaths
 from .units import unit_running
@@ -151,17 +151,17 @@ def http_site_text(site: Dashboard, neighbours: Neighbours = ALONE) -> str:
     )
 
 
-def dashboard_context(site: Dashboard, settings: Settings, in_site: bool = False) -> dict:
+def dashboard_context(site: Dashboard, proxy: DashboardProxy, in_site: bool = False) -> dict:
     """What the dashboard's templates (nginx-dashboard-*.conf.j2) need, in either placement."""
     return {
         "site": site,
         "in_site": in_site,
-        "nginx": settings.nginx,
+        "nginx": proxy.nginx,
         "htpasswd": HTPASSWD,
-        "proxy_login": settings.flower.proxy_login_nginx,
-        "allowed_sources": settings.firewall.allowed_sources,
-        "monitoring_sources": settings.firewall.monitoring_sources,
-        "admin_sources": settings.firewall.admin_sources,
+        "proxy_login": proxy.flower.proxy_login_nginx,
+        "allowed_sources": proxy.firewall.allowed_sources,
+        "monitoring_sources": proxy.firewall.monitoring_sources,
+        "admin_sources": proxy.firewall.admin_sources,
         "local_sources": LOOPBACK,
         "origins": origin_patterns(site.names),
         "failures_listen": LOGIN_FAILURES_LISTEN,
@@ -171,10 +171,10 @@ def dashboard_context(site: Dashboard, settings: Settings, in_site: bool = False
     }
 
 
-def https_site_text(site: Dashboard, settings: Settings, neighbours: Neighbours = ALONE) -> str:
+def https_site_text(site: Dashboard, proxy: DashboardProxy, neighbours: Neighbours = ALONE) -> str:
     return render(
         "nginx-https.conf.j2",
-        **dashboard_context(site, settings),
+        **dashboard_context(site, proxy),
         default_server=neighbours.claims_default(443),
         certificate=CertificatePaths(),
     )
@@ -265,13 +265,13 @@ def nginx_http(site: Dashboard) -> None:
 
 
 @deploy("nginx: the dashboard")
-def nginx_https(site: Dashboard, settings: Settings, *changes: OperationMeta) -> None:
+def nginx_https(site: Dashboard, proxy: DashboardProxy, *changes: OperationMeta) -> None:
     """The HTTPS site in front of Flower; reloaded if it, the certificate or the login names
     changed."""
     https = nginx_file(
         "HTTPS site: TLS, logins, Flower's socket",
         HTTPS_SITE,
-        lambda neighbours: https_site_text(site, settings, neighbours),
+        lambda neighbours: https_site_text(site, proxy, neighbours),
     )
     reload_nginx(
         "Test and reload nginx (site, certificate or login names changed)", https, *changes

@@ -92,7 +92,7 @@ def rotate() -> None:
             name=f"Flower on the new {what}, one host at a time",
             settings=settings,
             flower_secrets=this_host.secrets,
-            healthcheck=tuple(healthcheck_argv(settings)),
+            healthcheck=tuple(healthcheck_argv(settings.flower_run)),
             what=what,
             _serial=True,
         )

@@ -23,7 +23,7 @@ from .firewall import LoadedRulesetDigest, ruleset
 from .fleet_report import Verdict, host_report, layer, print_fleet
 from .healthcheck import FlowerHealth, healthcheck_argv
 from .inputs.edge import Dashboard
-from .instances import instance_settings
+from .instances import instance_run
 from .probe import OperatorChecks, https_get
 from .settings import Flower, FlowerOptions, Settings
 from .shell import command
@@ -224,7 +224,7 @@ def host_layers_checked(settings: Settings, checks: OperatorChecks, server_name:
         f"{unit.get('active', '?')}/{unit.get('enabled', '?')}",
         f"{flower.unit_name} is {unit.get('active', 'unknown')}, {unit.get('enabled', 'unknown')}",
     )
-    argv = healthcheck_argv(settings)
+    argv = healthcheck_argv(settings.flower_run)
     # the verify run changes nothing: no marker either
     argv = [a for a in argv if not a.startswith(("--timeout=", "--min-workers=", "--unhealthy"))]
     health = _fact(InstalledFlowerHealth, argv=(*argv, "--timeout=1", "--min-workers=0")) or {}
@@ -243,7 +243,8 @@ def host_layers_checked(settings: Settings, checks: OperatorChecks, server_name:
         problem="nginx's configuration fails `nginx -t`",
     )
     firewall_layer(settings, _fact(LoadedRulesetDigest))
-    if banning(settings):  # the jail runs; its current bans are news, not a problem
+    # the jail runs; its current bans are news, not a problem
+    if banning(settings.auth, settings.nginx):
         bans = _fact(LoginBans) or LoginBans.default()
         shown = f"{len(bans['banned'])} banned" + (
             f": {' '.join(bans['banned'])}" if bans["banned"] else ""
@@ -521,7 +522,7 @@ def instances_checked(settings: Settings, instances: tuple, fqdn: str, checks: O
         return
     healthy = 0
     for one in instances:
-        mine = instance_settings(settings, one.instance)
+        mine = instance_run(settings.flower_run, one.instance)
         unit = _fact(UnitState, unit=mine.flower.unit_name) or {}
         argv = [a for a in healthcheck_argv(mine)
                 if not a.startswith(("--timeout=", "--min-workers=", "--unhealthy"))]  # fmt: skip

@@ -25,6 +25,9 @@ in its own module, with the checks and rules only it uses:
   takeover   Takeover: a hand-made Flower flowerbed takes over (its unit and state)
 
 and this module puts them together: SECTIONS, the rules between keys (RULES), and loading.
+A deploy part takes the sections it reads, not the whole Settings; where it reads several, a
+small bundle of them: FlowerRun (one Flower's install, options and login mode) and
+DashboardProxy (what nginx's dashboard templates read).
 """
 
 from __future__ import annotations
@@ -61,10 +64,9 @@ from .verify import Verify, operator_checks
 
 __all__ = [  # what the operation modules, the operator's runs and the tests import from here
     "BROKER_SCHEMES", "GITHUB", "GITLAB", "LETS_ENCRYPT", "OKTA", "OWNED_PREFIXES", "RENAMED",
-    "Auth", "Egress", "Firewall", "Flower", "FlowerOptions", "Instance", "Instances", "Nginx",
-    "OAuthProvider", "PortOpening", "Remove", "Rollout", "Settings", "SettingsError", "Site",
-    "Takeover", "Tls",
-    "Verify",
+    "Auth", "DashboardProxy", "Egress", "Firewall", "Flower", "FlowerOptions", "FlowerRun",
+    "Instance", "Instances", "Nginx", "OAuthProvider", "PortOpening", "Remove", "Rollout",
+    "Settings", "SettingsError", "Site", "Takeover", "Tls", "Verify",
     "dns_name", "duplicate_names", "known_keys",
     "load_settings", "local_app_dir", "operator_checks", "rollout_knobs", "validate",
     "with_defaults",
@@ -115,6 +117,35 @@ class Settings:
     monitoring: Monitoring
     instances: Instances
     takeover: Takeover
+
+    @property
+    def flower_run(self) -> FlowerRun:
+        return FlowerRun(self.flower, self.options, self.auth)
+
+    @property
+    def dashboard_proxy(self) -> DashboardProxy:
+        return DashboardProxy(self.nginx, self.firewall, self.flower)
+
+
+@dataclass(frozen=True)
+class FlowerRun:
+    """One Flower as flowerbed runs it, the main one or an instance (flowerbed.instances): its
+    install and unit, its own options, and where the logins are (which environment files its
+    unit and health check read)."""
+
+    flower: Flower
+    options: FlowerOptions
+    auth: Auth
+
+
+@dataclass(frozen=True)
+class DashboardProxy:
+    """What nginx's dashboard templates read: nginx's own settings, who may reach which
+    location (the firewall's sources), and Flower's proxy login that nginx includes."""
+
+    nginx: Nginx
+    firewall: Firewall
+    flower: Flower
 
 
 # attribute -> section, in the order Settings lists them

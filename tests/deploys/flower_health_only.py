@@ -7,4 +7,4 @@ from flowerbed.pyinfra_internals import install
 from flowerbed.settings import load_settings
 
 install()  # as flowerbed's own deploys do
-verify_flower(load_settings(host.data.dict()))
+verify_flower(load_settings(host.data.dict()).flower_run)

@@ -67,5 +67,5 @@ def test_each_host_gets_its_own_key_and_never_the_operators_secret():
 def test_flowers_cookies_are_marked_secure_by_nginx():
     for mode in ({}, OAUTH):
         settings = settings_with(flower_fqdn="flower.example.com", **mode)
-        site = https_site_text(dashboard_site(settings, "h1"), settings)
+        site = https_site_text(dashboard_site(settings, "h1"), settings.dashboard_proxy)
         assert "proxy_cookie_flags ~ secure;" in site

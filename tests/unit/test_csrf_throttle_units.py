@@ -22,7 +22,7 @@ SITE = {"flower_fqdn": "flower.example.com"}
 
 def site_text(**overrides) -> str:
     settings = settings_with(**{**SITE, **overrides})
-    return https_site_text(dashboard_site(settings, "h1"), settings)
+    return https_site_text(dashboard_site(settings, "h1"), settings.dashboard_proxy)
 
 
 def server_block(site: str) -> str:

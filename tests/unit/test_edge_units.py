@@ -115,7 +115,7 @@ def test_oauth_mode_needs_no_nginx_logins():
         flower_healthcheck_min_workers=0,
     )
     assert edge_inputs(settings, "h1", {}).logins == ()
-    site = https_site_text(dashboard_site(settings, "h1"), settings)
+    site = https_site_text(dashboard_site(settings, "h1"), settings.dashboard_proxy)
     assert "auth_basic_user_file" not in site and "Authorization" not in site
 
 
@@ -260,7 +260,7 @@ def test_dns_plugin_credentials_come_from_a_file_named_in_the_environment(tmp_pa
 
 def site_text(**overrides) -> str:
     settings = settings_with(**overrides)
-    return https_site_text(dashboard_site(settings, "h1"), settings)
+    return https_site_text(dashboard_site(settings, "h1"), settings.dashboard_proxy)
 
 
 def test_https_site_follows_mozilla_intermediate_and_strips_the_login():
@@ -360,9 +360,9 @@ def test_no_default_server_where_another_site_listens():
     site = dashboard_site(settings, "h1")
     both = Neighbours(stock_default_enabled=False, listen_ports=frozenset({80, 443}))
     assert "default_server" not in http_site_text(site, both)
-    https = https_site_text(site, settings, both)
+    https = https_site_text(site, settings.dashboard_proxy, both)
     assert "default_server" not in https and "ssl_reject_handshake" not in https
-    alone = https_site_text(site, settings)
+    alone = https_site_text(site, settings.dashboard_proxy)
     assert "listen 443 ssl default_server;" in alone and "ssl_reject_handshake on;" in alone
     assert "listen 80 default_server;" in http_site_text(site)
 

@@ -86,7 +86,7 @@ def test_inside_a_site_settings_are_checked(overrides, key):
 def test_every_location_carries_the_guard_and_the_server_stays_the_operators():
     settings = settings_helpers.settings_with(**IN_SITE)
     site = dashboard_site(settings, "h1")
-    locations = locations_text(site, settings)
+    locations = locations_text(site, settings.dashboard_proxy, settings.site)
     assert "server" not in locations.replace("server_tokens", "").split("#")[0]
     assert "listen" not in locations and "ssl_" not in locations
     assert "Strict-Transport-Security" not in locations, "the site's HSTS is its own"
@@ -96,7 +96,7 @@ def test_every_location_carries_the_guard_and_the_server_stays_the_operators():
                       'auth_basic "Flower"', "more_set_input_headers"):  # fmt: skip
             assert guard in block, f"{path}: {guard}"
     assert "location = / " not in locations, "the site's / is the app's"
-    http_level = http_level_text(site, settings)
+    http_level = http_level_text(site, settings.dashboard_proxy, settings.site)
     assert "geo $flowerbed_outsider" in http_level and "203.0.113.0/24 0;" in http_level
     assert "location /flower" not in http_level and "include /etc/nginx/snip" not in http_level
     assert "include /etc/nginx/flowerbed-users.map;" in http_level, "the decoy's login names"

@@ -17,7 +17,7 @@ from flowerbed import memory, verify
 from flowerbed.flower import config_text
 from flowerbed.inputs.edge import dashboard_site
 from flowerbed.inputs.instances import instance_inputs, site_instances
-from flowerbed.instances import instance_settings, instance_unit_text, record_text
+from flowerbed.instances import instance_run, instance_unit_text, record_text
 from flowerbed.nginx import https_site_text
 from flowerbed.probe import OperatorChecks
 from flowerbed.rotate import rotated_instance, variable_used
@@ -55,7 +55,7 @@ def problems(instances, **more) -> str:
 def test_the_default_is_no_instance_and_nothing_of_them_in_the_site():
     settings = load_settings(BASE)
     assert settings.instances.instances == ()
-    site = https_site_text(dashboard_site(settings, "h"), settings)
+    site = https_site_text(dashboard_site(settings, "h"), settings.dashboard_proxy)
     assert "instance" not in site and "flowerbed_flower_" not in site
 
 
@@ -126,14 +126,14 @@ def test_instance_secrets_are_checked_all_at_once_and_never_quoted():
 
 def test_each_instance_has_names_of_its_own_and_the_main_venv():
     settings = settings_with([entry("alpha", "team/alpha", max_tasks=500)])
-    mine = instance_settings(settings, settings.instances.instances[0])
+    mine = instance_run(settings.flower_run, settings.instances.instances[0])
     flower = mine.flower
     assert flower.unit_name == "flower-alpha.service"
     assert flower.socket == "/run/flower-alpha/flower-alpha.sock"
     assert flower.state_dir == "/var/lib/flower-alpha"
     assert flower.env_file == "/etc/flower/instances/alpha/flower-alpha.env"
     assert flower.venv == settings.flower.venv and flower.user == settings.flower.user
-    config = config_text(mine)
+    config = config_text(flower, mine.options)
     assert "url_prefix = 'team/alpha'" in config and "max_tasks = 500" in config
     unit = instance_unit_text(mine, ("MemoryMax=1G",))
     assert "[Service]\nSyslogIdentifier=flower-alpha\nMemoryMax=1G\n" in unit
@@ -153,7 +153,7 @@ def test_the_site_serves_each_instance_with_its_own_logins_socket_and_budget():
     settings = settings_with(TWO, flower_app="proj:app", flower_app_source="proj==1.0")
     site = dashboard_site(settings, "h")
     assert [i.name for i in site.instances] == ["alpha", "beta"]
-    text = https_site_text(site, settings)
+    text = https_site_text(site, settings.dashboard_proxy)
     assert (
         "upstream flowerbed_flower_beta {\n    server unix:/run/flower-beta/flower-beta.sock "
         in text
@@ -176,7 +176,7 @@ def test_the_site_with_instances_passes_a_real_nginx_t(tmp_path):
     nginx = shutil.which("nginx")
     assert nginx, "nginx is missing: `make unit-packages` (never started)"
     settings = settings_with(TWO, flower_app="proj:app", flower_app_source="proj==1.0")
-    text = https_site_text(dashboard_site(settings, "h"), settings)
+    text = https_site_text(dashboard_site(settings, "h"), settings.dashboard_proxy)
     for path in sorted(set(re.findall(r"(/etc/\S+?|/var/log/\S+?);", text))):
         local = tmp_path / path.lstrip("/")
         local.parent.mkdir(parents=True, exist_ok=True)
@@ -259,7 +259,7 @@ def test_a_worker_offline_at_first_is_asked_about_again_before_it_counts(monkeyp
 
 def test_the_instance_verdict_names_what_failed():
     settings = settings_with([entry("beta", "b")])
-    flower = instance_settings(settings, settings.instances.instances[0]).flower
+    flower = instance_run(settings.flower_run, settings.instances.instances[0]).flower
     up = {"active": "active", "enabled": "enabled"}
     ok = verify.instance_verdict(flower, up, {"ok": True}, Answer(200, {"w@b": True}), 1, checks())
     assert ok.ok and ok.value == "1/0"

@@ -75,7 +75,7 @@ def test_an_ipv4_source_is_its_address():
 
 
 def test_the_source_keys_throttles_connections_and_the_failure_log():
-    site = https_site_text(dashboard_site(settings_with(), "h1"), settings_with())
+    site = https_site_text(dashboard_site(settings_with(), "h1"), settings_with().dashboard_proxy)
     assert "limit_req_zone $flowerbed_source zone=flowerbed_requests" in site
     assert "limit_conn_zone $flowerbed_source zone=flowerbed_connections" in site
     assert "limit_conn flowerbed_connections 20;" in site
@@ -85,13 +85,12 @@ def test_the_source_keys_throttles_connections_and_the_failure_log():
 
 
 def test_the_jail_bans_on_80_and_443_and_never_admin_sources_or_loopback():
-    jail = jail_text(
-        settings_with(
-            flower_nginx_ban_failures=4,
-            flower_nginx_ban_window_seconds=120,
-            flower_nginx_ban_seconds=30,
-        )
+    settings = settings_with(
+        flower_nginx_ban_failures=4,
+        flower_nginx_ban_window_seconds=120,
+        flower_nginx_ban_seconds=30,
     )
+    jail = jail_text(settings.nginx, settings.firewall)
     section = jail.split("[flowerbed-login]")[1].split("[sshd]")[0]
     assert "maxretry = 4\n" in section and "findtime = 120\n" in section
     assert "bantime = 30\n" in section and "port = 80,443\n" in section
@@ -139,7 +138,7 @@ def test_fail2ban_client_status_is_read():
 def log_line(source: str, address: str, status: int = 401) -> str:
     """A line as nginx's log_format flowerbed_login_failures writes it."""
     http = render("nginx-dashboard-http.conf.j2", **dashboard_context(
-        dashboard_site(settings_with(), "h1"), settings_with()))  # fmt: skip
+        dashboard_site(settings_with(), "h1"), settings_with().dashboard_proxy))  # fmt: skip
     template = re.search(r"log_format flowerbed_login_failures '([^']*)';", http).group(1)
     return (
         template.replace("$time_iso8601", "2026-12-05T01:00:00+00:00")

@@ -29,10 +29,14 @@ def test_the_default_is_128_mib_plus_24_kib_a_task():
 
 def test_the_unit_gets_memory_high_and_max_in_bytes():
     settings = settings_with(flower_memory_max="96M")
-    unit = flower.unit_text(settings.flower, ceiling=flower.memory_ceiling(settings))
+    unit = flower.unit_text(
+        settings.flower, ceiling=flower.memory_ceiling(settings.flower, settings.options)
+    )
     assert "\nMemoryHigh=95630131\nMemoryMax=100663296\n" in unit
     default = settings_with(flower_max_tasks=10_000)
-    unit = flower.unit_text(default.flower, ceiling=flower.memory_ceiling(default))
+    unit = flower.unit_text(
+        default.flower, ceiling=flower.memory_ceiling(default.flower, default.options)
+    )
     assert f"\nMemoryMax={128 * MIB + 10_000 * 24 * 1024}\n" in unit
 
 
@@ -64,13 +68,13 @@ def test_memory_max_errors_come_with_the_others():
 def config_for(tmp_path: Path, max_bytes: int, socket: str = "") -> Path:
     """flowerconfig.py as flowerbed renders it, with the watchdog at this checkout's file."""
     settings = settings_with()
-    text = flower.config_text(settings)
-    assert text.endswith(flower.hooks_block(settings))
+    text = flower.config_text(settings.flower, settings.options)
+    assert text.endswith(flower.hooks_block(settings.flower, settings.options))
     path = tmp_path / "flowerconfig.py"
     block = memory.config_block(
         memory.Ceiling(max_bytes, False), str(path), str(tmp_path), socket, 1
     )
-    text = text.removesuffix(flower.hooks_block(settings)) + block
+    text = text.removesuffix(flower.hooks_block(settings.flower, settings.options)) + block
     text = text.replace(memory.watchdog_path(str(tmp_path)), str(WATCHDOG))
     path.write_text(text)
     return path

@@ -53,7 +53,7 @@ def test_the_unit_reads_the_login_only_with_logins_at_nginx():
 
 def test_nginx_sends_the_login_from_its_root_only_include_never_the_users():
     settings = settings_with(flower_fqdn="h1.example.com")
-    site = https_site_text(dashboard_site(settings, "h1"), settings)
+    site = https_site_text(dashboard_site(settings, "h1"), settings.dashboard_proxy)
     assert f"include {settings.flower.proxy_login_nginx};" in site
     assert 'proxy_set_header Authorization "";' in site, "the failure counter gets no login"
 

@@ -226,7 +226,7 @@ def test_unit_has_no_secret_and_celery_options_before_flower():
 def test_config_file_holds_flower_typed_options():
     settings = settings_with(flower_max_tasks=5000, flower_tasks_columns="name, state")
     values: dict = {}
-    exec(config_text(settings), {}, values)  # Flower reads it the same way
+    exec(config_text(settings.flower, settings.options), {}, values)  # Flower reads it the same way
     assert values["max_tasks"] == 5000
     assert values["unix_socket"] == "/run/flower/flower.sock"
     assert values["db"] == "/var/lib/flower/flower"

@@ -194,7 +194,7 @@ def test_passed_descriptors_are_read_as_systemd_passes_them(environ, found):
 
 def test_flowerconfig_starts_the_keeper_at_the_sockets_path():
     settings = settings_with()
-    text = config_text(settings)
+    text = config_text(settings.flower, settings.options)
     keeper = text.index("module.start(\n        path=")
     assert repr(settings.flower.socket) in text[keeper : keeper + 200]
     assert keeper < text.index("max_bytes="), "the keeper starts before the watchdog"
@@ -223,7 +223,9 @@ def test_nginx_sends_a_get_flower_dropped_to_the_socket_again(root: Path, method
     rendered: a GET the stopping Flower dropped is answered by the new one; a POST (a control,
     a task's apply) is never sent twice: 502, the documented limit."""
     settings = settings_with()
-    site_text = https_site_text(dashboard_site(settings, "flower.example.com"), settings)
+    site_text = https_site_text(
+        dashboard_site(settings, "flower.example.com"), settings.dashboard_proxy
+    )
     upstream = re.search(r"upstream flowerbed_flower \{.*?\n\}", site_text, re.S).group(0)
     retry = re.search(r"proxy_next_upstream [^;]*;", site_text).group(0)
     path = root / "flower.sock"
