@@ -35,7 +35,7 @@ ISSUER = f"https://{GATEWAY}:{PORT}/oauth2"
 CLIENT_ID = "flowerbed-dashboards"
 CA = STATE_DIR / "flowerbed-lab-oidc-ca.pem"  # a name of its own in the hosts' trust store
 USERS = {"allowed": "alice", "refused": "mallory"}
-MIN_NODE = (18, 12)  # oidc-provider 8's floor: Debian 12 ships 18.19, Debian 13 20.19
+MIN_NODE = (18, 12)  # oidc-provider 8: Debian 12 has 18.20 (18.13 unupdated), 13 20.19
 NPM_CI = ["ci", "--omit=dev", "--no-audit", "--no-fund", "--ignore-scripts"]
 # lab/oidc_provider.py's secrets in .lab/lab.env (the deploy reads the first two)
 CLIENT_SECRET_ENV = "FLOWERBED_OAUTH2_SECRET"
@@ -49,7 +49,9 @@ def password_env(login: str) -> str:
 def ensure_oidc() -> dict:
     """Install (npm ci), configure and start the provider; return its part of the lab state."""
     node = check_node()
-    install_package(node)
+    if not package_current():
+        stop("oidc")  # one running from the old lock, before npm ci replaces its files
+        install_package()
     values = ensure_secrets()
     config = write_config(values)
     if not pid_alive("oidc"):
@@ -90,13 +92,21 @@ def check_node() -> str:
     return node
 
 
-def install_package(node: str) -> None:
-    """`npm ci` from the committed lock, once per lock (a stamp holds the lock's hash)."""
-    lock = PACKAGE / "package-lock.json"
-    digest = hashlib.sha256(lock.read_bytes()).hexdigest()
-    stamp = PACKAGE / "node_modules" / ".flowerbed-lock-sha256"
-    if stamp.exists() and stamp.read_text() == digest:
-        return
+def lock_stamp() -> tuple[Path, str]:
+    """The stamp `npm ci` leaves in node_modules, and the hash it must hold: the committed
+    lock's and provider.mjs's (a provider running either's old version is restarted)."""
+    sources = (PACKAGE / name for name in ("package-lock.json", "provider.mjs"))
+    digest = hashlib.sha256(b"".join(path.read_bytes() for path in sources)).hexdigest()
+    return PACKAGE / "node_modules" / ".flowerbed-lock-sha256", digest
+
+
+def package_current() -> bool:
+    stamp, digest = lock_stamp()
+    return stamp.exists() and stamp.read_text() == digest
+
+
+def install_package() -> None:
+    """`npm ci` from the committed lock; the stamp then holds the lock's hash."""
     npm = shutil.which("npm")
     if not npm:
         raise LabError(
@@ -111,6 +121,7 @@ def install_package(node: str) -> None:
     )
     if result.returncode != 0:
         raise LabError(f"npm ci in {PACKAGE} failed ({result.returncode}): {result.stderr[-2000:]}")
+    stamp, digest = lock_stamp()
     stamp.write_text(digest)
 
 

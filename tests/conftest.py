@@ -43,17 +43,18 @@ def shared_host_distro(number: int) -> str:
     return MIXED[(number - 1) % len(MIXED)] if DISTRO == "mixed" else DISTRO
 
 
-def fresh_distro(test: str | None = None) -> str:
-    """The distro of a fresh host nobody asked a distro for. Under mixed, the test asking
-    (pytest's current test, its phase left out) and how many it asked for before decide: its
-    hosts alternate from a release its name picks, whatever ran before it or beside it."""
+def fresh_distro(owner: str | None = None) -> str:
+    """The distro of a fresh host nobody asked a distro for. Under mixed, its owner (the test
+    for `fresh_host`, the module for `module_hosts` and a module's own `host-up`) and how many
+    hosts it asked for before decide: its hosts alternate from a release its id picks, whatever
+    ran before it or beside it, and a rerun of some of a module's tests gets the same ones."""
     if DISTRO != "mixed":
         return DISTRO or "bookworm"
-    if test is None:
-        test = os.environ.get("PYTEST_CURRENT_TEST", "").rsplit(" (", 1)[0]
-    asked = _fresh_asked[test]
-    _fresh_asked[test] += 1
-    return MIXED[(zlib.crc32(test.encode()) + asked) % len(MIXED)]
+    if owner is None:  # the module of pytest's current test
+        owner = os.environ.get("PYTEST_CURRENT_TEST", "").split("::")[0]
+    asked = _fresh_asked[owner]
+    _fresh_asked[owner] += 1
+    return MIXED[(zlib.crc32(owner.encode()) + asked) % len(MIXED)]
 
 
 def run(args: list[str], timeout: float = 120, check: bool = False) -> subprocess.CompletedProcess:
@@ -230,14 +231,14 @@ class FreshHosts:
     """The one way tests get a clean host: calling it boots one; leaving its `with` block (or
     `remove_all()`) removes every host it made."""
 
-    def __init__(self, lab: Lab):
-        self.lab = lab
+    def __init__(self, lab: Lab, owner: str):
+        self.lab, self.owner = lab, owner  # a test's or a module's id (`fresh_distro`)
         self.made: list[str] = []
 
     def __call__(self, distro: str | None = None, prefix: str = "f") -> dict:
         name = f"{prefix}{os.getpid() % 1000}x{next(_fresh_names)}"
         self.made.append(name)  # before host-up: a half-booted host is removed too
-        lab_cli("host-up", name, "--distro", distro or fresh_distro())
+        lab_cli("host-up", name, "--distro", distro or fresh_distro(self.owner))
         self.lab.state = Lab.load().state
         return self.lab.host(name)
 
@@ -254,16 +255,16 @@ class FreshHosts:
 
 
 @pytest.fixture
-def fresh_host(lab: Lab):
+def fresh_host(lab: Lab, request):
     """A factory for new, clean hosts; each is removed when the test ends."""
-    with FreshHosts(lab) as hosts:
+    with FreshHosts(lab, request.node.nodeid) as hosts:
         yield hosts
 
 
 @pytest.fixture(scope="module")
-def module_hosts(lab: Lab):
+def module_hosts(lab: Lab, request):
     """`fresh_host` for a module's shared hosts: removed when the module's tests end."""
-    with FreshHosts(lab) as hosts:
+    with FreshHosts(lab, request.node.nodeid) as hosts:
         yield hosts
 
 

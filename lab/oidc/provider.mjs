@@ -53,7 +53,9 @@ const provider = new Provider(config.issuer, {
   // dashboards authenticate with their secret), PKCE is allowed but not required
   pkce: { methods: ['S256'], required: () => false },
   jwks: { keys: [generateKeyPairSync('rsa', { modulusLength: 2048 }).privateKey.export({ format: 'jwk' })] },
-  cookies: { keys: [randomBytes(32).toString('hex')] },
+  // v9's default, which v8 lacks: the session cookie is sent on a top-level navigation (the
+  // dashboards' redirect), not on another site's subrequest, and no SameSite-less legacy copy
+  cookies: { keys: [randomBytes(32).toString('hex')], long: { httpOnly: true, sameSite: 'lax' } },
   interactions: { url: (ctx, interaction) => `${base}/interaction/${interaction.uid}` },
   async findAccount(ctx, sub) {
     const user = users.get(sub);

@@ -120,8 +120,14 @@ def test_make_test_unit_passes_on_a_fresh_debian_12(lab: Lab, debian_host, tmp_p
     output = tested.stdout + tested.stderr
     assert tested.returncode == 0, output[-8000:]
     (summary,) = SUMMARY.findall(tested.stdout)  # pytest's last line (apt's notes go to stderr)
-    assert re.search(r"\b\d+ passed\b", summary) and "failed" not in summary, summary
-    assert "error" not in summary, summary
+    outcomes = set(re.findall(r"\d+ (\w+)", summary))  # a skip hides a missing dependency
+    assert "passed" in outcomes and outcomes <= {
+        "passed",
+        "deselected",
+        "warnings",
+        "warning",
+        "xfailed",
+    }, summary
     print(f"make test-unit on a fresh Debian 12 host: {summary} ({took:.0f} s with its installs)")
 
 
@@ -148,7 +154,8 @@ class Browser:
             with self.opener.open(request, timeout=30) as answer:
                 return answer.status, "", answer.read().decode()
         except urllib.error.HTTPError as answer:
-            location = urllib.parse.urljoin(url, answer.headers.get("Location", ""))
+            location = answer.headers.get("Location", "")
+            location = urllib.parse.urljoin(url, location) if location else ""
             return answer.code, location, answer.read().decode()
 
     def follow(self, url: str, until_prefix: str, hops: int = 8) -> str:
@@ -169,7 +176,9 @@ def sign_in_form(browser: Browser, issuer: str, state: str) -> str:
          "scope": "openid email", "state": state}
     )  # fmt: skip
     status, form_page, _ = browser.open(f"{issuer}/v1/authorize?{query}")
+    # to the provider's own sign-in; an error goes back to the dashboard's redirect instead
     assert status in (302, 303), f"the authorization request: {status}"
+    assert form_page.startswith(f"{issuer}/interaction/"), form_page
     status, _, body = browser.open(form_page)
     assert status == 200 and 'name="password"' in body, f"the sign-in form: {status} {body[:300]}"
     action = re.search(r'<form method="post" action="([^"]+)"', body)
@@ -213,7 +222,11 @@ def start_provider(lab: Lab, name: str, address: str, tmp_path: Path) -> tuple[s
             probe.settimeout(2)
             return probe.connect_ex((address, oidc_provider.PORT)) == 0
 
-    until(listening, 60, f"the provider on {address}:{oidc_provider.PORT}")
+    try:
+        until(listening, 60, f"the provider on {address}:{oidc_provider.PORT}")
+    except AssertionError as timeout:
+        journal = lab.ssh(name, "journalctl -u lab-oidc --no-pager -n 40").stdout
+        raise AssertionError(f"{timeout}\n{journal}") from None
     return issuer, values, tls / "ca.pem"
 
 

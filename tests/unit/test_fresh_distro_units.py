@@ -1,6 +1,7 @@
-"""Under `make test`'s mixed releases, a fresh host's Debian is the test's own: the same whatever
-ran before it in its shard (it was a session-wide cycle, so a module's hosts changed release
-when a module before it booted one host more or less)."""
+"""Under `make test`'s mixed releases, a fresh host's Debian is its owner's (the test's, or the
+module's for a module's hosts): the same whatever ran before it in its shard (it was a
+session-wide cycle, so a module's hosts changed release when a module before it booted one host
+more or less) and when a rerun starts a module with another test."""
 
 from __future__ import annotations
 
@@ -37,14 +38,20 @@ def test_tests_get_both_releases(mixed):
     assert firsts == set(conftest.MIXED)
 
 
-def test_the_phase_is_not_part_of_the_test(mixed, monkeypatch):
+def test_a_modules_own_host_up_is_the_modules_whichever_test_runs_first(mixed, monkeypatch):
+    """A module fixture's host gets the same release when a rerun starts with another test:
+    the key is the module, as `module_hosts` has it (request.node.nodeid of the module)."""
+
     def first(test: str, phase: str) -> str:
         monkeypatch.setattr(conftest, "_fresh_asked", collections.Counter())
         monkeypatch.setenv("PYTEST_CURRENT_TEST", f"{test} ({phase})")
         return conftest.fresh_distro()
 
-    tests = [f"tests/lab/test_m.py::test_{n}" for n in range(16)]
-    assert [first(t, "setup") for t in tests] == [first(t, "call") for t in tests]
+    module = "tests/lab/test_m.py"
+    tests = [f"{module}::test_{n}" for n in range(16)] + [f"{module}::test_p[bookworm]"]
+    firsts = {first(t, phase) for t in tests for phase in ("setup", "call")}
+    monkeypatch.setattr(conftest, "_fresh_asked", collections.Counter())
+    assert firsts == {conftest.fresh_distro(module)}
 
 
 def test_one_release_is_every_hosts(monkeypatch):
