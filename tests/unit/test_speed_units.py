@@ -23,9 +23,8 @@ from flowerbed import pyinfra_internals as internals
 from flowerbed.pyinfra_internals import send_without_delay
 
 HERE = __file__
-DEPLOY_PY = str(
-    Path(__file__).resolve().parents[2] / "deploy.py"
-)  # what `pyinfra INV deploy.py` runs
+# what `pyinfra INVENTORY deploy.py` runs
+DEPLOY_PY = str(Path(__file__).resolve().parents[2] / "deploy.py")
 
 
 @pytest.fixture(params=["tested pyinfra", "unknown version", "changed functions"], autouse=True)
