@@ -172,7 +172,7 @@ FLOWERS_PORTS = """
 import sys
 from flower.options import options  # Flower's own options: their defaults
 ports = {options.port}
-variables = open(sys.argv[1], "rb").read().decode().split("\0")
+variables = open(sys.argv[1], "rb").read().decode().split("\\0")
 environ = dict(v.split("=", 1) for v in variables if "=" in v)
 ports.add(int(environ.get("FLOWER_PORT", options.port)))  # Flower reads FLOWER_<OPTION>
 ports |= {int(a.split("=", 1)[1]) for a in sys.argv[2:] if a.startswith("--port=")}
