@@ -11,11 +11,11 @@ from __future__ import annotations
 import re
 import shlex
 import socket
-import time
 
 import pytest
 from conftest import Lab
 from deploy_helpers import run_deploy
+from polling import until
 
 from flowerbed.firewall import BOOT_RULESET, SCRIPT, STATE_DIR, pending_ruleset
 
@@ -24,6 +24,7 @@ pytestmark = pytest.mark.lab
 FIREWALL_ONLY = "tests/deploys/firewall_only.py"
 SWITCH = [SCRIPT, STATE_DIR, BOOT_RULESET]
 DIGEST = re.compile(r'comment "flowerbed sha256:([0-9a-f]+)"')
+NEWER_ROLLBACK = 8  # seconds: the rollback timer of the newer, never confirmed ruleset
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +75,7 @@ def test_a_run_cannot_confirm_a_newer_runs_ruleset(lab: Lab, guarded: str):
     assert live_digest(lab, guarded) == older
     # a second run loads its ruleset before the first one confirmed its own
     stage(lab, guarded, before, newer)
-    lab.ssh(guarded, apply(newer, 8), check=True)
+    lab.ssh(guarded, apply(newer, NEWER_ROLLBACK), check=True)
     assert live_digest(lab, guarded) == newer
 
     refused = lab.ssh(guarded, [*SWITCH, "confirm", older])
@@ -85,10 +86,11 @@ def test_a_run_cannot_confirm_a_newer_runs_ruleset(lab: Lab, guarded: str):
     assert live_digest(lab, guarded) == newer, "the newer ruleset stays pending, unconfirmed"
     assert boot_file(lab, guarded) == boot_before, "nothing became the boot ruleset"
 
-    deadline = time.monotonic() + 30
-    while live_digest(lab, guarded) != confirmed:
-        assert time.monotonic() < deadline, "the timer never rolled the newer ruleset back"
-        time.sleep(1)
+    until(
+        lambda: live_digest(lab, guarded) == confirmed,
+        NEWER_ROLLBACK + 30,
+        "rollback of the newer ruleset by its timer",
+    )
     assert table(lab, guarded) == before
     assert boot_file(lab, guarded) == boot_before
     late = lab.ssh(guarded, [*SWITCH, "confirm", newer])
@@ -157,14 +159,20 @@ def dhcp_listener(lab: Lab, guarded: str):
     lab.ssh(guarded, f"printf %s {shlex.quote(LISTENER)} > /run/dhcp-listener.py", check=True)
     start = ["systemd-run", f"--unit={unit}", "--collect", "python3", "/run/dhcp-listener.py"]
     lab.ssh(guarded, [*start, received], check=True)
-    for _ in range(50):
-        if ":546 " in lab.ssh(guarded, ["ss", "-Hlun"]).stdout:
-            break
-        time.sleep(0.1)
 
-    def arrived() -> list[str]:
-        time.sleep(1)
-        return lab.ssh(guarded, f"cat {received} 2>/dev/null || true").stdout.splitlines()
+    def listening() -> bool:
+        return ":546 " in lab.ssh(guarded, ["ss", "-Hlun"]).stdout
+
+    until(listening, 10, "DHCP listener on the host's ports", every=0.1)
+
+    def arrived(awaited: set[str]) -> list[str]:
+        """Every line that arrived, once each of `awaited` has."""
+
+        def lines() -> list[str] | None:
+            got = lab.ssh(guarded, f"cat {received} 2>/dev/null || true").stdout.splitlines()
+            return got if awaited <= set(got) else None
+
+        return until(lines, 10, f"datagrams {sorted(awaited)} at the listener", every=0.2)
 
     try:
         yield arrived
@@ -184,4 +192,7 @@ def test_dhcp_replies_reach_the_host_and_other_udp_does_not(lab: Lab, guarded: s
         send_udp(
             socket.AF_INET6, (v6_from, port, 0, scope), (HOST_LINK_LOCAL, 546, 0, scope), label
         )
-    assert sorted(dhcp_listener()) == ["v4 dhcp from port 67", "v6 dhcp from port 547"]
+    # each family's other datagram went first, through the same socket: had the firewall let
+    # it in, it would be read before that family's DHCP reply, which the listener awaits
+    replies = ["v4 dhcp from port 67", "v6 dhcp from port 547"]
+    assert sorted(dhcp_listener(set(replies))) == replies

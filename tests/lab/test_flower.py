@@ -153,12 +153,56 @@ def test_no_secret_in_pyinfra_output(lab: Lab, first_deploy: DeployResult, broke
     assert_no_secret(plan, [broker_password, "rotated-Pw-4711"])
 
 
+def flower_pids(lab: Lab, host: str) -> set[str]:
+    """Every process of Flower's unit (its cgroup), the main one among them."""
+    group = on_host(lab, host, ["systemctl", "show", "-P", "ControlGroup", "flower.service"])
+    pids = set(on_host(lab, host, ["cat", f"/sys/fs/cgroup{group.strip()}/cgroup.procs"]).split())
+    assert flower_process(lab, host)[0] in pids, (host, pids)
+    return pids
+
+
+def listeners_of(lab: Lab, host: str, pids: set[str], kinds: str) -> list[str]:
+    """The listening sockets (`ss` -l with `kinds`, e.g. "tu": TCP and UDP) a process in `pids`
+    holds."""
+    lines = on_host(lab, host, ["ss", "-Hlnp" + kinds]).splitlines()
+    return [line for line in lines if pids & set(re.findall(r"pid=(\d+)", line))]
+
+
+FLOWERS_PORTS = """
+import sys
+from flower.options import options  # Flower's own options: their defaults
+ports = {options.port}
+variables = open(sys.argv[1], "rb").read().decode().split("\\0")
+environ = dict(v.split("=", 1) for v in variables if "=" in v)
+ports.add(int(environ.get("FLOWER_PORT", options.port)))  # Flower reads FLOWER_<OPTION>
+ports |= {int(a.split("=", 1)[1]) for a in sys.argv[2:] if a.startswith("--port=")}
+print(*sorted(ports))
+"""
+
+
+def flowers_ports(lab: Lab, host: str) -> list[int]:
+    """The TCP ports Flower would listen on, as Flower itself works them out: its own option's
+    default, its environment's FLOWER_PORT, its command line's --port (its venv's Python)."""
+    pid = flower_process(lab, host)[0]
+    argv = on_host(lab, host, ["cat", f"/proc/{pid}/cmdline"]).split("\0")[:-1]
+    ask = [argv[0], "-c", FLOWERS_PORTS, f"/proc/{pid}/environ", *argv[1:]]
+    return [int(port) for port in on_host(lab, host, ask).split()]
+
+
 def test_flower_is_unreachable_from_other_hosts_and_local_users(
     lab: Lab, first_deploy: DeployResult
 ):
-    for host in HOSTS:
-        listeners = on_host(lab, host, ["ss", "-Hltunp"])
-        assert "celery" not in listeners and "python" not in listeners, listeners
+    for position, host in enumerate(HOSTS):
+        pids = flower_pids(lab, host)
+        # Flower's processes listen on its unix socket and on no TCP or UDP port at all
+        assert any(SOCKET in line for line in listeners_of(lab, host, pids, "x")), host
+        assert listeners_of(lab, host, pids, "tu") == [], f"Flower listens on {host}"
+        # nor can another host reach any port Flower would take (an address from the lab)
+        other, address = HOSTS[position - 1], lab.host(host)["address"]
+        for port in flowers_ports(lab, host):
+            curl = ["curl", "-sS", "--max-time", "3", f"http://{address}:{port}/healthcheck"]
+            from_other_host = lab.ssh(other, curl)
+            assert from_other_host.returncode != 0, f"{host}:{port} answers {other}"
         socket_dir = on_host(lab, host, ["stat", "-c", "%a %U %G", "/run/flower"]).split()
         assert socket_dir == ["750", "flower", "flower"]
         curl = ["curl", "-sS", "--max-time", "5", "--unix-socket", SOCKET, "http://x/healthcheck"]
@@ -166,8 +210,6 @@ def test_flower_is_unreachable_from_other_hosts_and_local_users(
         assert as_nobody.returncode != 0 and "OK" not in as_nobody.stdout
         as_proxy = lab.ssh(host, ["runuser", "-u", "www-data", "--", *curl])
         assert as_proxy.stdout == "OK", as_proxy.stderr
-    from_other_host = lab.ssh("h2", ["curl", "-sS", "--max-time", "3", "http://10.77.0.11:5555/"])
-    assert from_other_host.returncode != 0, "Flower's default port answers"
 
 
 def test_the_proxys_user_cannot_use_flowers_api_without_the_login_only_nginx_holds(

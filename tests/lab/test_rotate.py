@@ -31,9 +31,11 @@ import pytest
 from conftest import REPO, Lab, lab_cli
 from deploy_helpers import ANSI, PYINFRA, assert_no_secret, data_args, run_deploy
 from dotenv import dotenv_values
+from polling import until
 
 sys.path.insert(0, str(REPO))
 from flowerbed.probe import https_get  # noqa: E402
+from flowerbed.resources import DEFAULTS  # noqa: E402
 
 pytestmark = pytest.mark.lab
 
@@ -41,6 +43,10 @@ USERS = "FLOWERBED_DASHBOARD_USERS"
 BROKER = "FLOWERBED_BROKER_URL"
 CONFIRMED = re.compile(r"\[(\S+)\]\s+login (\S+): accepts the new password")
 WORKER = "demo@labmachine"
+# nginx's throttle per source (flower_nginx_requests_per_second; the lab keeps the default): this
+# machine is one source to each host's nginx, so its clients pace themselves to stay under it
+REQUESTS_PER_SECOND = DEFAULTS["flower_nginx_requests_per_second"]
+POLLED = ("api/workers", "healthcheck")  # what each polling client asks of every host
 
 
 @pytest.fixture(scope="module")
@@ -126,7 +132,7 @@ class Poller:
         self.threads = [
             threading.Thread(target=self.poll, args=(name, path), daemon=True)
             for name in names
-            for path in ("api/workers", "healthcheck")
+            for path in POLLED
         ]
 
     def poll(self, name: str, path: str) -> None:
@@ -137,7 +143,16 @@ class Poller:
             login = (self.user, self.password[name]) if path != "healthcheck" else None
             answer = https_get(fqdn, f"/{path}", ca_bundle=ca, login=login, timeout=10, patience=1)
             self.results.append((name, path, which, answer.status, answer.error))
-            time.sleep(0.5)  # a dashboard polls about once a second; nginx limits 5/s a source
+            # deliberate pacing: a dashboard polls about once a second, and this machine's
+            # clients of one host (one per path) stay under nginx's REQUESTS_PER_SECOND there
+            time.sleep(len(POLLED) / (0.8 * REQUESTS_PER_SECOND))
+
+    def answered(self, name: str, path: str, which: str) -> bool:
+        """Whether `name` answered `path` with 200 to a client holding the `which` password."""
+        return any(r[:4] == (name, path, which, 200) for r in self.results)
+
+    def every_host_answered(self, which: str, paths=POLLED) -> bool:
+        return all(self.answered(name, path, which) for name in self.names for path in paths)
 
     def switch(self, name: str, password: str) -> None:
         self.password[name] = password
@@ -176,7 +191,7 @@ def rotate_while_polling(lab: Lab, names: list[str], env_file: Path) -> PolledRo
     }
     log = []
     with Poller(lab, names, user, old) as poller:
-        time.sleep(3)
+        until(lambda: poller.every_host_answered("old"), 30, "answers to every polling client")
         started = time.monotonic()
         run = subprocess.Popen(
             rotate_args(names), cwd=REPO, env=env, text=True,
@@ -189,7 +204,13 @@ def rotate_while_polling(lab: Lab, names: list[str], env_file: Path) -> PolledRo
                 poller.switch(confirmed.group(1), logins(dotenv_values(env_file)[USERS])[user])
         run.wait(300)
         seconds = time.monotonic() - started
-        time.sleep(3)
+        if run.returncode == 0 and poller.switched == set(names):
+            # every client holds the new password: each host answers it
+            until(
+                lambda: poller.every_host_answered("new", ["api/workers"]),
+                30,
+                "answers to the new password from every host",
+            )
     return PolledRotation(user, old, "".join(log), run.returncode, seconds, poller)
 
 
@@ -316,6 +337,19 @@ def redis_cli(lab: Lab, password: str, *args: str) -> str:
     return run.stdout
 
 
+def drop_connections_from(lab: Lab, password: str, addresses: list[str]) -> int:
+    """Close the broker's connections from `addresses` (their clients must log in again)."""
+    clients = redis_cli(lab, password, "CLIENT", "LIST").splitlines()
+    ids = [
+        fields["id"]
+        for fields in (dict(f.split("=", 1) for f in line.split() if "=" in f) for line in clients)
+        if fields.get("addr", "").rpartition(":")[0] in addresses
+    ]
+    for client in ids:
+        redis_cli(lab, password, "CLIENT", "KILL", "ID", client)
+    return len(ids)
+
+
 def sees_worker(lab: Lab, name: str, login: tuple[str, str]) -> bool:
     """Flower on this host reaches the broker: the lab worker answers its refresh now."""
     asked = time.time()
@@ -388,7 +422,8 @@ def test_broker_password_rolls_host_by_host_through_a_two_password_window(
                 began = time.monotonic()
                 seen = sees_worker(lab, name, login)
                 samples.append((began, time.monotonic(), name, seen))
-                time.sleep(0.1)
+                # deliberate pacing: one sampler a host, under nginx's REQUESTS_PER_SECOND
+                time.sleep(1 / REQUESTS_PER_SECOND)
 
         watchers = [threading.Thread(target=watch, args=(n,), daemon=True) for n in fleet]
         for watcher in watchers:
@@ -422,10 +457,16 @@ def test_broker_password_rolls_host_by_host_through_a_two_password_window(
         assert all(restarts[i] != pids[name] for i, name in enumerate(fleet)), "each host restarted"
         healthy = re.findall(r"\[(\S+)\]\s+Flower is healthy on the new broker URL", result.log)
         assert sorted(healthy) == sorted(fleet), result.log
-        # the old password leaves the broker: Flower, on the new one, still sees the workers
+        # the old password leaves the broker and Flower's connections are dropped: it logs in
+        # again, on the new one, and sees the workers again
         redis_cli(lab, new, "ACL", "SETUSER", "default", f"<{old}")
-        time.sleep(3)
-        assert all(sees_worker(lab, name, login) for name in fleet)
+        dropped = drop_connections_from(lab, new, [lab.host(name)["address"] for name in fleet])
+        assert dropped >= len(fleet), f"Flower's broker connections: {dropped}"
+        until(
+            lambda: all(sees_worker(lab, name, login) for name in fleet),
+            60,
+            "every Flower seeing the worker over a new broker login",
+        )
     finally:
         redis_cli(lab, new, "ACL", "SETUSER", "default", f">{old}")
         redis_cli(lab, old, "ACL", "SETUSER", "default", f"<{new}")

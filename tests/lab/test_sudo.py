@@ -13,9 +13,11 @@ directories afterwards.
 from __future__ import annotations
 
 import json
+import re
 import secrets
 import shlex
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -25,6 +27,8 @@ from deploy_helpers import DeployResult, assert_no_secret, run_deploy
 from dotenv import dotenv_values
 from watch_helpers import HostSecretWatch
 
+from flowerbed.firewall import SCRIPT, STATE_DIR
+
 pytestmark = pytest.mark.lab
 
 USER = "deploy"
@@ -33,6 +37,7 @@ KEYS = f"{HOME}/.ssh/authorized_keys"
 SUDO_DATA = {"ssh_user": USER, "_sudo": True}
 INVENTORY = "tests/inventories/lab.py"  # inventory/lab.py plus per-host data
 BOOT_RULESET = "/etc/flowerbed/firewall.nft"
+ACCEPTED = re.compile(r"Accepted publickey for (\S+) from \S+ port (\d+)")
 HTPASSWD = "/etc/nginx/flowerbed.htpasswd"
 SSH_OPTIONS = [
     "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
@@ -117,6 +122,48 @@ class SecretWatch(HostSecretWatch):
         return any(name.startswith("pyinfra-") for name in names)
 
 
+def as_deploy_in_session(lab: Lab, host: dict, command: list[str]) -> tuple[str, str]:
+    """(the client port of this SSH session, the output of `command` as root in it)."""
+    shell = f'echo "$SSH_CLIENT"; {shlex.join(["sudo", "-n", *command])}'
+    client, _, output = run(ssh_as(lab, host, USER, shell), check=True).stdout.partition("\n")
+    return client.split()[1], output
+
+
+def journal_cursor(lab: Lab, host: dict) -> tuple[str, str]:
+    """(where the host's journal ends now: what is logged later comes after it, the client port
+    of the session that asked: its own login may be logged just after)."""
+    show = ["journalctl", "-n", "1", "-o", "cat", "--show-cursor", "--no-pager"]
+    port, shown = as_deploy_in_session(lab, host, show)
+    return shown.rsplit("-- cursor: ", 1)[1].strip(), port
+
+
+@dataclass
+class Journal:
+    """What sshd and sudo logged on the host after a cursor, without the sessions that marked
+    the cursor and read the journal."""
+
+    logins: list[str]  # the user of each accepted SSH login
+    as_root: list[str]  # each command the deploy user ran as root through sudo
+
+    @classmethod
+    def since(cls, lab: Lab, host: dict, mark: tuple[str, str]) -> Journal:
+        cursor, marker_port = mark
+        read = ["journalctl", f"--after-cursor={cursor}", "-o", "json",
+                "-t", "sshd", "-t", "sshd-session", "-t", "sudo", "--no-pager"]  # fmt: skip
+        reader_port, entries = as_deploy_in_session(lab, host, read)
+        logins, as_root = [], []
+        for entry in map(json.loads, entries.splitlines()):
+            message = entry.get("MESSAGE") or ""
+            if not isinstance(message, str):  # journald's bytes as a list of ints
+                message = bytes(message).decode(errors="replace")
+            if (found := ACCEPTED.search(message)) and found[2] not in (marker_port, reader_port):
+                logins.append(found[1])
+            user, _, fields = message.strip().partition(" : ")
+            if entry.get("SYSLOG_IDENTIFIER") == "sudo" and user == USER and "USER=root" in fields:
+                as_root.append(fields.partition("COMMAND=")[2])
+        return cls(logins, as_root)
+
+
 def deploy_as_deploy(host: dict, **kwargs) -> DeployResult:
     env = {
         "FLOWERBED_TEST_HOST_DATA": json.dumps({host["name"]: SUDO_DATA}),
@@ -126,28 +173,32 @@ def deploy_as_deploy(host: dict, **kwargs) -> DeployResult:
 
 
 @pytest.fixture(scope="module")
-def deployed(lab: Lab, sudo_host: dict) -> tuple[DeployResult, SecretWatch]:
-    """The whole deploy of the fresh host, as `deploy`, watched."""
+def deployed(lab: Lab, sudo_host: dict) -> tuple[DeployResult, SecretWatch, Journal]:
+    """The whole deploy of the fresh host, as `deploy`, watched; what sshd and sudo logged
+    during it alone (from a cursor marked once the watcher's own session is in)."""
     with SecretWatch(lab, sudo_host, secrets_of(lab.state["secrets_file"])) as watch:
+        mark = journal_cursor(lab, sudo_host)
         result = deploy_as_deploy(sudo_host)
+        journal = Journal.since(lab, sudo_host, mark)
     assert result.ok, result.explain()
     print(f"first deploy as {USER} with sudo: {result.seconds:.1f} s")
-    return result, watch
+    return result, watch, journal
 
 
 def test_the_whole_deploy_runs_as_a_sudo_user(lab: Lab, sudo_host: dict, deployed):
-    result, _ = deployed
+    result, _, journal = deployed
     assert result.totals["error"] == 0 and result.totals["success"] > 0
     assert_no_secret(result, [value for _, value in secrets_of(lab.state["secrets_file"])])
     for unit in ("flower.service", "nginx.service", "flowerbed-firewall.service"):
         assert sudo(lab, sudo_host, ["systemctl", "is-active", unit]).strip() == "active", unit
-    # the pyinfra session really was deploy's (root cannot log in): sshd says so
-    logins = sudo(lab, sudo_host, ["journalctl", "-u", "ssh", "-o", "cat", "--no-pager"])
-    assert f"Accepted publickey for {USER}" in logins
+    # the deploy's own sessions were deploy's, never root's (root cannot log in): sshd says so,
+    # in what it logged during the deploy alone; its run and the firewall's confirming login
+    assert journal.logins.count(USER) >= 2 and set(journal.logins) == {USER}, journal.logins
+    assert len(journal.as_root) > 10, "deploy's sudo ran the operations as root"
 
 
 def test_no_secret_upload_is_ever_readable_by_others_or_left_behind(deployed):
-    _, watch = deployed
+    _, watch, _ = deployed
     assert watch.secrets, "the lab has secrets to look for"
     assert watch.saw_a_temp_upload(), "the watcher saw pyinfra's temp files for the uploads"
     assert watch.found("readable") == [], "a file holding a secret was readable by others"
@@ -155,13 +206,19 @@ def test_no_secret_upload_is_ever_readable_by_others_or_left_behind(deployed):
 
 
 def test_the_firewall_is_confirmed_by_a_new_login_through_sudo(lab: Lab, sudo_host, deployed):
-    result, _ = deployed
+    result, _, journal = deployed
     assert result.changed_hosts("Firewall rules") == [sudo_host["name"]]
     # only a confirm makes the loaded ruleset the boot ruleset and disarms the rollback timer
     boot = sudo(lab, sudo_host, ["cat", BOOT_RULESET])
     live = sudo(lab, sudo_host, ["nft", "list", "table", "inet", "flowerbed"])
     digest = boot.split("flowerbed sha256:")[1].split('"')[0]
     assert f"flowerbed sha256:{digest}" in live, "the confirmed ruleset is the live one"
+    # the deploy's own sudo applied that ruleset and confirmed it (sudo's log of the run)
+    switch = f"{SCRIPT} {STATE_DIR} {BOOT_RULESET}"
+    for step in (f"apply {digest}", f"confirm {digest}"):
+        assert any(f"{switch} {step}" in command for command in journal.as_root), (
+            step, journal.as_root,
+        )  # fmt: skip
     timers = sudo(lab, sudo_host, ["systemctl", "list-timers", "--all", "--no-legend"])
     assert "flowerbed" not in timers, f"a rollback timer is still armed:\n{timers}"
 

@@ -16,11 +16,15 @@ import lab_worker
 import pytest
 from conftest import Lab
 from deploy_helpers import DeployResult, run_deploy
+from polling import until
 
 pytestmark = pytest.mark.lab
 
 HOSTS = ["h1", "h2"]
 WORKER = "demo@labmachine"
+STUCK_AFTER = 20  # flower_verify_max_task_seconds for the stuck task's test
+PRODUCER_LONGEST_TASK = 30  # seconds: the demo producer's longest sleep task (lab/demo_app)
+TASK_SECONDS = 120  # the stuck task's own sleep: STARTED for the whole test
 LAYERS = {
     "unit", "socket", "nginx", "nginx_config", "https", "certificate", "renewal", "firewall",
     "sandbox", "state", "memory", "workers", "failed_tasks", "stuck_tasks", "queues", "registered",
@@ -150,23 +154,14 @@ def demo(code: str) -> str:
     return lab_worker.demo(Lab.load(), code)
 
 
-def wait_until(check, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(2)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 def test_a_stopped_worker_is_reported_offline(lab: Lab, fleet, tmp_path: Path):
     try:
         lab_worker.stop_mid_task(lab)  # the lab's own worker, in a warm shutdown
-        verified = wait_until(
+        verified = until(
             lambda: (v := verify(fleet, tmp_path)) and "workers" in v.failing(fleet[0]) and v,
             60,
             "Flower to see the worker go",
+            every=2,
         )
         for name in fleet:
             problem = verified.layer(name, "workers")["problem"]
@@ -174,7 +169,7 @@ def test_a_stopped_worker_is_reported_offline(lab: Lab, fleet, tmp_path: Path):
             assert verified.layer(name, "socket")["ok"]
     finally:
         lab_worker.put_back(lab, fleet)
-    wait_until(lambda: verify(fleet, tmp_path).ok, 60, "the worker to be back")
+    until(lambda: verify(fleet, tmp_path).ok, 60, "the worker to be back", every=2)
 
 
 def test_failed_tasks_over_the_threshold(fleet, tmp_path: Path):
@@ -185,7 +180,7 @@ def test_failed_tasks_over_the_threshold(fleet, tmp_path: Path):
     assert verify(fleet, tmp_path, threshold).ok
     burst = limit - min(before.values()) + 25  # enough to put every host over the limit
     demo(f"from flowerbed_demo.app import fail\nfor _ in range({burst}): fail.delay('verify test')")
-    verified = wait_until(
+    verified = until(
         lambda: (
             (v := verify(fleet, tmp_path, threshold))
             and all("failed_tasks" in v.failing(n) for n in fleet)
@@ -193,6 +188,7 @@ def test_failed_tasks_over_the_threshold(fleet, tmp_path: Path):
         ),
         90,
         "the failures to reach Flower",
+        every=2,
     )
     for name in fleet:
         assert verified.failing(name) == {"failed_tasks"}
@@ -200,15 +196,19 @@ def test_failed_tasks_over_the_threshold(fleet, tmp_path: Path):
 
 
 def test_a_long_task_stuck_in_started(fleet, tmp_path: Path):
-    task = demo("from flowerbed_demo.app import sleep\nprint(sleep.delay(120).id)")
-    limit = {"flower_verify_max_task_seconds": 20}
+    task = demo(f"from flowerbed_demo.app import sleep\nprint(sleep.delay({TASK_SECONDS}).id)")
+    limit = {"flower_verify_max_task_seconds": STUCK_AFTER}
     try:
-        # after 35 s it is the oldest STARTED task (the producer's own last at most 30 s)
-        time.sleep(35)
-        verified = wait_until(
+        # deliberately waiting out two thresholds in time: the task counts as stuck only once
+        # STARTED more than flower_verify_max_task_seconds ago, and verify names the oldest
+        # stuck tasks first, so it is named only once the demo producer's own sleep tasks that
+        # started before it have ended (PRODUCER_LONGEST_TASK)
+        time.sleep(max(STUCK_AFTER, PRODUCER_LONGEST_TASK) + 5)
+        verified = until(
             lambda: (v := verify(fleet, tmp_path, limit)) and task in str(v.summary) and v,
             60,
             "the task to count as stuck",
+            every=2,
         )
         for name in fleet:
             assert "stuck_tasks" in verified.failing(name)

@@ -11,28 +11,36 @@ from __future__ import annotations
 
 import importlib
 import socket
+from pathlib import Path
 from types import SimpleNamespace
 
 import pyinfra
 import pytest
-from fence_helpers import fake_changed_functions
+from fence_helpers import fake_changed_functions, run_deploy_py_until_its_checks
 from pyinfra.api.operation import solve_operation_consistency
 
 from flowerbed import pyinfra_internals as internals
 from flowerbed.pyinfra_internals import send_without_delay
 
 HERE = __file__
+# what `pyinfra INVENTORY deploy.py` runs
+DEPLOY_PY = str(Path(__file__).resolve().parents[2] / "deploy.py")
 
 
 @pytest.fixture(params=["tested pyinfra", "unknown version", "changed functions"], autouse=True)
 def fence(request, monkeypatch):
-    """flowerbed's entry points have installed its shortcuts, on the pyinfra of `param`."""
+    """The repository's deploy.py has run, the way pyinfra runs it, up to its checks, on the
+    pyinfra of `param`: what is installed, flowerbed's entry point installed (the test does not
+    call install(); were deploy.py to stop installing the shortcuts, the tested pyinfra's runs
+    would go red)."""
     internals.uninstall()
     if request.param == "unknown version":
         monkeypatch.setattr(internals, "installed_version", lambda: "3.11.0")
     elif request.param == "changed functions":
         fake_changed_functions(monkeypatch)
-    internals.install()
+    with monkeypatch.context() as during_the_run:
+        run_deploy_py_until_its_checks(during_the_run, DEPLOY_PY)
+    assert internals._applied, "deploy.py checked the fence's guards"
     yield request.param
     internals.uninstall()
 
