@@ -2,7 +2,7 @@
 run alone. Exits non-zero if any part failed; each shard's output is printed whole when it ends.
 
 A lab test that fails is run once more in a new session (its module's fixtures set up again),
-after every shard has ended: on 2 cores with six shards side by side, a test meets timing it
+after every shard has ended: on 2 cores with five shards side by side, a test meets timing it
 never meets alone. A test that passes on that second run is named under "flaky" in the summary,
 with its first failure's log kept, and does not fail the suite; one that fails twice does, and so
 does a session that crashed or was interrupted, a collection error and a teardown error.
@@ -50,14 +50,15 @@ SHARDS = {
     ],
     # issue 21: several Flowers on one fresh host (a worker of its own on Redis db 11), the
     # takeover of a hand-made Flower, the memory ceiling; issue 19: Flower's names decided from
-    # the host; issue 20: the README's Steps. Each on fresh hosts of its own.
+    # the host; issue 20: the README's Steps, a fresh machine. Each on fresh hosts of its own.
     "fresh-d": [
         "test_instances.py", "test_takeover.py", "test_names_from_host.py",
         "test_memory_ceiling.py", "test_readme_steps.py",
+        # issue 20: a fresh machine (make test-unit, the OIDC provider on Debian's Node.js), last
+        # in the shard that ends first: as a sixth shard beside the others, every shard ran 35
+        # to 65 % longer (a whole unit suite and Debian's npm on the same 2 cores)
+        "test_fresh_machine.py",
     ],
-    # issue 20: a fresh machine (make test-unit, the OIDC provider on Debian's Node.js): mostly
-    # waiting on apt and npm, so a shard of its own
-    "fresh-e": ["test_fresh_machine.py"],
 }  # fmt: skip
 # Alone, after the shards: they stop the shared worker or broker, flood it, rotate the lab's own
 # logins (.lab/lab.env, which every deploy reads), deploy every lab host (`make demo`), or take
