@@ -55,8 +55,8 @@ SHARDS = {
         "test_instances.py", "test_takeover.py", "test_names_from_host.py",
         "test_memory_ceiling.py", "test_readme_steps.py",
         # issue 20: a fresh machine (make test-unit, the OIDC provider on Debian's Node.js), last
-        # in the shard that ends first: as a sixth shard beside the others, every shard ran 35
-        # to 65 % longer (a whole unit suite and Debian's npm on the same 2 cores)
+        # in the shard that ends first rather than a sixth shard (a whole unit suite and Debian's
+        # npm are CPU on the same 2 cores)
         "test_fresh_machine.py",
     ],
 }  # fmt: skip
