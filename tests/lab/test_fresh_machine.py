@@ -28,7 +28,6 @@ import os
 import re
 import secrets
 import shlex
-import socket
 import ssl
 import subprocess
 import sys
@@ -47,6 +46,7 @@ from polling import until
 
 sys.path.insert(0, str(REPO / "lab"))
 import oidc_provider  # noqa: E402
+from labkit.process import port_open  # noqa: E402
 from labkit.services import make_acme_listener_cert  # noqa: E402
 
 pytestmark = pytest.mark.lab
@@ -245,13 +245,9 @@ def start_provider(lab: Lab, name: str, address: str, tmp_path: Path) -> tuple[s
                              "/usr/bin/node", "provider.mjs", "config.json"])  # fmt: skip
     assert started.returncode == 0, started.stderr
 
-    def listening() -> bool:
-        with socket.socket() as probe:
-            probe.settimeout(2)
-            return probe.connect_ex((address, oidc_provider.PORT)) == 0
-
     try:
-        until(listening, 60, f"the provider on {address}:{oidc_provider.PORT}")
+        port = oidc_provider.PORT
+        until(lambda: port_open(address, port), 60, f"the provider on {address}:{port}")
     except AssertionError as timeout:
         journal = lab.ssh(name, "journalctl -u lab-oidc --no-pager -n 40").stdout
         raise AssertionError(f"{timeout}\n{journal}") from None
